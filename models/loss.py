@@ -133,7 +133,9 @@ def chunked_token_losses(
     float32 logits, its cross-entropy and log-normaliser, and drops the logits.  The scan
     body is wrapped in ``jax.checkpoint`` (saving nothing), so the backward pass recomputes
     one piece's logits at a time instead of keeping ``[B, T, V]`` float32 residuals.  With
-    ``mesh_and_rules`` each piece uses :func:`vocab_parallel_token_losses`.
+    ``mesh_and_rules`` each piece uses :func:`vocab_parallel_token_losses`.  ``w_DV`` is
+    best passed as stored (float32): each piece casts it to ``x``'s dtype, so the head's
+    gradient is summed over pieces in float32.
     """
     B, T, D = x_BTD.shape
     if chunk <= 0 or T % chunk:
@@ -147,7 +149,10 @@ def chunked_token_losses(
 
     @partial(jax.checkpoint, prevent_cse=False)  # inside a scan: no CSE to guard against
     def one_chunk(x_BcD: jax.Array, targets_Bc: jax.Array) -> Tuple[jax.Array, jax.Array]:
-        logits_BcV = project_to_vocab(constrain(x_BcD, ACTIVATION_BTD), w_DV)
+        # The head pinned to its own sharding *before* the cast: each piece's head gradient
+        # is then summed over devices in float32 (a reduce-scatter), not in bf16.
+        w_sharded_DV = constrain(w_DV, ("embed", "vocab"))
+        logits_BcV = project_to_vocab(constrain(x_BcD, ACTIVATION_BTD), w_sharded_DV)
         if mesh_and_rules is None:
             return token_losses(logits_BcV, targets_Bc)
         mesh, rules = mesh_and_rules

@@ -11,7 +11,6 @@ logical axes (``out_sharding`` metadata) and key activations are constrained thr
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -84,42 +83,6 @@ class RMSNorm(nnx.Module):
         return (x32_BTD * inv_rms_BT1 * self.scale[...].astype(jnp.float32)).astype(x_BTD.dtype)
 
 
-def cast_where_it_lies(w: jax.Array, names: Tuple[str, ...], dtype: jnp.dtype) -> jax.Array:
-    """``w`` in ``dtype``, cast shard by shard before any gather.
-
-    Pinning the cast weight to the parameter's own sharding makes FSDP all-gather the
-    compute-dtype copy: half the bytes on the wire and in the gathered buffer for bfloat16
-    (XLA otherwise gathers the float32 parameter and casts after).  The gradient goes the
-    other way at full width: it is cast back to the parameter's dtype *before* being pinned
-    to the parameter's sharding, so the reduce-scatter that sums it over devices adds in
-    float32, never in bfloat16.
-    """
-    if w.dtype == dtype:
-        return w
-    return _cast_sharded(w, names, dtype)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _cast_sharded(w: jax.Array, names: Tuple[str, ...], dtype: jnp.dtype) -> jax.Array:
-    return constrain(w.astype(dtype), names)
-
-
-def _cast_forward(
-    w: jax.Array, names: Tuple[str, ...], dtype: jnp.dtype
-) -> Tuple[jax.Array, jax.Array]:
-    return constrain(w.astype(dtype), names), jnp.zeros((), w.dtype)
-
-
-def _cast_backward(
-    names: Tuple[str, ...], dtype: jnp.dtype, like: jax.Array, grad: jax.Array
-) -> Tuple[jax.Array]:
-    del dtype
-    return (constrain(grad.astype(like.dtype), names),)
-
-
-_cast_sharded.defvjp(_cast_forward, _cast_backward)
-
-
 class Dense(nnx.Module):
     """``y = x @ kernel (+ bias)``; kernel ``[in, out]`` with logical names ``(in, out)``.
 
@@ -142,7 +105,6 @@ class Dense(nnx.Module):
             1.0, "fan_in", "truncated_normal", batch_axis=() if layers is None else (0,)
         )
         self.kernel = _param(init, rngs, *_stacked(layers, (d_in, d_out), names), param_dtype)
-        self.names = names
         self.bias = (
             _param(
                 jax.nn.initializers.zeros, rngs, *_stacked(layers, (d_out,), names[1:]), param_dtype
@@ -152,16 +114,18 @@ class Dense(nnx.Module):
         )
 
     def __call__(self, x_BTI: jax.Array) -> jax.Array:
-        w_IO = cast_where_it_lies(self.kernel[...], self.names, jnp.dtype(x_BTI.dtype))
-        y_BTO = jnp.einsum("bti,io->bto", x_BTI, w_IO)
+        y_BTO = jnp.einsum("bti,io->bto", x_BTI, self.kernel[...].astype(x_BTI.dtype))
         if self.bias is not None:
             y_BTO = y_BTO + self.bias[...].astype(x_BTI.dtype)
         return y_BTO
 
 
 def project_to_vocab(x_BTD: jax.Array, w_DV: jax.Array) -> jax.Array:
-    """Float32 logits ``x @ w`` (accumulated in float32 whatever the compute dtype)."""
-    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w_DV, preferred_element_type=jnp.float32)
+    """Float32 logits ``x @ w``: ``w`` (as stored) cast to ``x``'s dtype here, products
+    accumulated in float32 whatever the compute dtype."""
+    logits_BTV = jnp.einsum(
+        "btd,dv->btv", x_BTD, w_DV.astype(x_BTD.dtype), preferred_element_type=jnp.float32
+    )
     return constrain(logits_BTV, ("batch", "seq", "vocab"))
 
 
@@ -298,9 +262,12 @@ class Transformer(nnx.Module):
         return project_to_vocab(self.hidden_states(tokens_BT), self.output_kernel())
 
     def output_kernel(self) -> jax.Array:
-        """The head ``w_DV`` in the compute dtype (the embedding, transposed, when tied)."""
-        w_DV = self.embed[...].T if self.head is None else self.head.kernel[...]
-        return cast_where_it_lies(w_DV, ("embed", "vocab"), jnp.dtype(self.cfg.compute_dtype))
+        """The head ``w_DV`` as stored (the embedding, transposed, when tied).
+
+        Callers cast where they use it (:func:`project_to_vocab`), so that a loss computed in
+        chunks sums the head's gradient over the chunks in the stored dtype, not in bf16.
+        """
+        return self.embed[...].T if self.head is None else self.head.kernel[...]
 
     def hidden_states(self, tokens_BT: jax.Array) -> jax.Array:
         """``tokens_BT`` → final-normed ``x_BTD`` in the compute dtype (the head's input).

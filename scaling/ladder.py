@@ -8,16 +8,18 @@ largest rung.  This module holds the parts that need no devices and no processes
 * :func:`design_ladder`: every rung's exact shape, batch, steps and FLOPs.  Each rung is an
   ordinary run planned by :func:`scaling.allocate.plan_run_at_size`, so it spends its budget
   within the budget's tolerance (1%) under the same exact FLOP counter the trainer reports.
-  Sizes are ``N_opt × size_spread ** u`` for ``u`` evenly spaced in ``[-1, 1]``, with ``N_opt``
-  the design law's optimum; neighbouring sizes that round to the same hardware-friendly shape
-  are run once;
+  Sizes are ``center_factor × N_opt × size_spread ** u`` for ``u`` evenly spaced in
+  ``[-1, 1]``, with ``N_opt`` the design law's optimum; neighbouring sizes that round to the
+  same hardware-friendly shape are run once;
 * :func:`analyse_ladder`: approaches 2 and 3 (:mod:`scaling.fit`) on the finished rungs, using
   every eval after the first ``drop_early`` of each run (the Hitchhiker's-guide practice of
   fitting intermediate checkpoints), bootstrapped over runs; the law files; and the target
   re-planned with the fitted law;
 * :func:`predict_target`: the target's ``N_opt``, ``D_opt``, shape and final loss with an
   interval, stamped with the time it was made (the launcher writes it before the target's
-  first step);
+  first step), with two diagnostics the bootstrap cannot give: how much the loss depends on
+  which evals are fitted (:func:`fit_choice_sensitivity`) and whether approaches 2 and 3
+  agree on the optimum (:func:`allocation_agreement`);
 * :func:`verify_target`: predicted against actual, and the fitted optimum against the
   published Chinchilla and Epoch allocations at the target's scale.
 
@@ -465,7 +467,8 @@ class LadderAnalysis:
 
     ``reports`` maps approach → :class:`scaling.fit.FitReport`; ``law_files`` approach → the
     JSON written for it (``law.json`` is approach 3's, with its bootstrap replicates);
-    ``target`` is the target run planned under the ``target_sizing`` approach's law;
+    ``target`` is the target run planned under the ``target_sizing`` approach's law
+    (``sizing_approach``: approach 3's when that one could not be fitted);
     ``skipped`` maps approaches that could not be fitted to the reason; ``sensitivity`` holds
     approach 3 refitted under other ``drop_early`` values (:func:`fit_choice_sensitivity`).
     """
@@ -537,6 +540,16 @@ def allocation_agreement(reports: Mapping[int, FitReport]) -> Optional[dict[str,
             "disagree": not 1.0 / DISAGREEMENT_FACTOR <= ratio <= DISAGREEMENT_FACTOR}
 
 
+def extrapolation(analysis: LadderAnalysis) -> dict[str, float]:
+    """How far the target lies beyond the rungs: its ``N`` and ``D`` over the largest of the
+    rungs' (final points), and its compute over the largest rung's (``6 N D``)."""
+    final = analysis.observations.final_points()
+    target = analysis.target
+    return {"n_ratio": target.n_params / float(final.n_params.max()),
+            "tokens_ratio": target.tokens / float(final.tokens.max()),
+            "compute_ratio": 6.0 * target.n_params * target.tokens / float(final.compute.max())}
+
+
 def fit_choice_sensitivity(run_dirs: Sequence[str | Path], cfg: LadderConfig, target: RunPlan,
                            target_flops: float) -> tuple[dict[str, Any], ...]:
     """Approach 3 refitted for each ``drop_early`` in ``cfg.sensitivity`` (1.0: final evals
@@ -581,25 +594,22 @@ def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: Bu
     out = Path(ladder_dir)
     cfg = plan.config
     obs, reports, skipped = fit_rungs(run_dirs, cfg, plan.target_flops, name=name)
-    if cfg.target_sizing not in reports:
-        raise LadderError(f"approach {cfg.target_sizing} sizes the target but could not be fitted: "
-                          f"{skipped[cfg.target_sizing]}",
-                          hint="set ladder.target_sizing=3, or add rungs around the optimum")
+    sizing = cfg.target_sizing if cfg.target_sizing in reports else 3  # approach 3 always fits
     law_files: Dict[int, str] = {}
     context = {"ladder": name, "rungs": [Path(p).name for p in run_dirs],
                "drop_early": cfg.drop_early, **dict(settings or {})}
     for approach, report in reports.items():
         law_files[approach] = str(write_law_file(report, out / law_file_name(approach), context))
-    sizing_law = law_files[cfg.target_sizing]
+    sizing_law = law_files[sizing]
     try:
         target = plan_run(replace(budget_template, flops=plan.target_flops, law=sizing_law),
                           data_parallel=data_parallel, base_model=base_model)
     except ChinchaxError as exc:
-        raise LadderError(f"the fitted law (approach {cfg.target_sizing}) cannot size the target "
+        raise LadderError(f"the fitted law (approach {sizing}) cannot size the target "
                           f"at {plan.target_flops:.3g} FLOPs: {exc}",
                           hint=exc.hint or "inspect the law file and the isoFLOP plot") from None
     return LadderAnalysis(observations=obs, reports=reports, law_files=law_files, target=target,
-                          target_flops=plan.target_flops, sizing_approach=cfg.target_sizing,
+                          target_flops=plan.target_flops, sizing_approach=sizing,
                           rung_names=tuple(Path(p).name for p in run_dirs), skipped=skipped,
                           sensitivity=fit_choice_sensitivity(run_dirs, cfg, target, plan.target_flops))
 
@@ -655,6 +665,7 @@ def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str =
         "prediction": prediction.to_dict(),
         "sensitivity": list(analysis.sensitivity),
         "agreement": allocation_agreement(analysis.reports),
+        "extrapolation": extrapolation(analysis),
         "rungs": list(analysis.rung_names),
     }
 

@@ -8,9 +8,10 @@ to fall in, drawn before it ran.  Figures use the Agg canvas directly (no ``pypl
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -28,6 +29,8 @@ from scaling.ladder import (
 )
 from scaling.observations import read_run_dir
 from scaling.plots import plot_bootstrap, plot_frontier, plot_isoflops, plot_residuals
+
+log = logging.getLogger("chinchax.ladder")
 
 PLOTS_DIR = "plots"
 # The coefficients the report prints, and the format it prints them in (tests re-read them).
@@ -107,15 +110,24 @@ def write_plots(out_dir: str | Path, analysis: LadderAnalysis, rung_dirs: Mappin
     report3 = analysis.reports[3]
     isoflop = analysis.reports[2].detail if 2 in analysis.reports else None
     profiles = isoflop if isinstance(isoflop, PowerLawFit) and isoflop.profiles else None
-    plots: dict[str, Path] = {}
+    drawers: dict[str, Callable[[], Path]] = {}
     if profiles is not None:
-        plots["isoFLOP profiles"] = plot_isoflops(profiles, out / "isoflops.png", law=report3.law)
-    plots["frontier"] = plot_frontier(report3, out / "frontier.png", points=profiles)
-    plots["loss curves"] = plot_loss_curves(rung_dirs, budgets, out / "loss_curves.png",
-                                            prediction, target_dir)
-    plots["residuals"] = plot_residuals(report3, out / "residuals.png")
+        drawers["isoFLOP profiles"] = lambda: plot_isoflops(profiles, out / "isoflops.png", law=report3.law)
+    drawers["frontier"] = lambda: plot_frontier(report3, out / "frontier.png", points=profiles)
+    drawers["loss curves"] = lambda: plot_loss_curves(rung_dirs, budgets, out / "loss_curves.png",
+                                                      prediction, target_dir)
+    drawers["residuals"] = lambda: plot_residuals(report3, out / "residuals.png")
     if report3.bootstrap is not None and report3.bootstrap.samples.shape[0] > 1:
-        plots["bootstrap"] = plot_bootstrap(report3.bootstrap, out / "bootstrap.png", report3.estimates)
+        drawers["bootstrap"] = lambda: plot_bootstrap(report3.bootstrap, out / "bootstrap.png",
+                                                      report3.estimates)
+    plots: dict[str, Path] = {}
+    for name, draw in drawers.items():
+        # A figure that cannot be drawn (e.g. a degenerate fit's extreme values) costs that
+        # figure, not the report of a ladder that took hours to train.
+        try:
+            plots[name] = draw()
+        except (ValueError, ArithmeticError, RuntimeError) as exc:
+            log.warning("plot %r could not be drawn: %s: %s", name, type(exc).__name__, exc)
     return plots
 
 
@@ -231,6 +243,11 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
     rows.append(("predicted final loss", number(final["estimate"]),
                  f"{number(final['low'])} – {number(final['high'])} ({final['level']:.0%}, {final['method']})"))
     lines += _table(("quantity", "estimate", "interval"), rows)
+    reach = prediction.get("extrapolation")
+    if reach:
+        lines += ["", f"The target has {reach['n_ratio']:.3g}× the parameters of the largest rung and "
+                  f"{reach['tokens_ratio']:.3g}× the tokens of the longest one "
+                  f"({reach['compute_ratio']:.3g}× the largest rung's 6ND)."]
 
     sensitivity = prediction.get("sensitivity") or []
     if sensitivity:

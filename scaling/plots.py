@@ -13,14 +13,13 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
 
 from scaling.fit import Bootstrap, FitError, FitReport, FitWarning, PowerLawFit, fit_isoflop
 from scaling.laws import Law, ParametricLaw, PowerLawAllocation, get_law
 
 PUBLISHED_FOR_COMPARISON = ("chinchilla", "epoch-2024", "chinchilla-approach1", "chinchilla-approach2")
 # Coefficients whose bootstrap distributions are log-normal-like (long right tails).
-LOG_SCALE_QUANTITIES = ("A", "B", "n_coef", "d_coef")
+LOG_SCALE_QUANTITIES = ("A", "B", "n_coef", "d_coef", "n_opt", "tokens_opt")
 LABELS = {"E": "E", "A": "A", "B": "B", "alpha": "α", "beta": "β", "gamma": "γ", "a": "a",
           "b": "b", "n_coef": "N coefficient", "d_coef": "D coefficient", "n_opt": "N_opt(C*)",
           "tokens_opt": "D_opt(C*)", "loss_opt": "L(C*)"}
@@ -189,18 +188,19 @@ def plot_bootstrap(boot: Bootstrap, path: str | Path, estimates: dict[str, float
     for axes, name in zip(grid.flat, names):
         values = boot.column(name)
         values = values[np.isfinite(values)]
+        # Skewed quantities (A, B, N_opt...) are drawn as log10 on a linear axis: a poorly
+        # constrained fit can put replicates 80 decades apart, beyond matplotlib's log ticks.
         skewed = name in LOG_SCALE_QUANTITIES and values.min() > 0
-        bins = np.geomspace(values.min(), values.max(), 41) if skewed else 40
-        axes.hist(values, bins=bins, color="steelblue", alpha=0.8)
-        if skewed:
-            axes.set_xscale("log")
-            axes.xaxis.set_minor_formatter(NullFormatter())
-        low, high = np.percentile(values, [tail, 100.0 - tail])
+        shown = np.log10(values) if skewed else values
+        axes.hist(shown, bins=40, color="steelblue", alpha=0.8)
+        low, high = np.percentile(shown, [tail, 100.0 - tail])
         axes.axvline(low, color="black", linestyle="--", linewidth=0.8)
         axes.axvline(high, color="black", linestyle="--", linewidth=0.8)
-        if estimates and name in estimates:
-            axes.axvline(estimates[name], color="crimson", linewidth=1.2)
-        axes.set_title(LABELS.get(name, name), fontsize=9)
+        if estimates and name in estimates and (not skewed or estimates[name] > 0):
+            axes.axvline(np.log10(estimates[name]) if skewed else estimates[name],
+                         color="crimson", linewidth=1.2)
+        label = LABELS.get(name, name)
+        axes.set_title(f"log10 {label}" if skewed else label, fontsize=9)
         axes.tick_params(labelsize=7)
     for axes in list(grid.flat)[len(names):]:
         axes.set_visible(False)

@@ -145,6 +145,35 @@ def test_chunked_cross_entropy_never_holds_the_whole_logits() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_chunked_head_gradient_is_summed_in_float32_under_bfloat16_compute() -> None:
+    """The model hands the loss its head as stored (float32), and each chunk casts it, so the
+    head's gradient is summed over chunks in float32: with 64 chunks it is as accurate as the
+    unchunked bfloat16 loss (a bfloat16 running sum would be several times worse)."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: transformer.Transformer(
+        SMALL.replace(compute_dtype="bfloat16", loss_chunk=1), rngs=nnx.Rngs(0))))
+    head = jax.eval_shape(lambda s: nnx.merge(graphdef, s).output_kernel(), state)
+    assert head.dtype == jnp.float32
+    B, T, D, V = 2, 64, 32, 512
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((B, T, D)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((D, V)) / 6, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+
+    @partial(jax.jit, compiler_options=FAST_BACKEND)
+    def head_grads(w: jax.Array) -> Any:
+        def grad(losses: Any, x: jax.Array) -> jax.Array:
+            return jax.grad(lambda w: jnp.mean(losses(x, w)[0]))(w)
+
+        plain = lambda x, w: token_losses(transformer.project_to_vocab(x, w), targets)  # noqa: E731
+        chunked = lambda x, w: chunked_token_losses(x, w, targets, chunk=1)  # noqa: E731
+        x16 = x.astype(jnp.bfloat16)
+        return grad(plain, x), grad(plain, x16), grad(chunked, x16)
+
+    exact, plain16, chunked16 = head_grads(w)
+    error = lambda g: float(jnp.linalg.norm(g - exact) / jnp.linalg.norm(exact))  # noqa: E731
+    assert error(chunked16) < 1.5 * error(plain16) + 1e-4
+
+
 def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients_vocab_parallel() -> None:
     """The model's chunked loss (tied head: the embedding's gradient gathers both uses; mask;
     z-loss; vocabulary split over ``tensor``) against the plain loss of the same parameters."""

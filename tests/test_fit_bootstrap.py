@@ -165,3 +165,22 @@ def test_are_never_fits_on_the_held_out_points() -> None:
     assert again.are > 0.3
     with pytest.raises(FitError, match="target run 'nope'"):
         evaluate(obs, target_run="nope")
+
+
+def test_bootstrap_plot_draws_replicates_hundreds_of_decades_apart(tmp_path: Path) -> None:
+    """A poorly constrained fit (a ladder of toy models) gave A's replicates from 1.8 to 1e252,
+    beyond matplotlib's log-axis ticks; the histogram must still be drawn (skewed quantities
+    in log10)."""
+    from scaling.fit import Bootstrap
+    from scaling.plots import plot_bootstrap
+
+    rng = np.random.default_rng(0)
+    # most replicates within 13 decades, the top 5% scattered up to 1e252 (as measured)
+    log_a = np.concatenate([rng.uniform(0.25, 13.0, 190), rng.uniform(80.0, 250.0, 9), [252.04]])
+    samples = np.column_stack([10.0 ** log_a,                          # A
+                               rng.uniform(0.45, 20.0, 200),           # alpha
+                               np.full(200, np.nan)])                  # never fitted: left out
+    boot = Bootstrap(names=("A", "alpha", "E"), samples=samples, n_resamples=200, n_failed=0,
+                     confidence=0.9)
+    path = plot_bootstrap(boot, tmp_path / "bootstrap.png", {"A": 1.5e7, "alpha": 1.95, "E": 1.15})
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

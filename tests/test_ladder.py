@@ -237,7 +237,9 @@ def test_ladder_yaml_overrides_and_dry_run(tmp_path: Path) -> None:
 
     outcome = run_ladder(load_ladder(CPU_CONFIG, ladder_dir=tmp_path / "ladder"), dry_run=True)
     plan = json.loads((tmp_path / "ladder" / "plan.json").read_text())
-    assert len(plan["rungs"]) == len(outcome.plan.rungs) >= 16
+    budgets = outcome.plan.config.budgets  # at least 3 distinct sizes per budget, as configured
+    assert len(plan["rungs"]) == len(outcome.plan.rungs) >= 3 * len(budgets)
+    assert {rung.budget for rung in outcome.plan.rungs} == set(budgets)
     for rung in outcome.plan.rungs:  # each rung is an ordinary experiment of the planned run
         run_cfg = resolve(load_experiment(tmp_path / "ladder" / EXPERIMENTS_DIR / f"{rung.name}.yaml"))
         assert (run_cfg.model, run_cfg.steps, run_cfg.global_batch) == \
