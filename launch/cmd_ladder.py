@@ -79,7 +79,6 @@ from scaling.ladder import (
     LadderConfig,
     LadderError,
     LadderPlan,
-    Rung,
     WallTimeModel,
     analyse_ladder,
     design_ladder,
