@@ -61,9 +61,9 @@ from rich.table import Table
 from launch.config import (
     ConfigError,
     ExperimentConfig,
-    _config_error,
-    _read_yaml,
+    config_error,
     load_experiment,
+    read_yaml,
     resolve,
 )
 from models.errors import ChinchaxError
@@ -168,7 +168,7 @@ def load_ladder_config(section: Mapping[str, Any], overrides: Sequence[str] = ()
     except ChinchaxError as exc:
         raise ConfigError(str(exc), hint=exc.hint) from None
     except OmegaConfBaseException as exc:
-        error = _config_error(exc)
+        error = config_error(exc)
         raise ConfigError(f"ladder.{error}", hint=error.hint) from None
 
 
@@ -186,7 +186,7 @@ def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str]
     """Read a ladder YAML (or dict) with overrides into a :class:`LadderSetup`."""
     from training.data import vocab_size  # the tokenizer decides the vocabulary
 
-    data = dict(source) if isinstance(source, Mapping) else _read_yaml(Path(source))
+    data = dict(source) if isinstance(source, Mapping) else read_yaml(Path(source))
     section = data.pop("ladder", None) or {}
     if not isinstance(section, Mapping):
         raise ConfigError("the ladder: section must be a mapping",
@@ -555,6 +555,8 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
         console.print(f"[yellow]warning:[/yellow] approaches 2 and 3 disagree on N_opt at the target: "
                       f"{agreement['n_opt_approach2']:.3g} vs {agreement['n_opt_approach3']:.3g}; the "
                       f"target is sized by approach {prediction['sizing_approach']}", highlight=False)
+    if prediction.get("sizing_note"):
+        console.print(f"[yellow]warning:[/yellow] {prediction['sizing_note']}", highlight=False)
     final = prediction["final_loss"]
     console.print(
         f"prediction for the target ({plan.target_flops:.3g} FLOPs, {prediction['target']['shape']}, "

@@ -65,7 +65,8 @@ class ExperimentConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, or one :class:`ConfigError` naming what is wrong with it."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist",
                           hint="pass a YAML file such as configs/cpu_tiny.yaml")
@@ -92,7 +93,8 @@ def _parse_overrides(overrides: Sequence[str]) -> list[str]:
     return list(overrides)
 
 
-def _config_error(exc: OmegaConfBaseException) -> ConfigError:
+def config_error(exc: OmegaConfBaseException) -> ConfigError:
+    """An OmegaConf validation error as one line (the key, the problem) plus a hint."""
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
     message = str(getattr(exc, "msg", exc)).splitlines()[0]
     if "Did you mean" in message:
@@ -107,7 +109,7 @@ def _to_object(merged: Any) -> ExperimentConfig:
     except ChinchaxError as exc:  # a dataclass __post_init__ rejected a value
         raise ConfigError(str(exc), hint=exc.hint) from None
     except OmegaConfBaseException as exc:
-        raise _config_error(exc) from None
+        raise config_error(exc) from None
 
 
 def _check_budget_model_fields(data: dict[str, Any], overrides: Sequence[str]) -> None:
@@ -131,7 +133,7 @@ def load_experiment(source: str | Path | dict[str, Any], overrides: Sequence[str
     With a ``budget:`` section a ``model:`` section may still set the non-shape fields
     (dtypes, remat, attention implementation, scanning); the allocator picks the shape.
     """
-    data = source if isinstance(source, dict) else _read_yaml(Path(source))
+    data = source if isinstance(source, dict) else read_yaml(Path(source))
     _check_budget_model_fields(data, _parse_overrides(overrides))
     schema = OmegaConf.structured(ExperimentConfig)
     OmegaConf.set_readonly(schema, False)
@@ -139,7 +141,7 @@ def load_experiment(source: str | Path | dict[str, Any], overrides: Sequence[str
         merged = OmegaConf.merge(schema, OmegaConf.create(data))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_parse_overrides(overrides)))
     except OmegaConfBaseException as exc:
-        raise _config_error(exc) from None
+        raise config_error(exc) from None
     except TypeError as exc:  # e.g. a dotted key into one item of a list
         raise ConfigError(f"override cannot be applied: {exc}",
                           hint="override a whole list at once, e.g. data.mixture='[{...}, {...}]'") from None
@@ -210,7 +212,7 @@ def run_config_to_yaml(cfg: RunConfig) -> str:
 
 def load_run_config(path: str | Path) -> RunConfig:
     """Read back a resolved ``config.yaml`` from a run directory."""
-    data = _read_yaml(Path(path))
+    data = read_yaml(Path(path))
     schema = OmegaConf.structured(RunConfig(name="", run_dir="", model=ModelConfig(),
                                             train=TrainConfig()))
     OmegaConf.set_readonly(schema, False)
@@ -218,4 +220,4 @@ def load_run_config(path: str | Path) -> RunConfig:
         merged = OmegaConf.merge(schema, OmegaConf.create(data))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        raise _config_error(exc) from None
+        raise config_error(exc) from None

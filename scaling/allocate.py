@@ -76,6 +76,8 @@ class BudgetConfig:
     excluding degenerate very deep-and-narrow or one-layer-wide shapes.  Inside the bounds the
     search prefers the Table A9 trend (``target_aspect`` ``None``; see :mod:`scaling.shapes`).
 
+    ``min_layers``/``max_layers`` bound the depth (equal values fix it: a width-only family,
+    e.g. for toy ladders where one layer more changes what a model can represent).
     ``global_batch`` (sequences) and ``learning_rate`` override DeepSeek LLM's fits.
     ``gqa_ratio`` is query heads per key/value head (1: multi-head attention).  ``min_steps``
     is the shortest run accepted: fewer steps mean the budget is too small for the smallest
@@ -101,6 +103,7 @@ class BudgetConfig:
     gqa_ratio: int = 1
     tie_embeddings: bool = False
     use_bias: bool = False
+    min_layers: int = 1
     max_layers: int = 128
     global_batch: Optional[int] = None
     learning_rate: Optional[float] = None
@@ -145,7 +148,7 @@ class BudgetConfig:
             max_aspect=self.max_aspect, target_aspect=self.target_aspect, mlp=self.mlp,
             ff_ratio=self.ff_ratio, gqa_ratio=self.gqa_ratio,
             tie_embeddings=self.tie_embeddings, use_bias=self.use_bias,
-            max_layers=self.max_layers,
+            min_layers=self.min_layers, max_layers=self.max_layers,
         )
 
 

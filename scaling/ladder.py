@@ -468,7 +468,8 @@ class LadderAnalysis:
     ``reports`` maps approach → :class:`scaling.fit.FitReport`; ``law_files`` approach → the
     JSON written for it (``law.json`` is approach 3's, with its bootstrap replicates);
     ``target`` is the target run planned under the ``target_sizing`` approach's law
-    (``sizing_approach``: approach 3's when that one could not be fitted);
+    (``sizing_approach``: approach 3's when that one could not be fitted or its law cannot size
+    the target, ``sizing_note`` then says why);
     ``skipped`` maps approaches that could not be fitted to the reason; ``sensitivity`` holds
     approach 3 refitted under other ``drop_early`` values (:func:`fit_choice_sensitivity`).
     """
@@ -481,6 +482,7 @@ class LadderAnalysis:
     sizing_approach: int
     rung_names: tuple[str, ...]
     skipped: Dict[int, str] = field(default_factory=dict)
+    sizing_note: str = ""
     sensitivity: tuple[dict[str, Any], ...] = ()
 
     @property
@@ -600,16 +602,33 @@ def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: Bu
                "drop_early": cfg.drop_early, **dict(settings or {})}
     for approach, report in reports.items():
         law_files[approach] = str(write_law_file(report, out / law_file_name(approach), context))
-    sizing_law = law_files[sizing]
+    sizing_note = ""
+
+    def size_target(approach: int) -> RunPlan:
+        return plan_run(replace(budget_template, flops=plan.target_flops, law=law_files[approach]),
+                        data_parallel=data_parallel, base_model=base_model)
+
     try:
-        target = plan_run(replace(budget_template, flops=plan.target_flops, law=sizing_law),
-                          data_parallel=data_parallel, base_model=base_model)
+        target = size_target(sizing)
     except ChinchaxError as exc:
-        raise LadderError(f"the fitted law (approach {sizing}) cannot size the target "
-                          f"at {plan.target_flops:.3g} FLOPs: {exc}",
-                          hint=exc.hint or "inspect the law file and the isoFLOP plot") from None
+        if sizing == 3:
+            raise LadderError(f"the fitted law (approach 3) cannot size the target "
+                              f"at {plan.target_flops:.3g} FLOPs: {exc}",
+                              hint=exc.hint or "inspect the law file and the isoFLOP plot") from None
+        # An isoFLOP power law extrapolated from minima at the edge of the sweep can ask for
+        # an absurd size; the parametric fit still gives a usable optimum.
+        sizing_note = (f"approach {sizing}'s law cannot size the target ({exc}); "
+                       f"approach 3 sized it instead")
+        sizing = 3
+        try:
+            target = size_target(3)
+        except ChinchaxError as exc3:
+            raise LadderError(f"neither fitted law can size the target at {plan.target_flops:.3g} "
+                              f"FLOPs: {exc3}",
+                              hint=exc3.hint or "inspect the law files and the isoFLOP plot") from None
     return LadderAnalysis(observations=obs, reports=reports, law_files=law_files, target=target,
                           target_flops=plan.target_flops, sizing_approach=sizing,
+                          sizing_note=sizing_note,
                           rung_names=tuple(Path(p).name for p in run_dirs), skipped=skipped,
                           sensitivity=fit_choice_sensitivity(run_dirs, cfg, target, plan.target_flops))
 
@@ -651,6 +670,7 @@ def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str =
         "written_at_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)),
         "target_flops": analysis.target_flops,
         "sizing_approach": analysis.sizing_approach,
+        "sizing_note": analysis.sizing_note,
         "law_file": analysis.law_files[3],
         "coefficients": {k: float(getattr(analysis.law, k)) for k in ("E", "A", "B", "alpha", "beta")},
         "optimum": optimum,

@@ -222,6 +222,8 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
                      "approach 2 reads it off the annealed final losses; the target is sized by "
                      f"approach {prediction['sizing_approach']} (`ladder.target_sizing`)."
                      if agreement["disagree"] else ""), ""]
+    if prediction.get("sizing_note"):
+        lines += [f"Sizing: {prediction['sizing_note']}.", ""]
 
     written = prediction.get("written_at_iso", "?")
     lines += ["## Prediction for the target", "",

@@ -85,10 +85,11 @@ class ShapeSpace:
     gqa_ratio: int = 1
     tie_embeddings: bool = False
     use_bias: bool = False
+    min_layers: int = 1
     max_layers: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "multiple_of", "gqa_ratio", "max_layers"):
+        for name in ("vocab_size", "multiple_of", "gqa_ratio", "min_layers", "max_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise AllocationError(f"budget.{name} must be a positive integer, got {value!r}",
@@ -98,6 +99,10 @@ class ShapeSpace:
         ):
             raise AllocationError(f"budget.head_dims must be positive integers, got {self.head_dims!r}",
                                   hint="use e.g. [64, 128] (or [16, 32] for tiny CPU models)")
+        if self.min_layers > self.max_layers:
+            raise AllocationError(
+                f"budget.min_layers={self.min_layers} exceeds budget.max_layers={self.max_layers}",
+                hint="set min_layers <= max_layers (equal values fix the depth)")
         if not 0 < self.min_aspect <= self.max_aspect:
             raise AllocationError(
                 f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty or not positive",
@@ -136,8 +141,9 @@ class ShapeSpace:
         return max(k for k in range(1, limit + 1) if n_heads % k == 0)
 
     def layer_range(self, d_model: int) -> range:
-        """Depths whose aspect ratio lies in ``[min_aspect, max_aspect]`` (and ≤ max_layers)."""
-        low = max(1, math.ceil(d_model / self.max_aspect - 1e-9))
+        """Depths whose aspect ratio lies in ``[min_aspect, max_aspect]``, within
+        ``[min_layers, max_layers]``."""
+        low = max(self.min_layers, math.ceil(d_model / self.max_aspect - 1e-9))
         high = min(self.max_layers, math.floor(d_model / self.min_aspect + 1e-9))
         return range(low, high + 1)
 
@@ -209,6 +215,6 @@ def search_shape(target_params: float, space: ShapeSpace, base: Optional[ModelCo
         raise AllocationError(
             f"no shape satisfies the constraints (multiple_of={space.multiple_of}, "
             f"head_dims={list(space.head_dims)}, aspect {space.min_aspect}-{space.max_aspect}, "
-            f"max_layers={space.max_layers})",
+            f"layers {space.min_layers}-{space.max_layers})",
             hint="widen the aspect range or make multiple_of a multiple of a head size")
     return space.config(best[0].d_model, best[0].n_layers, base)

@@ -275,6 +275,8 @@ def test_unknown_law_in_plan() -> None:
         (dict(inference_tokens=-1.0), "inference_tokens"),
         (dict(global_batch=0), "global_batch"),
         (dict(gqa_ratio=0), "gqa_ratio"),
+        (dict(min_layers=0), "min_layers"),
+        (dict(min_layers=9, max_layers=8), "min_layers=9 exceeds"),
     ],
 )
 def test_bad_budget_fields(changes: dict, message: str) -> None:
@@ -319,6 +321,19 @@ def test_target_aspect_steers_depth() -> None:
     shallow = search_shape(5e8, ShapeSpace(target_aspect=200.0))
     deep = search_shape(5e8, ShapeSpace(target_aspect=40.0))
     assert shallow.d_model / shallow.n_layers > 2 * deep.d_model / deep.n_layers
+
+
+def test_equal_layer_bounds_fix_the_depth_for_every_budget() -> None:
+    """A width-only family: every plan keeps the one depth, and the budget is still spent."""
+    template = dict(law="chinchilla-unrounded", seq_len=128, vocab_size=257, multiple_of=8,
+                    head_dims=[8, 16], min_aspect=4.0, max_aspect=64.0, tie_embeddings=True,
+                    min_layers=6, max_layers=6)
+    plans = [plan_run(BudgetConfig(flops=flops, **template)) for flops in (1e11, 1e12, 1e13)]
+    assert [p.model.n_layers for p in plans] == [6, 6, 6]
+    assert plans[0].model.d_model < plans[1].model.d_model < plans[2].model.d_model
+    assert all(abs(p.flops / f - 1.0) <= 0.01 for p, f in zip(plans, (1e11, 1e12, 1e13)))
+    free = plan_run(BudgetConfig(flops=1e13, **{**template, "min_layers": 1, "max_layers": 128}))
+    assert free.model.n_layers != 6  # the bounds, not the budget, chose the depth
 
 
 def test_head_dim_choice() -> None:

@@ -29,6 +29,7 @@ from scaling.ladder import (
     LadderError,
     analyse_ladder,
     design_ladder,
+    law_file_name,
     predict_target,
     published_comparison,
     verify_target,
@@ -200,6 +201,34 @@ def test_fit_predict_verify_and_report_on_a_known_law(tmp_path: Path) -> None:
                           rung_dirs={r.name: d for r, d in zip(plan.rungs, run_dirs)},
                           target_dir=target_dir, summaries={}, timings={}, name="synthetic")
     _check_report(report, law_file)
+
+
+def test_a_sizing_law_that_cannot_size_the_target_yields_to_approach_3(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An isoFLOP power law extrapolated from minima at a sweep's edge can ask for an absurd
+    model; the ladder then sizes the target with approach 3 and says so, instead of stopping
+    after every rung has trained."""
+    import scaling.ladder as ladder_module
+
+    cfg = LadderConfig(budgets=[1e11, 3e11, 1e12], sizes_per_budget=5, bootstrap=0,
+                       grid="coarse", target_sizing=2)
+    plan = design_ladder(cfg, TEMPLATE)
+    run_dirs = _synthetic_rungs(tmp_path / "rungs", plan, noise=0.002)
+    real_plan_run = ladder_module.plan_run
+
+    def refuse_approach_2(budget: BudgetConfig, **kwargs: Any) -> Any:
+        if str(budget.law).endswith(law_file_name(2)):
+            raise AllocationError("the law wants N≈8.4e+21 parameters", hint="raise max_layers")
+        return real_plan_run(budget, **kwargs)
+
+    monkeypatch.setattr(ladder_module, "plan_run", refuse_approach_2)
+    analysis = analyse_ladder(tmp_path, plan, TEMPLATE, run_dirs=run_dirs, name="edge")
+    assert 2 in analysis.reports and analysis.sizing_approach == 3
+    assert "approach 2" in analysis.sizing_note and "8.4e+21" in analysis.sizing_note
+    assert analysis.target.n_params == real_plan_run(
+        dataclasses.replace(TEMPLATE, flops=1e13, law=analysis.law_files[3])).n_params
+    prediction = predict_target(analysis, eval_every=10)
+    assert prediction["sizing_approach"] == 3 and prediction["sizing_note"] == analysis.sizing_note
 
 
 def _check_report(report: Path, law_file: dict[str, Any]) -> None:
