@@ -148,7 +148,7 @@ def _fit_section(approach: int, report: FitReport, law_file: str) -> list[str]:
             for key in LABEL_ORDER if key in report.estimates]
     boot = report.bootstrap
     lines = [f"### Approach {approach}", "",
-             f"Law file: `{law_file}`; {len(report.observations)} points from "
+             f"Law file: `{Path(law_file).name}` (in the ladder directory); {len(report.observations)} points from "
              f"{report.observations.n_runs} rungs"
              + (f"; bootstrap: {boot.n_resamples} resamples over rungs ({boot.n_failed} failed)"
                 if boot else "; no bootstrap") + ".", ""]
