@@ -41,7 +41,7 @@ larger than ``budget.flops``; the batch and learning-rate rules follow that trai
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
@@ -141,15 +141,11 @@ class BudgetConfig:
         self.shape_space()  # validates the shape constraints early
 
     def shape_space(self) -> ShapeSpace:
-        """The shape constraints as the search in :mod:`scaling.shapes` takes them."""
-        return ShapeSpace(
-            vocab_size=self.vocab_size, multiple_of=self.multiple_of,
-            head_dims=tuple(self.head_dims), min_aspect=self.min_aspect,
-            max_aspect=self.max_aspect, target_aspect=self.target_aspect, mlp=self.mlp,
-            ff_ratio=self.ff_ratio, gqa_ratio=self.gqa_ratio,
-            tie_embeddings=self.tie_embeddings, use_bias=self.use_bias,
-            min_layers=self.min_layers, max_layers=self.max_layers,
-        )
+        """The shape constraints as the search in :mod:`scaling.shapes` takes them: every
+        :class:`ShapeSpace` field, read from the field of the same name here (a constraint
+        added there must be added here, or this fails loudly)."""
+        values = {f.name: getattr(self, f.name) for f in fields(ShapeSpace)}
+        return ShapeSpace(**{**values, "head_dims": tuple(self.head_dims)})
 
 
 @dataclass(frozen=True)
