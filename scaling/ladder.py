@@ -103,7 +103,8 @@ class LadderConfig:
     Fit settings: ``approaches`` (3 is required: it alone predicts a loss), ``bootstrap``
     resamples over runs (0: no bootstrap; the prediction then uses a fixed relative band),
     ``grid`` (``full``: Chinchilla's 4,500 starts, ``coarse``: 162), ``drop_early`` (fraction of
-    each run's tokens whose evals are left out), ``huber_delta`` and ``level`` (the confidence
+    each run's tokens whose evals are left out; 1.0 keeps each rung's final eval only, as
+    Chinchilla's approach 3 did), ``huber_delta`` and ``level`` (the confidence
     of every interval, coefficients and predicted loss alike).  ``target_sizing`` names the
     approach whose ``N_opt`` sizes the target (2 or 3; the loss is always approach 3's).
     ``sensitivity`` lists other ``drop_early`` values (1.0: each rung's final eval only) under
@@ -201,8 +202,8 @@ class LadderConfig:
         if self.grid not in GRIDS:
             raise LadderError(f"ladder.grid={self.grid!r} is not one of {', '.join(GRIDS)}",
                               hint="'full' is Chinchilla's 4,500-start grid, 'coarse' 162 starts")
-        if not (isinstance(self.drop_early, (int, float)) and 0.0 <= self.drop_early < 1.0):
-            raise LadderError(f"ladder.drop_early must lie in [0, 1), got {self.drop_early!r}",
+        if not (isinstance(self.drop_early, (int, float)) and 0.0 <= self.drop_early <= 1.0):
+            raise LadderError(f"ladder.drop_early must lie in [0, 1], got {self.drop_early!r}",
                               hint="use 0.1 to drop each rung's first 10% of evals")
         if any(not (isinstance(f, (int, float)) and 0.0 <= f <= 1.0) for f in self.sensitivity):
             raise LadderError(f"ladder.sensitivity must list fractions in [0, 1], got {list(self.sensitivity)!r}",
@@ -496,6 +497,13 @@ def law_file_name(approach: int) -> str:
     return LAW_FILE if approach == 3 else f"law_approach{approach}.json"
 
 
+def rung_observations(run_dirs: Sequence[str | Path], drop_early: float) -> Observations:
+    """The rungs' evals past the first ``drop_early`` of each run's tokens; 1.0: final evals only."""
+    if drop_early >= 1.0:
+        return load_observations([str(p) for p in run_dirs], drop_early=0.0).final_points()
+    return load_observations([str(p) for p in run_dirs], drop_early=float(drop_early))
+
+
 def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: float,
               name: str = "ladder") -> tuple[Observations, Dict[int, FitReport], Dict[int, str]]:
     """Read the rungs' evals (early ones dropped) and fit every configured approach.
@@ -507,7 +515,7 @@ def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: f
     if len(run_dirs) < MIN_SIZES_PER_BUDGET:
         raise LadderError(f"only {len(run_dirs)} finished rung(s) to fit",
                           hint="run the ladder's rungs first (chinchax ladder CONFIG)")
-    obs = load_observations([str(p) for p in run_dirs], drop_early=cfg.drop_early)
+    obs = rung_observations(run_dirs, cfg.drop_early)
     reports: Dict[int, FitReport] = {}
     skipped: Dict[int, str] = {}
     for approach in sorted(cfg.approaches):
@@ -564,11 +572,7 @@ def fit_choice_sensitivity(run_dirs: Sequence[str | Path], cfg: LadderConfig, ta
     rows = []
     for fraction in cfg.sensitivity:
         try:
-            final_only = fraction >= 1.0
-            obs = load_observations([str(p) for p in run_dirs],
-                                    drop_early=0.0 if final_only else float(fraction))
-            if final_only:
-                obs = obs.final_points()
+            obs = rung_observations(run_dirs, fraction)
             config = replace(cfg.fit_config(3, target_flops), bootstrap=0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

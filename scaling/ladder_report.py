@@ -202,9 +202,11 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
     if plan.notes:
         lines += ["", "Design notes:", ""] + [f"- {n}" for n in plan.notes]
 
-    lines += ["", "## Fitted laws", "",
-              f"Evals before {plan.config.drop_early:.0%} of each rung's tokens are dropped "
-              "(Hitchhiker's guide); approach 2 uses each rung's final loss.", ""]
+    evals = ("Only each rung's final eval is fitted (Chinchilla's approach 3)"
+             if plan.config.drop_early >= 1.0 else
+             f"Evals before {plan.config.drop_early:.0%} of each rung's tokens are dropped "
+             "(Hitchhiker's guide)")
+    lines += ["", "## Fitted laws", "", f"{evals}; approach 2 uses each rung's final loss.", ""]
     lines += ["Approach 3 law (the law file's coefficients):", ""]
     lines += _table(COEFFICIENTS, [tuple(number(getattr(law, k)) for k in COEFFICIENTS)])
     lines += [""]

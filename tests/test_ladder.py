@@ -29,6 +29,7 @@ from scaling.ladder import (
     LadderError,
     analyse_ladder,
     design_ladder,
+    fit_rungs,
     law_file_name,
     predict_target,
     published_comparison,
@@ -114,7 +115,8 @@ def test_design_trains_colliding_shapes_once() -> None:
         (dict(approaches=[2]), "including 3"),
         (dict(target_sizing=2, approaches=[3]), "target_sizing"),
         (dict(grid="fine"), "grid"),
-        (dict(drop_early=1.0), "drop_early"),
+        (dict(drop_early=1.5), "drop_early"),
+        (dict(drop_early=-0.1), "drop_early"),
         (dict(seeds=[]), "seeds"),
         (dict(evals_per_run=0), "evals_per_run"),
     ],
@@ -229,6 +231,19 @@ def test_a_sizing_law_that_cannot_size_the_target_yields_to_approach_3(
         dataclasses.replace(TEMPLATE, flops=1e13, law=analysis.law_files[3])).n_params
     prediction = predict_target(analysis, eval_every=10)
     assert prediction["sizing_approach"] == 3 and prediction["sizing_note"] == analysis.sizing_note
+
+
+def test_drop_early_one_fits_each_rungs_final_eval_only(tmp_path: Path) -> None:
+    cfg = LadderConfig(budgets=[1e11, 3e11, 1e12], sizes_per_budget=5, bootstrap=0,
+                       grid="coarse", drop_early=1.0)
+    plan = design_ladder(cfg, TEMPLATE)
+    run_dirs = _synthetic_rungs(tmp_path / "rungs", plan, noise=0.002)
+    obs, reports, _ = fit_rungs(run_dirs, cfg, 1e13)
+    assert len(obs) == len(run_dirs) == obs.n_runs  # one point per rung: its last eval
+    last = {Path(d).name: json.loads((Path(d) / "summary.json").read_text())["final_eval_loss"]
+            for d in run_dirs}
+    assert sorted(obs.loss) == pytest.approx(sorted(last.values()))
+    assert reports[3].law.alpha == pytest.approx(TRUE_LAW.alpha, rel=0.25)
 
 
 def _check_report(report: Path, law_file: dict[str, Any]) -> None:
