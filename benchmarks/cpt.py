@@ -43,9 +43,9 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import platform
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -56,6 +56,9 @@ import numpy as np
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from common import first_reaching  # noqa: E402
 
 from launch.config import load_experiment, resolve
 from scaling.cpt import compute_saving, fit_cpt_law
@@ -139,23 +142,10 @@ def curves(run_dir: Path) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def flops_to_reach(flops: np.ndarray, loss: np.ndarray, target: float) -> Optional[float]:
-    """First FLOP count at which ``loss`` reaches ``target``, interpolating linearly in
-    (log FLOPs, loss) between the evals around the crossing; None if it never does."""
-    below = np.nonzero(loss <= target)[0]
-    if below.size == 0:
-        return None
-    i = int(below[0])
-    if i == 0:
-        return float(flops[0])
-    x0, x1, y0, y1 = math.log(flops[i - 1]), math.log(flops[i]), loss[i - 1], loss[i]
-    return float(math.exp(x0 + (target - y0) / (y1 - y0) * (x1 - x0)))
-
-
 def savings(scratch: dict[str, Any], cpt_dir: Path, cpt: dict[str, Any]) -> dict[str, Any]:
     target = float(scratch["final_eval_loss"])
     _, flops, loss = eval_curve(cpt_dir)
-    reached = flops_to_reach(flops, loss, target)
+    reached = first_reaching(flops, loss, target)
     base_flops = float(cpt["init"]["source_flops"])
     scratch_flops = float(scratch["flops"])
     out: dict[str, Any] = {"target_loss": target, "scratch_flops": scratch_flops,

@@ -37,9 +37,9 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +48,9 @@ from typing import Any, Optional
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from common import first_reaching  # noqa: E402
 
 from launch.cli import main as chinchax
 from launch.config import load_experiment, resolve
@@ -96,19 +99,6 @@ def eval_curve(run_dir: Path) -> dict[str, np.ndarray]:
     records = [r for r in read_records(run_dir, "eval") if r.get("eval_loss") is not None]
     return {key: np.array([float(r[key]) for r in records])
             for key in ("step", "tokens", "flops", "eval_loss")}
-
-
-def first_reaching(x: np.ndarray, loss: np.ndarray, target: float) -> Optional[float]:
-    """First ``x`` (tokens or FLOPs) at which ``loss`` reaches ``target``, interpolating
-    linearly in (log x, loss) between the evals around the crossing; None if never."""
-    below = np.nonzero(loss <= target)[0]
-    if below.size == 0:
-        return None
-    i = int(below[0])
-    if i == 0:
-        return float(x[0])
-    x0, x1, y0, y1 = math.log(x[i - 1]), math.log(x[i]), loss[i - 1], loss[i]
-    return float(math.exp(x0 + (target - y0) / (y1 - y0) * (x1 - x0)))
 
 
 def copy_gap(run_dir: Path) -> float:

@@ -34,10 +34,10 @@ import argparse
 import datetime
 import gc
 import importlib.metadata
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from common import write_report  # noqa: E402
 
 from models.config import ModelConfig
 from models.errors import ChinchaxError
@@ -491,10 +494,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}" + (f"\nhint: {err.hint}" if getattr(err, "hint", None) else ""))
         return 2
     print_table(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 

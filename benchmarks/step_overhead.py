@@ -25,7 +25,6 @@ Two shapes: one so small that per-step dispatch dominates, one where compute doe
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -44,6 +43,7 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from common import write_report  # noqa: E402
 from mfu import (BenchmarkError, build_trainer_step, environment, random_batch,  # noqa: E402
                  wide_console)
 
@@ -327,10 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     report = run_comparison(args.preset, steps=args.steps, repeats=args.repeats)
     print_table(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 

@@ -256,3 +256,13 @@ def test_splash_attention_is_refused_off_tpu_and_needs_whole_tiles() -> None:
     with pytest.raises(ModelConfigError) as err:
         splash_attention(q, q, q)
     assert "128" in str(err.value) and err.value.hint
+
+
+def test_first_reaching_interpolates_the_crossing_in_log_x() -> None:
+    """The shared curve reader of the CPT and HyperCloning benchmarks."""
+    common = load_benchmark("common")
+    x, loss = np.array([1e9, 1e10, 1e11]), np.array([3.0, 2.0, 1.0])
+    assert common.first_reaching(x, loss, 1.5) == pytest.approx(10 ** 10.5)
+    assert common.first_reaching(x, loss, 3.5) == 1e9   # already there at the first eval
+    assert common.first_reaching(x, loss, 0.5) is None  # never reached
+

@@ -1,0 +1,36 @@
+"""Small pieces the benchmark scripts share: reading a loss curve, writing a JSON report.
+
+``benchmarks/`` is a folder of scripts, not a package: each script puts its own folder on
+``sys.path`` before importing this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+
+def first_reaching(x: np.ndarray, loss: np.ndarray, target: float) -> Optional[float]:
+    """First ``x`` (tokens or FLOPs) at which ``loss`` reaches ``target``, interpolating
+    linearly in (log x, loss) between the evals around the crossing; None if never."""
+    below = np.nonzero(loss <= target)[0]
+    if below.size == 0:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(x[0])
+    x0, x1, y0, y1 = math.log(x[i - 1]), math.log(x[i]), loss[i - 1], loss[i]
+    return float(math.exp(x0 + (target - y0) / (y1 - y0) * (x1 - x0)))
+
+
+def write_report(report: dict[str, Any], path: Optional[Path]) -> None:
+    """``report`` as indented JSON at ``path`` (folders made), and say so; nothing without one."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
