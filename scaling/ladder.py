@@ -606,30 +606,24 @@ def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: Bu
                "drop_early": cfg.drop_early, **dict(settings or {})}
     for approach, report in reports.items():
         law_files[approach] = str(write_law_file(report, out / law_file_name(approach), context))
-    sizing_note = ""
-
-    def size_target(approach: int) -> RunPlan:
-        return plan_run(replace(budget_template, flops=plan.target_flops, law=law_files[approach]),
-                        data_parallel=data_parallel, base_model=base_model)
-
-    try:
-        target = size_target(sizing)
-    except ChinchaxError as exc:
-        if sizing == 3:
-            raise LadderError(f"the fitted law (approach 3) cannot size the target "
-                              f"at {plan.target_flops:.3g} FLOPs: {exc}",
-                              hint=exc.hint or "inspect the law file and the isoFLOP plot") from None
-        # An isoFLOP power law extrapolated from minima at the edge of the sweep can ask for
-        # an absurd size; the parametric fit still gives a usable optimum.
-        sizing_note = (f"approach {sizing}'s law cannot size the target ({exc}); "
-                       f"approach 3 sized it instead")
-        sizing = 3
+    # Approach 3 stands behind the configured sizing law: an isoFLOP power law extrapolated
+    # from minima at the edge of the sweep can ask for an absurd size, while the parametric
+    # fit still gives a usable optimum.
+    failures: list[str] = []
+    for approach in dict.fromkeys((sizing, 3)):
         try:
-            target = size_target(3)
-        except ChinchaxError as exc3:
-            raise LadderError(f"neither fitted law can size the target at {plan.target_flops:.3g} "
-                              f"FLOPs: {exc3}",
-                              hint=exc3.hint or "inspect the law files and the isoFLOP plot") from None
+            target = plan_run(replace(budget_template, flops=plan.target_flops,
+                                      law=law_files[approach]),
+                              data_parallel=data_parallel, base_model=base_model)
+            break
+        except ChinchaxError as exc:
+            failures.append(f"approach {approach}'s law cannot size the target ({exc})")
+            hint = exc.hint or "inspect the law files and the isoFLOP plot"
+    else:
+        raise LadderError(f"at {plan.target_flops:.3g} FLOPs: " + "; ".join(failures),
+                          hint=hint) from None
+    sizing_note = f"{failures[0]}; approach 3 sized it instead" if failures else ""
+    sizing = approach
     return LadderAnalysis(observations=obs, reports=reports, law_files=law_files, target=target,
                           target_flops=plan.target_flops, sizing_approach=sizing,
                           sizing_note=sizing_note,

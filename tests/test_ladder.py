@@ -232,6 +232,14 @@ def test_a_sizing_law_that_cannot_size_the_target_yields_to_approach_3(
     prediction = predict_target(analysis, eval_every=10)
     assert prediction["sizing_approach"] == 3 and prediction["sizing_note"] == analysis.sizing_note
 
+    def refuse_all(budget: BudgetConfig, **kwargs: Any) -> Any:
+        raise AllocationError("the law wants N≈8.4e+21 parameters", hint="raise max_layers")
+
+    monkeypatch.setattr(ladder_module, "plan_run", refuse_all)
+    with pytest.raises(LadderError, match="approach 2's law .* approach 3's law") as err:
+        analyse_ladder(tmp_path, plan, TEMPLATE, run_dirs=run_dirs, name="edge")
+    assert err.value.hint == "raise max_layers"
+
 
 def test_drop_early_one_fits_each_rungs_final_eval_only(tmp_path: Path) -> None:
     cfg = LadderConfig(budgets=[1e11, 3e11, 1e12], sizes_per_budget=5, bootstrap=0,
