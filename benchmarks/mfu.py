@@ -50,8 +50,9 @@ from jax.sharding import NamedSharding
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common import write_report  # noqa: E402
 
+from chinchax.errors import ChinchaxError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
+
 from models.sharding import MeshConfig, activation_sharding, batch_sharding, make_mesh
 from scaling.flops import count_params, executed_flops_per_token
 from training.config import RunConfig, TrainConfig

@@ -9,7 +9,7 @@ so that it can be tested without compiling anything:
 * :class:`MemoryReport` turns XLA's ``memory_analysis()`` into per-device totals;
 * :func:`counter_flops` puts the shared FLOP counter next to XLA's ``cost_analysis()`` count;
 * :func:`libtpu_location`, :func:`libtpu_missing_error` and :func:`out_of_memory_error` give
-  one clear :class:`~models.errors.ChinchaxError` instead of a traceback.
+  one clear :class:`~chinchax.errors.ChinchaxError` instead of a traceback.
 
 **Why XLA's FLOP count needs an adjustment.**  XLA's cost analysis counts the body of a
 ``while`` loop once, whatever its trip count, and both the scan over layers and the scan over
@@ -30,8 +30,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
+from chinchax.errors import ChinchaxError, LaunchError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
+
 from scaling.flops import forward_flop_breakdown
 from training.peaks import normalise_device_kind
 
@@ -40,18 +41,6 @@ GIB = 2**30
 TPU_TOPOLOGY_EXAMPLES = "v5e:4x4, v5e:2x2, v4:2x2x2, v5p:2x2x2, v6e:4x4"
 _TPU_TOPOLOGY = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
 _CPU_TOPOLOGY = re.compile(r"^cpu:(\d+)$")
-
-
-class TopologyError(ChinchaxError, ValueError):
-    """A ``--topology`` that cannot be read or built."""
-
-
-class LibtpuMissingError(ChinchaxError, RuntimeError):
-    """A TPU topology was asked for, but libtpu (the TPU compiler) is not installed."""
-
-
-class CompileOutOfMemoryError(ChinchaxError, RuntimeError):
-    """The compiled train step needs more device memory than the chip has."""
 
 
 # --------------------------------------------------------------------------- topologies
@@ -82,17 +71,17 @@ def parse_topology(text: str) -> Topology:
     if cpu:
         n = int(cpu.group(1))
         if n <= 0:
-            raise TopologyError(f"--topology {text!r} names no devices",
+            raise LaunchError(f"--topology {text!r} names no devices",
                                 hint="use cpu:N with N >= 1, e.g. cpu:8")
         return Topology(platform="cpu", name=spec, chips=n)
     tpu = _TPU_TOPOLOGY.match(spec)
     if tpu:
         dims = [int(d) for d in tpu.group(2).split("x")]
         if min(dims) <= 0:
-            raise TopologyError(f"--topology {text!r} has a zero dimension",
+            raise LaunchError(f"--topology {text!r} has a zero dimension",
                                 hint=f"TPU topologies look like {TPU_TOPOLOGY_EXAMPLES}")
         return Topology(platform="tpu", name=spec, chips=math.prod(dims))
-    raise TopologyError(
+    raise LaunchError(
         f"--topology {text!r} is not a TPU topology (GENERATION:AxB[xC]) or cpu:N",
         hint=f"TPU topologies look like {TPU_TOPOLOGY_EXAMPLES}; "
              "cpu:8 compiles for 8 host CPU devices")
@@ -304,9 +293,9 @@ def libtpu_location(environ: Mapping[str, str] = os.environ) -> Optional[str]:
     return None if spec is None else (spec.origin or "libtpu")
 
 
-def libtpu_missing_error(topology: str, jax_version: str) -> LibtpuMissingError:
+def libtpu_missing_error(topology: str, jax_version: str) -> LaunchError:
     """The one error for a TPU topology without libtpu, naming the install that fixes it."""
-    return LibtpuMissingError(
+    return LaunchError(
         f"--topology {topology} compiles with the TPU compiler (libtpu), which is not installed",
         hint=f'pip install "jax[tpu]=={jax_version}" (brings the libtpu built for this jax; '
              "libtpu must match the jax version), or set TPU_LIBRARY_PATH to a libtpu.so; "
@@ -347,7 +336,7 @@ def is_out_of_memory(message: str) -> bool:
 
 def out_of_memory_error(message: str, *, topology: str, device_kind: str, global_batch: int,
                         seq_len: int, remat: str, mesh: Mapping[str, int],
-                        grad_accum_steps: int = 1) -> CompileOutOfMemoryError:
+                        grad_accum_steps: int = 1) -> LaunchError:
     """Turn XLA's RESOURCE_EXHAUSTED into one line with the sizes and what to change."""
     needed, available = parse_out_of_memory(message)
     if needed is not None and available is not None:
@@ -366,6 +355,6 @@ def out_of_memory_error(message: str, *, topology: str, device_kind: str, global
     n_devices = math.prod(mesh.values()) if mesh else 1
     if mesh.get("fsdp", 1) < n_devices:
         fixes.append("more FSDP (mesh.fsdp=-1 mesh.data=1) to shard weights and optimiser state")
-    return CompileOutOfMemoryError(
+    return LaunchError(
         f"the train step does not fit {device_kind} ({topology}): {sizes} ({what})",
         hint="try " + "; or ".join(fixes))

@@ -7,7 +7,8 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
-from models.errors import ChinchaxError
+from chinchax.errors import ChinchaxError
+
 
 # Each module exposes ``register(subparsers)`` which adds its sub-command(s) and sets
 # ``func`` on the parser to a callable taking the parsed namespace and returning an exit code.

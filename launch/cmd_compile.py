@@ -18,9 +18,8 @@ import os
 import time
 from typing import Any, List, Optional, Sequence
 
-from launch.aot import (CompileReport, MemoryReport, Topology, TopologyError, counter_flops,
-                        hbm_bytes_per_device, is_out_of_memory, libtpu_location,
-                        libtpu_missing_error, out_of_memory_error, parse_topology, report_rows)
+from chinchax.errors import LaunchError
+from launch.aot import (CompileReport, MemoryReport, Topology, counter_flops, hbm_bytes_per_device, is_out_of_memory, libtpu_location, libtpu_missing_error, out_of_memory_error, parse_topology, report_rows)
 from launch.config import data_parallel_size, load_experiment, resolve
 from scaling.flops import count_params
 from training.config import RunConfig
@@ -48,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     topology = parse_topology(args.topology)
     if args.slices < 1 or (args.slices > 1 and not topology.is_tpu):
-        raise TopologyError(f"--slices {args.slices} needs a TPU topology and a value >= 1",
+        raise LaunchError(f"--slices {args.slices} needs a TPU topology and a value >= 1",
                             hint="leave --slices at 1 for cpu:N")
     experiment = load_experiment(args.config, args.overrides)
     devices = topology_devices(topology, slices=args.slices)
@@ -102,7 +101,7 @@ def _tpu_devices(topology: Topology, slices: int) -> List[Any]:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "not installed" in message:
             raise libtpu_missing_error(topology.name, _jax_version()) from None
-        raise TopologyError(f"libtpu cannot lay out topology {topology.name!r}: {message}",
+        raise LaunchError(f"libtpu cannot lay out topology {topology.name!r}: {message}",
                             hint="check the generation and chip grid, e.g. v5e:4x4 or v4:2x2x2; "
                             "a libtpu that does not match jax also fails here") from None
     return list(description.devices)
@@ -125,7 +124,7 @@ def _cpu_devices(n: int) -> List[Any]:
             pass
     devices = jax.devices("cpu")
     if len(devices) < n:
-        raise TopologyError(
+        raise LaunchError(
             f"--topology cpu:{n} needs {n} CPU devices, but this process has {len(devices)}",
             hint=f"start it with XLA_FLAGS=--xla_force_host_platform_device_count={n}")
     return list(devices[:n])

@@ -14,17 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from scaling.fit import (
-    LABEL_ORDER,
-    FitConfig,
-    FitError,
-    FitReport,
-    FitWarning,
-    coarse_grid,
-    evaluate,
-    fit,
-    write_law_file,
-)
+from chinchax.errors import ScalingError
+from scaling.fit import (LABEL_ORDER, FitConfig, FitReport, FitWarning, coarse_grid, evaluate, fit, write_law_file)
 from scaling.laws import ParametricLaw, get_law
 from scaling.observations import load_observations
 
@@ -80,7 +71,7 @@ def _fixed(args: argparse.Namespace) -> dict[str, float]:
     if args.cpt_base:
         base = get_law(args.cpt_base)
         if not isinstance(base, ParametricLaw):
-            raise FitError(f"--cpt-base {args.cpt_base} is not a parametric law",
+            raise ScalingError(f"--cpt-base {args.cpt_base} is not a parametric law",
                            hint="use an approach-3 law file or 'chinchilla' / 'epoch-2024'")
         fixed.update(E=base.E, A=base.A, alpha=base.alpha)
     for item in args.fix:
@@ -88,7 +79,7 @@ def _fixed(args: argparse.Namespace) -> dict[str, float]:
         try:
             fixed[name.strip()] = float(value)
         except ValueError:
-            raise FitError(f"--fix {item!r} is not NAME=VALUE", hint="e.g. --fix E=1.69") from None
+            raise ScalingError(f"--fix {item!r} is not NAME=VALUE", hint="e.g. --fix E=1.69") from None
     return fixed
 
 
@@ -134,7 +125,7 @@ def report_table(report: FitReport) -> Table:
 
 def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
-        raise FitError(f"--bootstrap must be 0 or more, got {args.bootstrap}",
+        raise ScalingError(f"--bootstrap must be 0 or more, got {args.bootstrap}",
                        hint="use 0 to skip intervals, 1000 for the usual ones")
     console = Console()
     obs = load_observations(args.inputs, drop_early=args.drop_early)

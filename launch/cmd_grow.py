@@ -35,23 +35,13 @@ from typing import Any
 
 import yaml
 
-from launch.config import (
-    RESOLVED_CONFIG_NAME,
-    ConfigError,
-    load_experiment,
-    load_run_config,
-    resolve,
-    run_config_to_yaml,
-)
-from models.errors import ChinchaxError
+from chinchax.errors import ConfigError
+from launch.config import (RESOLVED_CONFIG_NAME, load_experiment, load_run_config, resolve, run_config_to_yaml)
+
 from models.hypercloning import DEFAULT_NOISE_SCALE, VARIANTS, check_factor, grow_config
 from training.config import RunConfig
 
 EXPERIMENT_NAME = "experiment.yaml"
-
-
-class GrowError(ChinchaxError, ValueError):
-    """A grow request that cannot be written (no source run, an occupied target, ...)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,7 +86,7 @@ def read_source(run_dir: str) -> RunConfig:
     """The source run's resolved config (a one-line error if the directory is not a run)."""
     config = Path(run_dir) / RESOLVED_CONFIG_NAME
     if not config.is_file():
-        raise GrowError(f"{run_dir} has no {RESOLVED_CONFIG_NAME}",
+        raise ConfigError(f"{run_dir} has no {RESOLVED_CONFIG_NAME}",
                         hint="point at a run directory written by chinchax train (runs/<name>)")
     return load_run_config(config)
 
@@ -120,7 +110,7 @@ def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, 
 
 def _check_target(out: Path) -> None:
     if (out / "checkpoints").exists() or (out / RESOLVED_CONFIG_NAME).exists():
-        raise GrowError(f"{out} already holds a run",
+        raise ConfigError(f"{out} already holds a run",
                         hint="choose another --out directory, or delete that one first")
 
 

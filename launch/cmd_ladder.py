@@ -58,38 +58,12 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
-from launch.config import (
-    ConfigError,
-    ExperimentConfig,
-    config_error,
-    load_experiment,
-    read_yaml,
-    resolve,
-)
-from models.errors import ChinchaxError
+from chinchax.errors import ChinchaxError, ConfigError, ScalingError
+from launch.config import ExperimentConfig, config_error, load_experiment, read_yaml, resolve
+
 from scaling.allocate import BudgetConfig, RunPlan
 from scaling.fit import FitWarning
-from scaling.ladder import (
-    CPU_GUESS_FLOPS_PER_SECOND,
-    PLAN_FILE,
-    PREDICTION_FILE,
-    SUMMARY_FILE,
-    VERIFICATION_FILE,
-    LadderAnalysis,
-    LadderConfig,
-    LadderError,
-    LadderPlan,
-    WallTimeModel,
-    analyse_ladder,
-    design_ladder,
-    estimate_seconds,
-    load_prediction,
-    measured_wall_time_model,
-    predict_target,
-    rung_status,
-    shape_label,
-    verify_target,
-)
+from scaling.ladder import (CPU_GUESS_FLOPS_PER_SECOND, PLAN_FILE, PREDICTION_FILE, SUMMARY_FILE, VERIFICATION_FILE, LadderAnalysis, LadderConfig, LadderPlan, WallTimeModel, analyse_ladder, design_ladder, estimate_seconds, load_prediction, measured_wall_time_model, predict_target, rung_status, shape_label, verify_target)
 
 log = logging.getLogger("chinchax.ladder")
 
@@ -246,7 +220,7 @@ def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, star
     path = setup.ladder_dir / EXPERIMENTS_DIR / f"{name}.yaml"
     text = experiment_yaml(exp)
     if path.is_file() and path.read_text() != text and started:
-        raise LadderError(
+        raise ScalingError(
             f"run {name} was started with a different experiment than this ladder config now gives "
             f"({path} differs)",
             hint=f"restore the config, or delete {exp.run_dir} (and {path}) to train it afresh")
@@ -304,7 +278,7 @@ class Runner:
 
     def __init__(self, setup: LadderSetup, *, jobs: int = 1, use_subprocess: bool = False) -> None:
         if jobs < 1:
-            raise LadderError(f"--jobs must be at least 1, got {jobs}", hint="use --jobs 1 (default)")
+            raise ScalingError(f"--jobs must be at least 1, got {jobs}", hint="use --jobs 1 (default)")
         self.setup = setup
         self.jobs = jobs
         self.use_subprocess = use_subprocess or jobs > 1
@@ -339,7 +313,7 @@ def _train_in_process(experiment_path: Path) -> dict[str, Any]:
 
     summary = train(resolve(load_experiment(experiment_path)))
     if summary["status"] != "complete":
-        raise LadderError(f"run {summary['run_name']} ended with status {summary['status']!r} at "
+        raise ScalingError(f"run {summary['run_name']} ended with status {summary['status']!r} at "
                           f"step {summary['steps']}",
                           hint="run the same ladder command again to resume it")
     return summary
@@ -354,7 +328,7 @@ def _train_subprocess(experiment_path: Path, log_path: Path, env: Mapping[str, s
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
                                 env={**os.environ, **env}, check=False)
     if result.returncode != 0:
-        raise LadderError(f"'chinchax train {experiment_path}' failed (exit {result.returncode})",
+        raise ScalingError(f"'chinchax train {experiment_path}' failed (exit {result.returncode})",
                           hint=f"see {log_path}; run the ladder again to resume")
 
 
@@ -384,7 +358,7 @@ def device_groups(jobs: int, gpus: Optional[Sequence[str]] = None) -> list[dict[
     if not gpus:
         return [{} for _ in range(jobs)]
     if len(gpus) < jobs:
-        raise LadderError(f"--jobs {jobs} needs at least {jobs} GPUs, {len(gpus)} visible",
+        raise ScalingError(f"--jobs {jobs} needs at least {jobs} GPUs, {len(gpus)} visible",
                           hint=f"use --jobs {len(gpus)} or fewer")
     per_job = len(gpus) // jobs
     return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[j * per_job:(j + 1) * per_job])}
@@ -524,7 +498,7 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
     for rung in plan.rungs:
         status, summary = run_state(setup.rung_dir(rung.name))
         if status != "complete":
-            raise LadderError(f"rung {rung.name} is not complete ({status})",
+            raise ScalingError(f"rung {rung.name} is not complete ({status})",
                               hint="run the ladder again to resume it")
         summaries[rung.name] = summary or {}
         run_dirs.append(_local_copy(setup, str(setup.rung_dir(rung.name)), rung.name))
@@ -541,7 +515,7 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
     prediction_path = setup.ladder_dir / PREDICTION_FILE
     if target_status == "new" or not prediction_path.is_file():
         if target_status != "new":
-            raise LadderError(f"the target run {setup.target_dir} has started but "
+            raise ScalingError(f"the target run {setup.target_dir} has started but "
                               f"{prediction_path} is missing",
                               hint="a prediction is only worth something made before the run; "
                               "delete the target run directory to predict and train it again")

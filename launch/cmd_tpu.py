@@ -14,8 +14,9 @@ from typing import List, Optional
 
 import yaml
 
+from chinchax.errors import LaunchError
 from launch import tpu
-from launch.gcloud import Gcloud, LaunchError, RetryPolicy
+from launch.gcloud import Gcloud, RetryPolicy
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

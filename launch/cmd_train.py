@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from launch.config import (ConfigError, data_parallel_size, load_experiment, load_run_config, resolve,
-                           run_config_to_yaml)
+from chinchax.errors import ConfigError
+from launch.config import (data_parallel_size, load_experiment, load_run_config, resolve, run_config_to_yaml)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

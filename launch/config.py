@@ -18,8 +18,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from chinchax.errors import ChinchaxError, ConfigError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
+
 from launch.distributed import DistributedConfig
 from models.sharding import MeshConfig
 from scaling.allocate import BudgetConfig, plan_run
@@ -36,10 +37,6 @@ RESOLVED_CONFIG_NAME = "config.yaml"
 # (dtypes, remat, attention implementation, scanning).
 SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
                 "mlp", "tie_embeddings", "use_bias")
-
-
-class ConfigError(ChinchaxError, ValueError):
-    """A config file or override that cannot be read, or names an unknown key or wrong type."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-from models.errors import ChinchaxError
+from chinchax.errors import LaunchError
+
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ GOOGLE_PCI_VENDOR = "0x1ae0"
 TPU_PCI_DEVICE_IDS = frozenset({"0x0027", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076", "0x0056"})
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-
-
-class DistributedError(ChinchaxError, RuntimeError):
-    """Multi-process start-up that cannot proceed (bad settings, missing peers, late call)."""
 
 
 _TRIO_HINT = (f"set distributed.coordinator_address, num_processes and process_id together, or "
@@ -75,36 +72,36 @@ class DistributedConfig:
 
     def __post_init__(self) -> None:
         if self.enabled not in ENABLED_CHOICES:
-            raise DistributedError(f"distributed.enabled={self.enabled!r} is not one of {ENABLED_CHOICES}",
+            raise LaunchError(f"distributed.enabled={self.enabled!r} is not one of {ENABLED_CHOICES}",
                                    hint="use auto (default), on or off")
         if self.initialization_timeout <= 0:
-            raise DistributedError(
+            raise LaunchError(
                 f"distributed.initialization_timeout={self.initialization_timeout} must be positive",
                 hint="seconds to wait for all processes, e.g. 300; raise it for cold TPU pods")
         if self.coordinator_address is not None:
             check_coordinator_address(self.coordinator_address, "distributed.coordinator_address")
         if self.num_processes is not None and self.num_processes < 1:
-            raise DistributedError(f"distributed.num_processes={self.num_processes} must be at least 1",
+            raise LaunchError(f"distributed.num_processes={self.num_processes} must be at least 1",
                                    hint=_TRIO_HINT)
         if self.process_id is not None:
             if self.process_id < 0 or (self.num_processes is not None and self.process_id >= self.num_processes):
-                raise DistributedError(
+                raise LaunchError(
                     f"distributed.process_id={self.process_id} is outside 0..{(self.num_processes or 1) - 1}",
                     hint="process ids run from 0 to num_processes - 1, one per process")
         if any(i < 0 for i in self.local_device_ids):
-            raise DistributedError(f"distributed.local_device_ids={self.local_device_ids} has a negative id",
+            raise LaunchError(f"distributed.local_device_ids={self.local_device_ids} has a negative id",
                                    hint="list local device indices such as [0, 1]")
         if self.cpu_devices_per_process is not None and self.cpu_devices_per_process < 1:
-            raise DistributedError(
+            raise LaunchError(
                 f"distributed.cpu_devices_per_process={self.cpu_devices_per_process} must be at least 1",
                 hint="leave it unset to use one CPU device, or give a count such as 4")
 
 
 def check_coordinator_address(address: str, name: str) -> str:
-    """``host:port`` (IPv6 in brackets) or a :class:`DistributedError` naming ``name``."""
+    """``host:port`` (IPv6 in brackets) or a :class:`LaunchError` naming ``name``."""
     match = _HOST_PORT.match(address.strip())
     if not match or not 0 < int(match.group(2)) < 65536:
-        raise DistributedError(f"{name}={address!r} is not host:port",
+        raise LaunchError(f"{name}={address!r} is not host:port",
                                hint="write it as 10.0.0.1:1234 (the host of process 0 and a free port)")
     return address.strip()
 
@@ -138,7 +135,7 @@ def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
     try:
         return int(raw)
     except ValueError:
-        raise DistributedError(f"environment variable {name}={raw!r} is not an integer",
+        raise LaunchError(f"environment variable {name}={raw!r} is not an integer",
                                hint=f"unset {name} or give it a whole number") from None
 
 
@@ -212,7 +209,7 @@ def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: i
     """
     cpu_devices = cfg.cpu_devices_per_process or _env_int(env, ENV_CPU_DEVICES)
     if cpu_devices is not None and cpu_devices < 1:
-        raise DistributedError(f"{ENV_CPU_DEVICES}={cpu_devices} must be at least 1",
+        raise LaunchError(f"{ENV_CPU_DEVICES}={cpu_devices} must be at least 1",
                                hint=f"unset {ENV_CPU_DEVICES} or give a positive count")
     ids = tuple(cfg.local_device_ids) or None
     if cfg.enabled == "off":
@@ -226,12 +223,12 @@ def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: i
                                             ("number of processes", num), ("process id", pid))
                    if value is None]
         if missing:
-            raise DistributedError(f"explicit multi-process start-up lacks the {' and '.join(missing)}",
+            raise LaunchError(f"explicit multi-process start-up lacks the {' and '.join(missing)}",
                                    hint=_TRIO_HINT)
         assert coordinator is not None and num is not None and pid is not None
         check_coordinator_address(coordinator, "coordinator address")
         if num < 1 or not 0 <= pid < num:
-            raise DistributedError(f"process id {pid} is outside 0..{num - 1} for {num} processes",
+            raise LaunchError(f"process id {pid} is outside 0..{num - 1} for {num} processes",
                                    hint="give each process a distinct id from 0 to num_processes - 1")
         if num > 1:
             return StartupPlan("explicit", f"coordinator {coordinator}, process {pid} of {num}",
@@ -258,7 +255,7 @@ def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: i
                                _env_int(env, "OMPI_COMM_WORLD_RANK"), ids, cpu_devices)
 
     if cfg.enabled == "on":
-        raise DistributedError(
+        raise LaunchError(
             "distributed.enabled=on but no multi-process environment was found",
             hint=f"run under SLURM/mpirun or on a TPU pod, or {_TRIO_HINT}; or use enabled=auto")
     return StartupPlan("single", "no multi-process environment found", cpu_devices=cpu_devices)
@@ -302,7 +299,7 @@ def _set_cpu_devices(count: int) -> None:
     try:
         jax.config.update("jax_num_cpu_devices", int(count))
     except RuntimeError:
-        raise DistributedError(
+        raise LaunchError(
             "the CPU device count can no longer change: JAX has already run a computation",
             hint="call initialize_distributed() before anything else touches JAX devices") from None
 
@@ -340,7 +337,7 @@ def initialize_distributed(cfg: Optional[DistributedConfig] = None,
         try:
             jax.distributed.initialize(**kwargs)
         except (RuntimeError, ValueError, TypeError) as err:
-            raise DistributedError(
+            raise LaunchError(
                 f"jax.distributed.initialize failed ({plan.mode}: {plan.reason}): {err}",
                 hint="call it before any JAX computation; check that every process was started "
                 "with the same coordinator and count, and raise distributed.initialization_timeout "

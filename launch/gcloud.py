@@ -22,7 +22,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, TextIO
 
-from models.errors import ChinchaxError
+from chinchax.errors import LaunchError
+
 
 SSH_FAILURE_EXIT_CODE = 255
 INSTALL_HINT = ("install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install), then run "
@@ -45,10 +46,6 @@ TRANSIENT_MARKERS = (
     "could not resolve hostname",
     "service unavailable",
 )
-
-
-class LaunchError(ChinchaxError, RuntimeError):
-    """A launch step that cannot run: gcloud missing or logged out, a failed remote command, ..."""
 
 
 _FLAG = re.compile(r"^--[a-z][a-z0-9-]*=")

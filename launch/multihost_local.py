@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, IO, List, Mapping, Optional, Sequence
 
+from chinchax.errors import LaunchError
 from launch.distributed import ENV_COORDINATOR, ENV_CPU_DEVICES, ENV_NUM_PROCESSES, ENV_PROCESS_ID
-from launch.gcloud import LaunchError
+
 
 LOOPBACK = "127.0.0.1"
 GRACE_S = 10.0  # how long the others may take to finish once one process has failed

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from launch.gcloud import LaunchError
+from chinchax.errors import LaunchError
+
 
 GCLOUD = "gcloud"
 TPUS = (GCLOUD, "compute", "tpus")

@@ -30,7 +30,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from models.errors import ModelConfigError
+from chinchax.errors import ModelError
 from models.sharding import active_mesh_and_rules, logical_to_mesh_spec
 
 SPLASH_MODULE = "jax.experimental.pallas.ops.tpu.splash_attention"
@@ -48,7 +48,7 @@ def splash_module() -> Optional[ModuleType]:
 
 def _block_for(seq_len: int) -> int:
     if seq_len % SPLASH_MIN_BLOCK:
-        raise ModelConfigError(
+        raise ModelError(
             f"splash attention needs the sequence length to be a multiple of {SPLASH_MIN_BLOCK}, "
             f"got {seq_len}",
             hint=f"use train.seq_len divisible by {SPLASH_MIN_BLOCK} (e.g. 2048), or "
@@ -65,7 +65,7 @@ def _causal_kernel(n_heads: int, seq_len: int, interpret: bool) -> Any:
     """A causal multi-head splash kernel for one sequence (built once per shape)."""
     splash = splash_module()
     if splash is None:
-        raise ModelConfigError(
+        raise ModelError(
             f"model.attention='splash' needs {SPLASH_MODULE}, which this JAX does not have",
             hint="upgrade jax (it ships the kernel), or use model.attention=auto",
         )

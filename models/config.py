@@ -27,7 +27,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from models.errors import ModelConfigError
+from chinchax.errors import ModelError
+
 
 MLP_KINDS = ("swiglu", "gelu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention")
@@ -66,27 +67,27 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ModelConfigError(
+                raise ModelError(
                     f"model.{name} must be a positive integer, got {value!r}",
                     hint=f"set model.{name} to a value like {getattr(ModelConfig, name)}",
                 )
         if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
-            raise ModelConfigError(
+            raise ModelError(
                 f"model.n_kv_heads={self.n_kv_heads} does not divide model.n_heads={self.n_heads}",
                 hint="grouped-query attention needs n_heads to be a multiple of n_kv_heads",
             )
         if self.head_dim is None and self.d_model % self.n_heads:
-            raise ModelConfigError(
+            raise ModelError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}",
                 hint="set model.head_dim explicitly or choose n_heads dividing d_model",
             )
         if not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
-            raise ModelConfigError(
+            raise ModelError(
                 f"model.loss_chunk must be 0 or a positive integer, got {self.loss_chunk!r}",
                 hint="use 0 for the whole sequence, or a divisor of train.seq_len such as 512",
             )
         if self.head_dim is not None and self.head_dim <= 0:
-            raise ModelConfigError(f"model.head_dim must be positive, got {self.head_dim}")
+            raise ModelError(f"model.head_dim must be positive, got {self.head_dim}")
         for name, allowed in (
             ("mlp", MLP_KINDS),
             ("remat", REMAT_POLICIES),
@@ -95,7 +96,7 @@ class ModelConfig:
             ("compute_dtype", DTYPES),
         ):
             if getattr(self, name) not in allowed:
-                raise ModelConfigError(
+                raise ModelError(
                     f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}",
                     hint=f"use one of: {', '.join(allowed)}",
                 )

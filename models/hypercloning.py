@@ -58,8 +58,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from chinchax.errors import ChinchaxError, ModelError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
+
 
 VARIANTS = ("symmetric", "noisy")
 DEFAULT_NOISE_SCALE = 10.0 ** (-10.0 / 20.0)  # noise std / block std: the paper's 10 dB SNR
@@ -72,21 +73,17 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "h
 ParamName = Tuple[str, ...]
 
 
-class HyperCloningError(ChinchaxError, ValueError):
-    """A widening that cannot be done: bad factor, unknown variant, parameters of another shape."""
-
-
 # --------------------------------------------------------------------------- configs
 
 
 def check_factor(factor: Any) -> int:
-    """The factor as an int, or a :class:`HyperCloningError` (an integer ≥ 2 is required)."""
+    """The factor as an int, or a :class:`ModelError` (an integer ≥ 2 is required)."""
     if (isinstance(factor, bool) or not isinstance(factor, numbers.Real)
             or not math.isfinite(factor) or factor != int(factor)):
-        raise HyperCloningError(f"growth factor {factor!r} is not an integer",
+        raise ModelError(f"growth factor {factor!r} is not an integer",
                                 hint="HyperCloning widens by a whole factor: use 2, 3, 4, ...")
     if int(factor) < 2:
-        raise HyperCloningError(f"growth factor {int(factor)} is below 2",
+        raise ModelError(f"growth factor {int(factor)} is below 2",
                                 hint="use --factor 2 (or more); a factor of 1 is the same model")
     return int(factor)
 
@@ -94,10 +91,10 @@ def check_factor(factor: Any) -> int:
 def check_variant(variant: str, noise_scale: float) -> None:
     """Reject an unknown variant or a negative / non-finite noise scale."""
     if variant not in VARIANTS:
-        raise HyperCloningError(f"unknown HyperCloning variant {variant!r}",
+        raise ModelError(f"unknown HyperCloning variant {variant!r}",
                                 hint=f"use one of: {', '.join(VARIANTS)}")
     if not (isinstance(noise_scale, numbers.Real) and math.isfinite(noise_scale) and noise_scale >= 0):
-        raise HyperCloningError(f"noise scale {noise_scale!r} must be a finite number >= 0",
+        raise ModelError(f"noise scale {noise_scale!r} must be a finite number >= 0",
                                 hint=f"the paper's 10 dB is {DEFAULT_NOISE_SCALE:.3f}; 0 gives "
                                 "the symmetric variant")
 
@@ -111,7 +108,7 @@ def grow_config(cfg: ModelConfig, factor: int) -> ModelConfig:
     """
     n = check_factor(factor)
     if cfg.resolved_head_dim % 2:
-        raise HyperCloningError(
+        raise ModelError(
             f"the source model's head_dim={cfg.resolved_head_dim} is odd, so it is not a model "
             "this framework builds", hint="check the source run's model: section")
     return cfg.replace(
@@ -129,14 +126,14 @@ def shrink_config(cfg: ModelConfig, factor: int) -> ModelConfig:
               "n_kv_heads": cfg.kv_heads}
     bad = [f"{name}={value}" for name, value in fields.items() if value % n]
     if bad:
-        raise HyperCloningError(
+        raise ModelError(
             f"the model's {', '.join(bad)} cannot be {n} copies of a narrower model",
             hint=f"a grown model has d_model, d_ff, n_heads and n_kv_heads all multiples of the "
             f"factor {n}: write its shape with `chinchax grow`")
     narrow = cfg.replace(d_model=cfg.d_model // n, d_ff=cfg.d_ff // n, n_heads=cfg.n_heads // n,
                          n_kv_heads=None if cfg.n_kv_heads is None else cfg.n_kv_heads // n)
     if narrow.resolved_head_dim != cfg.resolved_head_dim:  # an implied head_dim that would change
-        raise HyperCloningError(
+        raise ModelError(
             f"head_dim {cfg.resolved_head_dim} is not kept when dividing by {n}",
             hint="set model.head_dim explicitly in both runs")
     return narrow
@@ -204,13 +201,13 @@ def _check_params_match(params: Any, cfg: ModelConfig) -> None:
             "they were trained with (the source run's config.yaml)")
     for name in sorted(set(want) | set(have)):
         if name not in have:
-            raise HyperCloningError(f"parameter {'/'.join(name)} is missing", hint=hint)
+            raise ModelError(f"parameter {'/'.join(name)} is missing", hint=hint)
         if name not in want:
-            raise HyperCloningError(f"parameter {'/'.join(name)} is not part of this model "
+            raise ModelError(f"parameter {'/'.join(name)} is not part of this model "
                                     f"(tie_embeddings={cfg.tie_embeddings}, use_bias={cfg.use_bias})",
                                     hint=hint)
         if sorted(have[name]) != sorted(want[name]):
-            raise HyperCloningError(f"parameter {'/'.join(name)} has shape {have[name][0]} but the "
+            raise ModelError(f"parameter {'/'.join(name)} has shape {have[name][0]} but the "
                                     f"config gives {want[name][0]}", hint=hint)
 
 
@@ -262,7 +259,7 @@ def _grow_leaf(name: ParamName, x: jax.Array, cfg: ModelConfig, n: int,
     elif name == ("final_norm", "scale"):
         wide = _tile(x32, n, [-1]) / (n if cfg.tie_embeddings else 1)
     else:
-        raise HyperCloningError(f"no HyperCloning rule for parameter {'/'.join(name)}",
+        raise ModelError(f"no HyperCloning rule for parameter {'/'.join(name)}",
                                 hint="grow_params knows the layout in models/config.py; "
                                 "a new parameter needs its own rule in models/hypercloning.py")
     return wide.astype(dtype)

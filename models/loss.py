@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
-from models.errors import ModelConfigError
+from chinchax.errors import ModelError
 from models.sharding import Rules, active_mesh_and_rules, constrain, logical_to_mesh_spec
 from models.transformer import ACTIVATION_BTD, project_to_vocab
 
@@ -139,7 +139,7 @@ def chunked_token_losses(
     """
     B, T, D = x_BTD.shape
     if chunk <= 0 or T % chunk:
-        raise ModelConfigError(
+        raise ModelError(
             f"model.loss_chunk={chunk} does not divide the sequence length {T}",
             hint="choose a divisor of train.seq_len (e.g. 256 or 512), or 0 to turn chunking off",
         )

@@ -20,8 +20,9 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from chinchax.errors import ModelError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
+
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "seq", "embed", "heads", "kv", "mlp", "vocab", "layers")
@@ -44,10 +45,6 @@ Rules = Sequence[Sequence[str]]
 """Logical→mesh rules as plain data: ``[[logical, "axis" | "axis,axis" | ""], ...]``."""
 
 
-class MeshError(ChinchaxError, ValueError):
-    """A mesh or sharding-rule configuration that cannot be laid out on the devices."""
-
-
 def _default_rules() -> List[List[str]]:
     return [list(rule) for rule in DEFAULT_RULES]
 
@@ -57,24 +54,24 @@ def parse_rules(rules: Rules) -> Dict[str, Tuple[str, ...]]:
     parsed: Dict[str, Tuple[str, ...]] = {}
     for rule in rules:
         if isinstance(rule, str) or len(rule) != 2:
-            raise MeshError(
+            raise ModelError(
                 f"sharding rule {rule!r} is not a [logical, mesh-axes] pair",
                 hint='write each rule as ["embed", "fsdp"]; "" replicates, "data,fsdp" splits over both',
             )
         logical, mesh_axes = rule
         if logical not in LOGICAL_AXES:
-            raise MeshError(
+            raise ModelError(
                 f"unknown logical axis {logical!r} in sharding rules",
                 hint=f"logical axes are: {', '.join(LOGICAL_AXES)}",
             )
         if logical in parsed:
-            raise MeshError(
+            raise ModelError(
                 f"logical axis {logical!r} has two sharding rules", hint="keep one rule per axis"
             )
         axes = tuple(a.strip() for a in (mesh_axes or "").split(",") if a.strip())
         for axis in axes:
             if axis not in MESH_AXES:
-                raise MeshError(
+                raise ModelError(
                     f"sharding rule for {logical!r} names unknown mesh axis {axis!r}",
                     hint=f"mesh axes are: {', '.join(MESH_AXES)} (comma-separated, or empty to replicate)",
                 )
@@ -103,19 +100,19 @@ class MeshConfig:
         ici = (self.data, self.fsdp, self.tensor)
         for name, size in zip(MESH_AXES, ici):
             if not isinstance(size, int) or (size <= 0 and size != -1):
-                raise MeshError(
+                raise ModelError(
                     f"mesh.{name}={size!r} must be a positive integer or -1",
                     hint="-1 means 'all the devices the other axes leave'",
                 )
         if sum(size == -1 for size in ici) > 1:
-            raise MeshError(
+            raise ModelError(
                 f"more than one of mesh.data/fsdp/tensor is -1 ({ici})",
                 hint="at most one axis can take 'the rest of the devices'",
             )
         for name in ("dcn_data", "dcn_fsdp", "dcn_tensor"):
             size = getattr(self, name)
             if not isinstance(size, int) or size <= 0:
-                raise MeshError(
+                raise ModelError(
                     f"mesh.{name}={size!r} must be a positive integer",
                     hint=f"set mesh.{name}=1 on one slice",
                 )
@@ -131,7 +128,7 @@ class MeshConfig:
         ici = [self.data, self.fsdp, self.tensor]
         known = math.prod(s for s in ici if s != -1)
         if n_devices % n_slices or (n_devices // n_slices) % known:
-            raise MeshError(
+            raise ModelError(
                 f"mesh data={self.data} fsdp={self.fsdp} tensor={self.tensor} × dcn {self.dcn_shape} "
                 f"does not fit {n_devices} devices",
                 hint=f"choose sizes whose product (with dcn_*) divides {n_devices}, and set one of them to -1",
@@ -140,7 +137,7 @@ class MeshConfig:
         if -1 in ici:
             ici[ici.index(-1)] = per_slice // known
         if math.prod(ici) != per_slice:
-            raise MeshError(
+            raise ModelError(
                 f"mesh sizes {tuple(ici)} × dcn {self.dcn_shape} use {math.prod(ici) * n_slices} devices, "
                 f"but {n_devices} are present",
                 hint="make the sizes multiply to the device count, or set one axis to -1",
@@ -167,7 +164,7 @@ def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -
             ici, cfg.dcn_shape, devices, process_is_granule=not hasattr(devices[0], "slice_index")
         )
     except (ValueError, AttributeError) as err:
-        raise MeshError(
+        raise ModelError(
             f"cannot build a multi-slice mesh ici={ici} dcn={cfg.dcn_shape}: {err}",
             hint="dcn_* must multiply to the number of TPU slices (or processes); use dcn_*=1 on one slice",
         ) from err
@@ -189,7 +186,7 @@ def logical_to_mesh_spec(names: Sequence[Optional[str]], rules: Rules) -> Partit
             spec.append(None)
             continue
         if name not in LOGICAL_AXES:
-            raise MeshError(
+            raise ModelError(
                 f"unknown logical axis {name!r}",
                 hint=f"logical axes are: {', '.join(LOGICAL_AXES)}",
             )

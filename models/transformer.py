@@ -18,9 +18,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from chinchax.errors import ModelError
 from models.attention import splash_attention
 from models.config import ModelConfig
-from models.errors import ModelConfigError
+
 from models.sharding import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -133,12 +134,12 @@ def _check_cudnn_shape(cfg: ModelConfig) -> None:
     """cuDNN's flash attention takes bf16/fp16 ``[B, T, N, H]`` with H a multiple of 8 up to
     256 (Hopper; 128 before): say so plainly instead of a kernel-selection error."""
     if cfg.compute_dtype not in ("bfloat16", "float16"):
-        raise ModelConfigError(
+        raise ModelError(
             f"model.attention='cudnn' needs bfloat16 or float16 compute, got {cfg.compute_dtype!r}",
             hint="set model.compute_dtype=bfloat16 (parameters stay float32), or model.attention=auto",
         )
     if cfg.resolved_head_dim % 8 or cfg.resolved_head_dim > 256:
-        raise ModelConfigError(
+        raise ModelError(
             f"model.attention='cudnn' needs head_dim a multiple of 8 and at most 256, got "
             f"{cfg.resolved_head_dim}",
             hint="use head_dim 64 or 128 (model.head_dim, or d_model / n_heads), or model.attention=auto",
@@ -232,7 +233,7 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs) -> None:
         if cfg.resolved_head_dim % 2:
-            raise ModelConfigError(
+            raise ModelError(
                 f"head_dim={cfg.resolved_head_dim} is odd; rotary embeddings rotate channel pairs",
                 hint="choose d_model / n_heads (or model.head_dim) even, e.g. 64 or 128",
             )
@@ -278,7 +279,7 @@ class Transformer(nnx.Module):
         cfg = self.cfg
         needs = _ATTENTION_BACKEND.get(cfg.attention)
         if needs is not None and backend_name() != needs:
-            raise ModelConfigError(
+            raise ModelError(
                 f"model.attention={cfg.attention!r} needs a {needs.upper()}, but JAX runs on "
                 f"{backend_name()!r}",
                 hint="use model.attention=auto (or xla): the same function on any backend",

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
+from chinchax.errors import ScalingError
 from models.config import ModelConfig
 from scaling.batch import fit_steps, optimal_batch_sequences, optimal_learning_rate
 from scaling.flops import (
@@ -54,10 +55,10 @@ from scaling.flops import (
     train_flops_per_token,
 )
 from scaling.inference import OBJECTIVES, InferenceTradeoff, inference_tradeoff
-from scaling.laws import Allocation, Law, LawError, ParametricLaw, get_law
-from scaling.shapes import AllocationError, ShapeSpace, search_shape
+from scaling.laws import Allocation, Law, ParametricLaw, get_law
+from scaling.shapes import ShapeSpace, search_shape
 
-__all__ = ["AllocationError", "BudgetConfig", "RunPlan", "allocate", "plan_run", "plan_run_at_size",
+__all__ = ["ScalingError", "BudgetConfig", "RunPlan", "allocate", "plan_run", "plan_run_at_size",
            "resolve_law"]
 
 # A chosen shape more than this many times N_opt means the budget cannot afford even the
@@ -115,27 +116,27 @@ class BudgetConfig:
     def __post_init__(self) -> None:
         _check_flops(self.flops)
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len <= 0:
-            raise AllocationError(f"budget.seq_len must be a positive integer, got {self.seq_len!r}",
+            raise ScalingError(f"budget.seq_len must be a positive integer, got {self.seq_len!r}",
                                   hint="set budget.seq_len (the training sequence length), e.g. 2048")
         if self.global_batch is not None and self.global_batch <= 0:
-            raise AllocationError(f"budget.global_batch must be positive, got {self.global_batch}",
+            raise ScalingError(f"budget.global_batch must be positive, got {self.global_batch}",
                                   hint="leave it unset to use the compute-optimal batch")
         if self.learning_rate is not None and not self.learning_rate > 0:
-            raise AllocationError(f"budget.learning_rate must be positive, got {self.learning_rate}",
+            raise ScalingError(f"budget.learning_rate must be positive, got {self.learning_rate}",
                                   hint="leave it unset to use the compute-optimal learning rate")
         if self.min_steps < 1:
-            raise AllocationError(f"budget.min_steps must be at least 1, got {self.min_steps}",
+            raise ScalingError(f"budget.min_steps must be at least 1, got {self.min_steps}",
                                   hint="use e.g. 10")
         if not 0 < self.tolerance < 1:
-            raise AllocationError(f"budget.tolerance must be in (0, 1), got {self.tolerance}",
+            raise ScalingError(f"budget.tolerance must be in (0, 1), got {self.tolerance}",
                                   hint="use e.g. 0.01 for 1%")
         t = self.inference_tokens
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise AllocationError(
+            raise ScalingError(
                 f"budget.inference_tokens must be a finite number >= 0, got {t!r}",
                 hint="set it to the tokens the model will serve over its life, or 0 to ignore inference")
         if self.objective not in OBJECTIVES:
-            raise AllocationError(
+            raise ScalingError(
                 f"budget.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
                 hint="'train' keeps Chinchilla's allocation; 'total' also counts inference compute")
         self.shape_space()  # validates the shape constraints early
@@ -219,18 +220,18 @@ class RunPlan:
 def _check_flops(flops: Any) -> None:
     if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) \
             or flops <= 0:
-        raise AllocationError(f"compute budget must be a positive, finite number of FLOPs, got {flops!r}",
+        raise ScalingError(f"compute budget must be a positive, finite number of FLOPs, got {flops!r}",
                               hint="pass e.g. --flops 1e19 (budget.flops: 1e19)")
 
 
 def resolve_law(law: Union[str, Path, Law]) -> Law:
-    """A law object from a published name or a law-file path (errors as AllocationError)."""
+    """A law object from a published name or a law-file path (errors as ScalingError)."""
     if not isinstance(law, (str, Path)):
         return law
     try:
         return get_law(law)
-    except LawError as exc:
-        raise AllocationError(str(exc), hint=exc.hint) from None
+    except ScalingError as exc:
+        raise ScalingError(str(exc), hint=exc.hint) from None
 
 
 def allocate(flops: float, law: Union[str, Law] = "chinchilla") -> Allocation:
@@ -241,10 +242,10 @@ def allocate(flops: float, law: Union[str, Law] = "chinchilla") -> Allocation:
 
 def _check_data_parallel(budget: BudgetConfig, data_parallel: int) -> None:
     if isinstance(data_parallel, bool) or not isinstance(data_parallel, int) or data_parallel <= 0:
-        raise AllocationError(f"data_parallel must be a positive integer, got {data_parallel!r}",
+        raise ScalingError(f"data_parallel must be a positive integer, got {data_parallel!r}",
                               hint="pass the number of devices the batch is split over")
     if budget.global_batch is not None and budget.global_batch % data_parallel:
-        raise AllocationError(
+        raise ScalingError(
             f"global_batch={budget.global_batch} is not a multiple of the data-parallel size "
             f"{data_parallel}",
             hint=f"use a multiple of {data_parallel}, or leave global_batch unset")
@@ -288,7 +289,7 @@ def plan_run_at_size(budget: BudgetConfig, n_params: float, *, data_parallel: in
     _check_data_parallel(budget, data_parallel)
     if isinstance(n_params, bool) or not isinstance(n_params, (int, float)) \
             or not math.isfinite(n_params) or n_params <= 0:
-        raise AllocationError(f"requested parameter count must be positive and finite, got {n_params!r}",
+        raise ScalingError(f"requested parameter count must be positive and finite, got {n_params!r}",
                               hint="pass the model size this run of the sweep should have")
     law = resolve_law(budget.law)
     optimum = allocate(budget.flops, law)
@@ -306,13 +307,13 @@ def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target
     model = search_shape(target_params, budget.shape_space(), base_model)
     n_params = count_params(model)
     if n_params > MAX_PARAM_OVERSHOOT * target_params:
-        raise AllocationError(
+        raise ScalingError(
             f"budget of {train_target:.3g} FLOPs is too small for the smallest allowed model: "
             f"{wanted} N≈{target_params:.3g} parameters, the smallest shape has {n_params:,}",
             hint="raise the budget, or allow smaller models (lower multiple_of, vocab_size or "
             "head_dims, or tie_embeddings)")
     if n_params * MAX_PARAM_OVERSHOOT < target_params:
-        raise AllocationError(
+        raise ScalingError(
             f"budget of {train_target:.3g} FLOPs: {wanted} N≈{target_params:.3g} parameters, more "
             f"than the largest allowed shape ({n_params:,}; max_layers={budget.max_layers}, "
             f"max_aspect={budget.max_aspect:g})",
@@ -325,14 +326,14 @@ def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target
     steps = fit_steps(target_tokens, budget.seq_len, preferred, multiple=data_parallel,
                       tolerance=budget.tolerance, min_steps=budget.min_steps, fixed_batch=fixed)
     if steps.steps < budget.min_steps:
-        raise AllocationError(
+        raise ScalingError(
             f"budget of {train_target:.3g} FLOPs buys only {target_tokens:.3g} tokens for a "
             f"{n_params:,}-parameter model: {steps.steps} step(s) of {steps.global_batch} "
             f"sequences, fewer than min_steps={budget.min_steps}",
             hint="raise the budget, or lower global_batch, seq_len or min_steps")
     flops = per_token * steps.tokens
     if abs(flops / train_target - 1.0) > budget.tolerance:
-        raise AllocationError(
+        raise ScalingError(
             f"cannot spend {train_target:.3g} FLOPs within {budget.tolerance:.0%}: the closest "
             f"run ({steps.steps} steps of {steps.global_batch} sequences) spends {flops:.3g}",
             hint="raise the budget or the tolerance, or lower seq_len or the data-parallel size")

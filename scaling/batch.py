@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scaling.shapes import AllocationError
+from chinchax.errors import ScalingError
+
 
 DEEPSEEK_BATCH_COEF = 0.2920
 DEEPSEEK_BATCH_EXPONENT = 0.3271
@@ -27,7 +28,7 @@ DEEPSEEK_LR_EXPONENT = -0.1250
 
 def _check_flops(flops: float) -> None:
     if not (isinstance(flops, (int, float)) and math.isfinite(flops) and flops > 0):
-        raise AllocationError(f"compute budget must be a positive number of FLOPs, got {flops!r}",
+        raise ScalingError(f"compute budget must be a positive number of FLOPs, got {flops!r}",
                               hint="pass e.g. 1e19")
 
 
@@ -51,7 +52,7 @@ def round_to_multiple(value: float, multiple: int) -> int:
 def optimal_batch_sequences(flops: float, seq_len: int, multiple: int = 1) -> int:
     """:func:`optimal_batch_tokens` in sequences, rounded to a multiple of the data-parallel size."""
     if seq_len <= 0 or multiple <= 0:
-        raise AllocationError(f"seq_len and data-parallel size must be positive, got {seq_len}, {multiple}",
+        raise ScalingError(f"seq_len and data-parallel size must be positive, got {seq_len}, {multiple}",
                               hint="use e.g. seq_len 2048 and the number of data-parallel devices")
     return round_to_multiple(optimal_batch_tokens(flops) / seq_len, multiple)
 

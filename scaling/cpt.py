@@ -54,8 +54,9 @@ import dataclasses
 import math
 from typing import Tuple, Union
 
-from scaling.fit import FitConfig, FitError, FitReport, fit
-from scaling.laws import LawError, ParametricLaw, PowerLawAllocation, get_law
+from chinchax.errors import ScalingError
+from scaling.fit import FitConfig, FitReport, fit
+from scaling.laws import ParametricLaw, PowerLawAllocation, get_law
 from scaling.observations import Observations
 
 __all__ = [
@@ -94,10 +95,10 @@ def data_term_for_allocation(allocation: PowerLawAllocation, *, A: float, alpha:
     """
     a, k = allocation.a, allocation.n_coef
     if not 0.0 < a < 1.0 or k <= 0.0:
-        raise LawError(f"allocation N_opt = {k:g} C**{a:g} has no parametric counterpart",
+        raise ScalingError(f"allocation N_opt = {k:g} C**{a:g} has no parametric counterpart",
                        hint="the exponent must lie in (0, 1) and the coefficient be positive")
     if alpha <= gamma or A <= 0.0:
-        raise LawError(f"alpha={alpha:g} <= gamma={gamma:g} or A={A:g} <= 0: no compute optimum",
+        raise ScalingError(f"alpha={alpha:g} <= gamma={gamma:g} or A={A:g} <= 0: no compute optimum",
                        hint="give the fitted alpha and A of the from-scratch law")
     beta = a * (alpha - gamma) / (1.0 - a)
     exponent_sum = alpha + beta - gamma
@@ -125,11 +126,11 @@ BaseLaw = Union[str, ParametricLaw]
 def _base_law(base: BaseLaw) -> ParametricLaw:
     law = get_law(base) if isinstance(base, str) else base
     if not isinstance(law, ParametricLaw):
-        raise LawError(f"base law {getattr(law, 'name', law)!r} is an allocation power law",
+        raise ScalingError(f"base law {getattr(law, 'name', law)!r} is an allocation power law",
                        hint="the CPT fit holds E, A and alpha of a parametric from-scratch fit "
                        "(e.g. 'zheng-2024' or a law file from 'chinchax fit')")
     if law.gamma != 0.0:
-        raise LawError(f"base law {law.name!r} has gamma={law.gamma:g}: it is already a CPT law",
+        raise ScalingError(f"base law {law.name!r} has gamma={law.gamma:g}: it is already a CPT law",
                        hint="pass the from-scratch law whose E, A and alpha the CPT law keeps")
     return law
 
@@ -139,7 +140,7 @@ def cpt_fit_config(base: BaseLaw, config: FitConfig = FitConfig()) -> FitConfig:
     the approach-3 fit then moves only ``B'``, ``beta'`` and ``gamma``."""
     law = _base_law(base)
     if config.approach != 3:
-        raise FitError(f"the CPT law is fitted by approach 3, not approach {config.approach}",
+        raise ScalingError(f"the CPT law is fitted by approach 3, not approach {config.approach}",
                        hint="leave fit.approach at 3")
     return dataclasses.replace(config, fixed={"E": law.E, "A": law.A, "alpha": law.alpha},
                                free_gamma=True)
@@ -169,7 +170,7 @@ def equal_loss_tokens(scratch: ParametricLaw, cpt: ParametricLaw, n_params: floa
     """
     _check_pair(scratch, cpt)
     if n_params <= 0 or tokens <= 0:
-        raise LawError(f"N={n_params:g} and D={tokens:g} must be positive", hint="pass counts")
+        raise ScalingError(f"N={n_params:g} and D={tokens:g} must be positive", hint="pass counts")
     log_d = (math.log(cpt.B) + scratch.beta * math.log(tokens) - math.log(scratch.B)
              - cpt.gamma * math.log(n_params)) / cpt.beta
     return math.exp(log_d)
@@ -199,8 +200,8 @@ def crossover_tokens(scratch: ParametricLaw, cpt: ParametricLaw, n_params: float
 def _check_pair(scratch: ParametricLaw, cpt: ParametricLaw) -> None:
     shared = ("E", "A", "alpha")
     if any(not math.isclose(getattr(scratch, k), getattr(cpt, k), rel_tol=1e-9) for k in shared):
-        raise LawError(f"laws {scratch.name!r} and {cpt.name!r} do not share E, A and alpha",
+        raise ScalingError(f"laws {scratch.name!r} and {cpt.name!r} do not share E, A and alpha",
                        hint="fit the CPT law with fit_cpt_law(obs, base=<the from-scratch law>)")
     if scratch.gamma != 0.0:
-        raise LawError(f"law {scratch.name!r} has gamma={scratch.gamma:g}; the first law must be "
+        raise ScalingError(f"law {scratch.name!r} has gamma={scratch.gamma:g}; the first law must be "
                        "the from-scratch one", hint="pass (from_scratch_law, cpt_law) in that order")

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from models.errors import ChinchaxError
+from chinchax.errors import ScalingError
 from scaling.laws import Law, ParametricLaw, PowerLawAllocation
 from scaling.observations import Observations, require_runs
 
@@ -51,10 +51,6 @@ APPROACHES = (1, 2, 3)
 # Every quantity a report may hold, in the order tables show them.
 LABEL_ORDER = ("E", "A", "B", "alpha", "beta", "gamma", "a", "b", "n_coef", "d_coef", "n_opt",
                "tokens_opt", "loss_opt")
-
-
-class FitError(ChinchaxError, ValueError):
-    """A fit that cannot be made: too little data for the approach, bad settings, no optimum."""
 
 
 class FitWarning(UserWarning):
@@ -81,7 +77,7 @@ class StartGrid:
         for axis in GRID_AXIS.values():
             values = getattr(self, axis)
             if not values or not all(math.isfinite(float(v)) for v in values):
-                raise FitError(f"start grid axis {axis!r} must hold finite values, got {values!r}",
+                raise ScalingError(f"start grid axis {axis!r} must hold finite values, got {values!r}",
                                hint="give every axis at least one start value")
 
     def axis(self, name: str) -> np.ndarray:
@@ -135,44 +131,44 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.approach not in APPROACHES:
-            raise FitError(f"approach must be 1, 2 or 3, got {self.approach}",
+            raise ScalingError(f"approach must be 1, 2 or 3, got {self.approach}",
                            hint="1: envelope, 2: isoFLOP parabolas, 3: parametric Huber fit")
         positive = {"huber_delta": self.huber_delta, "max_iter": self.max_iter,
                     "memory": self.memory, "budget_tolerance": self.budget_tolerance,
                     "envelope_points": self.envelope_points}
         for name, value in positive.items():
             if not value > 0:
-                raise FitError(f"fit.{name} must be positive, got {value}",
+                raise ScalingError(f"fit.{name} must be positive, got {value}",
                                hint=f"use the default {getattr(FitConfig, name, '')}".rstrip())
         if self.search_dtype not in ("float32", "float64"):
-            raise FitError(f"search_dtype must be 'float32' or 'float64', got {self.search_dtype!r}",
+            raise ScalingError(f"search_dtype must be 'float32' or 'float64', got {self.search_dtype!r}",
                            hint="float32 screens the start grid fast; the best starts are "
                            "always polished in float64")
         if self.polish_starts < 1:
-            raise FitError(f"polish_starts must be at least 1, got {self.polish_starts}",
+            raise ScalingError(f"polish_starts must be at least 1, got {self.polish_starts}",
                            hint="use the default 32")
         if self.envelope_smoothing < 0:
-            raise FitError(f"envelope_smoothing must be 0 or more, got {self.envelope_smoothing}",
+            raise ScalingError(f"envelope_smoothing must be 0 or more, got {self.envelope_smoothing}",
                            hint="0 keeps the raw curves; 3 fits a cubic in ln C per run")
         if self.bootstrap < 0 or self.bootstrap_starts < 0:
-            raise FitError("bootstrap and bootstrap_starts must be non-negative",
+            raise ScalingError("bootstrap and bootstrap_starts must be non-negative",
                            hint="use 0 to skip the bootstrap, e.g. 1000 for intervals")
         if not 0.0 < self.confidence < 1.0:
-            raise FitError(f"confidence must lie in (0, 1), got {self.confidence}",
+            raise ScalingError(f"confidence must lie in (0, 1), got {self.confidence}",
                            hint="use 0.95 for 95% intervals")
         if self.target_flops is not None and not self.target_flops > 0:
-            raise FitError(f"target_flops must be positive, got {self.target_flops}",
+            raise ScalingError(f"target_flops must be positive, got {self.target_flops}",
                            hint="give the budget in FLOPs, e.g. 1e21")
         for name, value in self.fixed.items():
             if name not in PARAMETER_NAMES:
-                raise FitError(f"cannot fix unknown coefficient {name!r}",
+                raise ScalingError(f"cannot fix unknown coefficient {name!r}",
                                hint="fixable coefficients: " + ", ".join(PARAMETER_NAMES))
             try:
                 number = float(value)
             except (TypeError, ValueError):
                 number = math.nan
             if not math.isfinite(number) or (name in LOG_SCALED and number <= 0):
-                raise FitError(f"fixed {name}={value} is not usable",
+                raise ScalingError(f"fixed {name}={value} is not usable",
                                hint="E, A and B must be positive; all values finite")
 
     @property
@@ -476,14 +472,14 @@ def _check_parametric_data(obs: Observations, config: FitConfig) -> None:
     free = config.free_parameters
     require_runs(obs, 3, "an approach-3 fit")
     if len(obs) <= len(free):
-        raise FitError(f"an approach-3 fit of {len(free)} coefficients needs more than "
+        raise ScalingError(f"an approach-3 fit of {len(free)} coefficients needs more than "
                        f"{len(free)} points, got {len(obs)}",
                        hint="add runs or intermediate evals, or fix some coefficients")
     if ("alpha" in free or "gamma" in free) and np.unique(obs.n_params).size < 2:
-        raise FitError("all points share one model size, so alpha (and gamma) cannot be fitted",
+        raise ScalingError("all points share one model size, so alpha (and gamma) cannot be fitted",
                        hint="add runs of other model sizes, or fix alpha")
     if "beta" in free and np.unique(obs.tokens).size < 2:
-        raise FitError("all points share one token count, so beta cannot be fitted",
+        raise ScalingError("all points share one token count, so beta cannot be fitted",
                        hint="add runs of other lengths or intermediate evals, or fix beta")
 
 
@@ -503,7 +499,7 @@ def fit_parametric(obs: Observations, config: FitConfig = FitConfig(), *, name: 
     objective = HuberLogObjective(obs, config.huber_delta, fixed)
     search = _search(obs, config, starts)
     if not np.isfinite(search.f).any():
-        raise FitError("no start of the grid gave a finite objective",
+        raise ScalingError("no start of the grid gave a finite objective",
                        hint="check the data for extreme values, or change the start grid")
     candidates = _distinct(objective.theta(search.x), search.f, limit=config.polish_starts)
     result = lbfgs_batched(objective, search.x[candidates], max_iter=config.max_iter,
@@ -702,7 +698,7 @@ def fit_isoflop(obs: Observations, config: FitConfig = FitConfig(), *,
             n_opt=n_opt, tokens_opt=budget / (6.0 * n_opt),
             loss_opt=float(np.polyval((c2, c1, c0), x_opt)), inside=inside))
     if len(profiles) < 2:
-        raise FitError(f"approach 2 needs at least 2 isoFLOP budgets with 3 or more model sizes "
+        raise ScalingError(f"approach 2 needs at least 2 isoFLOP budgets with 3 or more model sizes "
                        f"each, found {len(profiles)}",
                        hint="run an isoFLOP sweep (several sizes per budget) or use approach 3")
     flops = np.array([p.flops for p in profiles])
@@ -747,7 +743,7 @@ def fit_envelope(obs: Observations, config: FitConfig = FitConfig(), *,
             curves.append((float(obs.n_params[rows[0]]), log_c,
                            _smoothed(log_c, loss, config.envelope_smoothing)))
     if len(curves) < 3 or len({n for n, _, _ in curves}) < 3:
-        raise FitError(f"approach 1 needs loss curves (2+ evals each) of at least 3 model sizes, "
+        raise ScalingError(f"approach 1 needs loss curves (2+ evals each) of at least 3 model sizes, "
                        f"found {len({n for n, _, _ in curves})}",
                        hint="use run directories with intermediate evals, or approach 2 or 3")
     low = min(c[1][0] for c in curves)
@@ -771,7 +767,7 @@ def fit_envelope(obs: Observations, config: FitConfig = FitConfig(), *,
         notes.append(f"{share:.0%} of the envelope was held by the smallest or largest model "
                      "(grid edge) and left out of the power-law fit; add runs beyond that edge")
     if np.unique(winner[use]).size < 2:
-        raise FitError("the envelope is held by a single model size; no power law can be fitted",
+        raise ScalingError("the envelope is held by a single model size; no power law can be fitted",
                        hint="add runs of more model sizes, spanning the optimum")
     flops = np.exp(grid[use])
     n_opt = winner[use]
@@ -914,7 +910,7 @@ def bootstrap_power(obs: Observations, config: FitConfig, target_flops: float) -
                     refit = fit_isoflop(obs, config, weights=weight, emit_warnings=False)
                 else:  # duplicated curves leave an envelope unchanged: the drawn runs suffice
                     refit = fit_envelope(obs.select(weight > 0), config, emit_warnings=False)
-            except FitError:
+            except ScalingError:
                 continue
             samples[r] = list(power_quantities(refit.law, target_flops).values())
     ok = np.isfinite(samples).all(axis=1)
@@ -1043,19 +1039,19 @@ def evaluate(obs: Observations, config: FitConfig = FitConfig(), *, target_run: 
     would use a partially trained target.
     """
     if not 0.0 < holdout_fraction < 1.0:
-        raise FitError(f"holdout fraction must lie in (0, 1), got {holdout_fraction}",
+        raise ScalingError(f"holdout fraction must lie in (0, 1), got {holdout_fraction}",
                        hint="the Hitchhiker's default holds out the last 0.3 of the target run")
     if target_run is None:
         order = np.lexsort((obs.tokens, obs.n_params))
         target_run = str(obs.run_id[order[-1]])
     in_target = obs.run_id == target_run
     if not in_target.any():
-        raise FitError(f"target run {target_run!r} is not among the observations",
+        raise ScalingError(f"target run {target_run!r} is not among the observations",
                        hint="choose one of: " + ", ".join(obs.runs[:8]))
     final_tokens = obs.tokens[in_target].max()
     heldout = in_target & (obs.tokens > (1.0 - holdout_fraction) * final_tokens)
     if not heldout.any():
-        raise FitError(f"target run {target_run!r} has no points in its last {holdout_fraction:.0%}",
+        raise ScalingError(f"target run {target_run!r} has no points in its last {holdout_fraction:.0%}",
                        hint="evaluate on a run with intermediate evals, or raise the fraction")
     training = obs.select(~heldout)
     base = fit_parametric(training, FitConfig(**{**asdict(config), "grid": config.grid,

@@ -54,11 +54,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from chinchax.errors import ScalingError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
-
-class FlopCountError(ChinchaxError, ValueError):
-    """A sequence length or token count the counter cannot use."""
 
 
 # Matrices in the MLP block: gate, up and down for SwiGLU; up and down for GELU.
@@ -158,7 +155,7 @@ class FlopBreakdown:
 
 def _check_seq_len(seq_len: int) -> None:
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-        raise FlopCountError(f"seq_len must be a positive integer, got {seq_len!r}",
+        raise ScalingError(f"seq_len must be a positive integer, got {seq_len!r}",
                              hint="pass the training sequence length, e.g. 2048")
 
 
@@ -222,7 +219,7 @@ def executed_flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = F
 def train_flops(cfg: ModelConfig, seq_len: int, tokens: float, *, causal: bool = False) -> float:
     """Training FLOPs for ``tokens`` tokens in sequences of ``seq_len``."""
     if tokens < 0:
-        raise FlopCountError(f"tokens must be non-negative, got {tokens!r}",
+        raise ScalingError(f"tokens must be non-negative, got {tokens!r}",
                              hint="pass the number of training tokens (steps x batch x seq_len)")
     return train_flops_per_token(cfg, seq_len, causal=causal) * float(tokens)
 

@@ -50,8 +50,9 @@ from typing import Any, Callable
 
 from scipy.optimize import brentq
 
-from scaling.laws import Law, LawError, ParametricLaw
-from scaling.shapes import AllocationError
+from chinchax.errors import ScalingError
+from scaling.laws import Law, ParametricLaw
+
 
 __all__ = [
     "OBJECTIVES",
@@ -130,10 +131,10 @@ class InferenceTradeoff:
 
 # ================================================================================= validation
 def check_inference_tokens(tokens: Any) -> float:
-    """``T`` as a float, or an AllocationError for a negative, infinite or non-number ``T``."""
+    """``T`` as a float, or an ScalingError for a negative, infinite or non-number ``T``."""
     if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not math.isfinite(tokens) \
             or tokens < 0:
-        raise AllocationError(
+        raise ScalingError(
             f"inference tokens must be a finite number >= 0, got {tokens!r}",
             hint="pass the tokens the model will serve over its life, e.g. --inference-tokens 1e12 "
             "(0: training compute only)")
@@ -142,7 +143,7 @@ def check_inference_tokens(tokens: Any) -> float:
 
 def check_objective(objective: Any) -> str:
     if objective not in OBJECTIVES:
-        raise AllocationError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}",
+        raise ScalingError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}",
                               hint="'train' keeps Chinchilla's allocation; 'total' also counts "
                               "inference compute")
     return str(objective)
@@ -150,12 +151,12 @@ def check_objective(objective: Any) -> str:
 
 def _parametric(law: Law) -> ParametricLaw:
     if not isinstance(law, ParametricLaw):
-        raise AllocationError(
+        raise ScalingError(
             f"law {getattr(law, 'name', law)!r} predicts no loss, so it cannot trade training "
             "against inference compute",
             hint="use a parametric law such as 'chinchilla' or 'epoch-2024', or a fitted approach-3 law")
     if law.beta <= law.gamma or law.alpha <= 0 or law.beta <= 0:
-        raise AllocationError(
+        raise ScalingError(
             f"law {law.name!r} (alpha={law.alpha}, beta={law.beta}, gamma={law.gamma}) has no "
             "compute-optimal frontier",
             hint="inference-aware sizing needs alpha > 0 and beta > gamma >= 0")
@@ -165,7 +166,7 @@ def _parametric(law: Law) -> ParametricLaw:
 def _check_loss(law: ParametricLaw, loss: Any) -> float:
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss) \
             or loss <= law.E:
-        raise AllocationError(
+        raise ScalingError(
             f"target loss {loss!r} is not above the law's irreducible loss E={law.E:.4g}: "
             "no finite model reaches it",
             hint=f"ask for a loss above {law.E:.4g} (law {law.name!r})")
@@ -175,7 +176,7 @@ def _check_loss(law: ParametricLaw, loss: Any) -> float:
 def _check_flops(flops: Any, what: str) -> float:
     if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) \
             or flops <= 0:
-        raise AllocationError(f"{what} must be a positive, finite number of FLOPs, got {flops!r}",
+        raise ScalingError(f"{what} must be a positive, finite number of FLOPs, got {flops!r}",
                               hint="pass e.g. --flops 1e21")
     return float(flops)
 
@@ -195,7 +196,7 @@ def _bracket_root(fn: Callable[[float], float], lo: float, hi: float) -> float:
     if f_hi == 0:
         return hi
     if not (f_lo < 0 < f_hi):
-        raise AllocationError("the inference-aware search found no optimum for this law",
+        raise ScalingError("the inference-aware search found no optimum for this law",
                               hint="check the law's coefficients (alpha, beta > 0, beta > gamma)")
     return float(brentq(fn, lo, hi, xtol=_LOG_TOL, maxiter=500))
 
@@ -291,8 +292,8 @@ def inference_tradeoff(law: Law, flops: float, inference_tokens: float) -> Infer
     t = check_inference_tokens(inference_tokens)
     try:
         optimum = law.allocate(c)
-    except LawError as exc:
-        raise AllocationError(str(exc), hint=exc.hint) from None
+    except ScalingError as exc:
+        raise ScalingError(str(exc), hint=exc.hint) from None
     chinchilla = _option("chinchilla", law, optimum.n_params, optimum.tokens, t, None)
     reference = (chinchilla.total_flops, chinchilla.loss)
     same_loss = _option("same_loss", law, *cheapest_for_loss(law, chinchilla.loss, t), t, reference)

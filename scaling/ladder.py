@@ -45,24 +45,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from chinchax.errors import ChinchaxError, ScalingError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
-from scaling.allocate import (
-    AllocationError,
-    BudgetConfig,
-    RunPlan,
-    allocate,
-    plan_run,
-    plan_run_at_size,
-    resolve_law,
-)
-from scaling.fit import FitConfig, FitError, FitReport, coarse_grid, fit, write_law_file
+
+from scaling.allocate import (BudgetConfig, RunPlan, allocate, plan_run, plan_run_at_size, resolve_law)
+from scaling.fit import FitConfig, FitReport, coarse_grid, fit, write_law_file
 from scaling.laws import Law, ParametricLaw, get_law
 from scaling.observations import Observations, load_observations, read_run_dir
 from scaling.prediction import RunPrediction, predict_run
 
 __all__ = [
-    "LadderConfig", "LadderError", "LadderPlan", "LadderAnalysis", "Rung", "WallTimeModel",
+    "LadderConfig", "ScalingError", "LadderPlan", "LadderAnalysis", "Rung", "WallTimeModel",
     "design_ladder", "analyse_ladder", "predict_target", "verify_target", "published_comparison",
     "estimate_seconds", "eval_tokens", "rung_status", "load_prediction",
 ]
@@ -80,10 +73,6 @@ REPORT_FILE = "report.md"
 SUMMARY_FILE = "summary.json"
 # The Hitchhiker's guide scores a prediction over the last 30% of the target run.
 ARE_TAIL = 0.3
-
-
-class LadderError(ChinchaxError, ValueError):
-    """A ladder that cannot be designed, fitted or verified as configured."""
 
 
 # ====================================================================================== config
@@ -152,31 +141,31 @@ class LadderConfig:
     def __post_init__(self) -> None:
         budgets = list(self.budgets)
         if len(budgets) < 2 or not all(_positive_number(b) for b in budgets):
-            raise LadderError(f"ladder.budgets must list two or more positive FLOP counts, got {budgets!r}",
+            raise ScalingError(f"ladder.budgets must list two or more positive FLOP counts, got {budgets!r}",
                               hint="e.g. budgets: [1.0e11, 3.0e11, 1.0e12, 3.0e12] (four spaced x3)")
         if len(set(float(b) for b in budgets)) != len(budgets):
-            raise LadderError(f"ladder.budgets repeats a budget: {budgets!r}",
+            raise ScalingError(f"ladder.budgets repeats a budget: {budgets!r}",
                               hint="list each budget once; use ladder.seeds for repeats")
         if not isinstance(self.sizes_per_budget, int) or not 3 <= self.sizes_per_budget <= 16:
-            raise LadderError(f"ladder.sizes_per_budget must be an integer in 3..16, got "
+            raise ScalingError(f"ladder.sizes_per_budget must be an integer in 3..16, got "
                               f"{self.sizes_per_budget!r}",
                               hint="use 4-6: an isoFLOP parabola needs at least 3 sizes")
         if not _positive_number(self.size_spread) or self.size_spread <= 1.0:
-            raise LadderError(f"ladder.size_spread must be a factor above 1, got {self.size_spread!r}",
+            raise ScalingError(f"ladder.size_spread must be a factor above 1, got {self.size_spread!r}",
                               hint="use e.g. 4.0 for sizes from N_opt/4 to 4 N_opt")
         if not _positive_number(self.center_factor):
-            raise LadderError(f"ladder.center_factor must be a positive factor, got {self.center_factor!r}",
+            raise ScalingError(f"ladder.center_factor must be a positive factor, got {self.center_factor!r}",
                               hint="1.0 centres the sizes on the design law's optimum")
         if not _positive_number(self.min_target_ratio) or self.min_target_ratio < 1.0:
-            raise LadderError(f"ladder.min_target_ratio must be at least 1, got {self.min_target_ratio!r}",
+            raise ScalingError(f"ladder.min_target_ratio must be at least 1, got {self.min_target_ratio!r}",
                               hint="keep the default 10: a target one decade beyond the rungs")
         if self.target_flops is not None:
             if not _positive_number(self.target_flops):
-                raise LadderError(f"ladder.target_flops must be a positive FLOP count, got "
+                raise ScalingError(f"ladder.target_flops must be a positive FLOP count, got "
                                   f"{self.target_flops!r}", hint="leave it unset for 10x the largest budget")
             largest = max(float(b) for b in budgets)
             if self.target_flops < self.min_target_ratio * largest * (1.0 - 1e-9):
-                raise LadderError(
+                raise ScalingError(
                     f"ladder.target_flops={self.target_flops:.3g} is less than "
                     f"{self.min_target_ratio:g}x the largest rung ({largest:.3g} FLOPs)",
                     hint=f"raise target_flops to at least {self.min_target_ratio * largest:.3g}, "
@@ -184,46 +173,46 @@ class LadderConfig:
         seeds = list(self.seeds)
         if not seeds or len(set(seeds)) != len(seeds) or any(
                 isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            raise LadderError(f"ladder.seeds must list distinct non-negative integers, got {seeds!r}",
+            raise ScalingError(f"ladder.seeds must list distinct non-negative integers, got {seeds!r}",
                               hint="e.g. seeds: [0] (or [0, 1] to see seed noise)")
         approaches = list(self.approaches)
         if 3 not in approaches or any(a not in (1, 2, 3) for a in approaches) \
                 or len(set(approaches)) != len(approaches):
-            raise LadderError(f"ladder.approaches must be distinct values of 1, 2, 3 including 3, "
+            raise ScalingError(f"ladder.approaches must be distinct values of 1, 2, 3 including 3, "
                               f"got {approaches!r}",
                               hint="use [2, 3]: approach 3 predicts the loss, approach 2 checks the allocation")
         if self.target_sizing not in (2, 3) or self.target_sizing not in approaches:
-            raise LadderError(f"ladder.target_sizing={self.target_sizing!r} must be 2 or 3 and "
+            raise ScalingError(f"ladder.target_sizing={self.target_sizing!r} must be 2 or 3 and "
                               f"listed in ladder.approaches {approaches}",
                               hint="use 3 (the law that also predicts the loss)")
         if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
-            raise LadderError(f"ladder.bootstrap must be a non-negative integer, got {self.bootstrap!r}",
+            raise ScalingError(f"ladder.bootstrap must be a non-negative integer, got {self.bootstrap!r}",
                               hint="use e.g. 200 resamples over runs (0: no intervals)")
         if self.grid not in GRIDS:
-            raise LadderError(f"ladder.grid={self.grid!r} is not one of {', '.join(GRIDS)}",
+            raise ScalingError(f"ladder.grid={self.grid!r} is not one of {', '.join(GRIDS)}",
                               hint="'full' is Chinchilla's 4,500-start grid, 'coarse' 162 starts")
         if not (isinstance(self.drop_early, (int, float)) and 0.0 <= self.drop_early <= 1.0):
-            raise LadderError(f"ladder.drop_early must lie in [0, 1], got {self.drop_early!r}",
+            raise ScalingError(f"ladder.drop_early must lie in [0, 1], got {self.drop_early!r}",
                               hint="use 0.1 to drop each rung's first 10% of evals")
         if any(not (isinstance(f, (int, float)) and 0.0 <= f <= 1.0) for f in self.sensitivity):
-            raise LadderError(f"ladder.sensitivity must list fractions in [0, 1], got {list(self.sensitivity)!r}",
+            raise ScalingError(f"ladder.sensitivity must list fractions in [0, 1], got {list(self.sensitivity)!r}",
                               hint="e.g. [0.0, 0.3, 0.6, 1.0] (1.0: final evals only); [] to skip")
         if not _positive_number(self.huber_delta):
-            raise LadderError(f"ladder.huber_delta must be positive, got {self.huber_delta!r}",
+            raise ScalingError(f"ladder.huber_delta must be positive, got {self.huber_delta!r}",
                               hint="use Chinchilla's 1e-3")
         if not (isinstance(self.level, (int, float)) and 0.0 < self.level < 1.0):
-            raise LadderError(f"ladder.level must lie in (0, 1), got {self.level!r}",
+            raise ScalingError(f"ladder.level must lie in (0, 1), got {self.level!r}",
                               hint="use 0.9 for 90% intervals")
         for name in ("evals_per_run", "eval_sequences"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise LadderError(f"ladder.{name} must be a positive integer or null, got {value!r}",
+                raise ScalingError(f"ladder.{name} must be a positive integer or null, got {value!r}",
                                   hint="e.g. evals_per_run: 16, eval_sequences: 64")
         if self.flops_per_second is not None and not _positive_number(self.flops_per_second):
-            raise LadderError(f"ladder.flops_per_second must be positive, got {self.flops_per_second!r}",
+            raise ScalingError(f"ladder.flops_per_second must be positive, got {self.flops_per_second!r}",
                               hint="leave it unset to measure it on the finished rungs")
         if not (isinstance(self.run_overhead_s, (int, float)) and self.run_overhead_s >= 0):
-            raise LadderError(f"ladder.run_overhead_s must be >= 0, got {self.run_overhead_s!r}",
+            raise ScalingError(f"ladder.run_overhead_s must be >= 0, got {self.run_overhead_s!r}",
                               hint="seconds of start-up and compilation per run, e.g. 10")
 
     def eval_cadence(self, steps: int, global_batch: int, eval_every: int,
@@ -360,7 +349,7 @@ def design_ladder(cfg: LadderConfig, budget_template: BudgetConfig, data_paralle
 
     ``budget_template`` carries the shape constraints (``multiple_of``, ``head_dims``, aspect
     bounds, vocabulary, sequence length, an optional fixed ``global_batch``); its ``flops`` and
-    ``law`` are replaced per rung.  Raises :class:`LadderError` when a budget is left with fewer
+    ``law`` are replaced per rung.  Raises :class:`ScalingError` when a budget is left with fewer
     than three distinct shapes.
     """
     law = resolve_law(cfg.law)
@@ -375,7 +364,7 @@ def design_ladder(cfg: LadderConfig, budget_template: BudgetConfig, data_paralle
             try:
                 plan = plan_run_at_size(template, wanted, data_parallel=data_parallel,
                                         base_model=base_model)
-            except AllocationError as exc:
+            except ScalingError as exc:
                 notes.append(f"C={budget:.3g}: no rung near N={wanted:.3g} ({exc})")
                 continue
             if plan.model in chosen:
@@ -387,7 +376,7 @@ def design_ladder(cfg: LadderConfig, budget_template: BudgetConfig, data_paralle
             chosen[plan.model] = plan
         if len(chosen) < MIN_SIZES_PER_BUDGET:
             why = [n.split(": ", 1)[1] for n in notes if n.startswith(f"C={budget:.3g}: ")]
-            raise LadderError(
+            raise ScalingError(
                 f"budget {budget:.3g} FLOPs yields only {len(chosen)} distinct model shape(s) "
                 f"under the shape constraints; an isoFLOP profile needs {MIN_SIZES_PER_BUDGET}"
                 + (f" ({'; '.join(why)})" if why else ""),
@@ -401,8 +390,8 @@ def design_ladder(cfg: LadderConfig, budget_template: BudgetConfig, data_paralle
     try:
         provisional = plan_run(replace(budget_template, flops=target_flops, law=cfg.law),
                                data_parallel=data_parallel, base_model=base_model)
-    except AllocationError as exc:
-        raise LadderError(f"the target budget {target_flops:.3g} FLOPs cannot be planned: {exc}",
+    except ScalingError as exc:
+        raise ScalingError(f"the target budget {target_flops:.3g} FLOPs cannot be planned: {exc}",
                           hint=exc.hint) from None
     return LadderPlan(config=cfg, rungs=tuple(rungs), target_flops=target_flops,
                       provisional_target=provisional, data_parallel=data_parallel,
@@ -513,7 +502,7 @@ def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: f
     value, approach → reason, instead of stopping the ladder.
     """
     if len(run_dirs) < MIN_SIZES_PER_BUDGET:
-        raise LadderError(f"only {len(run_dirs)} finished rung(s) to fit",
+        raise ScalingError(f"only {len(run_dirs)} finished rung(s) to fit",
                           hint="run the ladder's rungs first (chinchax ladder CONFIG)")
     obs = rung_observations(run_dirs, cfg.drop_early)
     reports: Dict[int, FitReport] = {}
@@ -522,7 +511,7 @@ def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: f
         try:
             reports[approach] = fit(obs, cfg.fit_config(approach, target_flops),
                                     name=f"{name}-approach{approach}")
-        except (FitError, ArithmeticError) as exc:  # e.g. a resample's flat isoFLOP parabola
+        except (ScalingError, ArithmeticError) as exc:  # e.g. a resample's flat isoFLOP parabola
             if approach == 3:  # the loss prediction needs it: nothing to go on without
                 raise
             hint = getattr(exc, "hint", None)
@@ -577,7 +566,7 @@ def fit_choice_sensitivity(run_dirs: Sequence[str | Path], cfg: LadderConfig, ta
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 report = fit(obs, config, name=f"drop-early-{fraction:g}")
-        except (FitError, ArithmeticError) as exc:
+        except (ScalingError, ArithmeticError) as exc:
             rows.append({"drop_early": float(fraction), "error": str(exc)})
             continue
         law = report.law
@@ -620,7 +609,7 @@ def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: Bu
             failures.append(f"approach {approach}'s law cannot size the target ({exc})")
             hint = exc.hint or "inspect the law files and the isoFLOP plot"
     else:
-        raise LadderError(f"at {plan.target_flops:.3g} FLOPs: " + "; ".join(failures),
+        raise ScalingError(f"at {plan.target_flops:.3g} FLOPs: " + "; ".join(failures),
                           hint=hint) from None
     sizing_note = f"{failures[0]}; approach 3 sized it instead" if failures else ""
     sizing = approach
@@ -695,7 +684,7 @@ def load_prediction(path: str | Path) -> dict[str, Any]:
         RunPrediction.from_dict(data["prediction"])
         float(data["final_loss"]["estimate"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ChinchaxError) as exc:
-        raise LadderError(f"{path} is not a ladder prediction ({exc})",
+        raise ScalingError(f"{path} is not a ladder prediction ({exc})",
                           hint="delete it to predict again (only while the target has not started)") from None
     return data
 
@@ -728,11 +717,11 @@ def verify_target(prediction: Mapping[str, Any], target_dir: str | Path) -> dict
     target_dir = Path(target_dir)
     summary_path = target_dir / SUMMARY_FILE
     if not summary_path.is_file():
-        raise LadderError(f"the target run {target_dir} has no summary.json",
+        raise ScalingError(f"the target run {target_dir} has no summary.json",
                           hint="train the target first (chinchax ladder CONFIG)")
     summary = json.loads(summary_path.read_text())
     if summary.get("status") != "complete" or summary.get("final_eval_loss") is None:
-        raise LadderError(f"the target run {target_dir} is not complete (status "
+        raise ScalingError(f"the target run {target_dir} is not complete (status "
                           f"{summary.get('status')!r})", hint="run chinchax ladder CONFIG again to resume it")
     actual = float(summary["final_eval_loss"])
     final = prediction["final_loss"]

@@ -23,11 +23,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from models.errors import ChinchaxError
-
-
-class LawError(ChinchaxError, ValueError):
-    """An unknown law name, an unreadable law file, or a law that cannot answer a question."""
+from chinchax.errors import ScalingError
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ class ParametricLaw:
         which reduces to Chinchilla's ``G (C/6)**(beta/(alpha+beta))`` when gamma = 0.
         """
         if self.beta <= self.gamma:
-            raise LawError(
+            raise ScalingError(
                 f"law {self.name!r} has beta={self.beta} <= gamma={self.gamma}: loss falls "
                 "forever with model size at fixed compute, so there is no optimum",
                 hint="check the law's coefficients",
@@ -165,7 +161,7 @@ class PowerLawAllocation:
         return Allocation(flops=flops, n_params=n, tokens=flops / (6.0 * n), loss=None)
 
     def loss(self, n_params: Any, tokens: Any) -> Any:
-        raise LawError(
+        raise ScalingError(
             f"law {self.name!r} is an allocation power law and predicts no loss",
             hint="use a parametric law such as 'chinchilla' or 'epoch-2024' for loss predictions",
         )
@@ -234,12 +230,12 @@ def law_from_dict(data: dict[str, Any], name: str = "file") -> Law:
                 name=str(body.get("name", name)), source=str(body.get("source", "")),
             )
     except KeyError as missing:
-        raise LawError(
+        raise ScalingError(
             f"law {name!r} lacks the coefficient {missing.args[0]!r}",
             hint="a parametric law needs E, A, B, alpha, beta (gamma optional); "
             "a power law needs a and n_coef",
         ) from None
-    raise LawError(f"law {name!r} has unknown form {form!r}", hint="use 'parametric' or 'power'")
+    raise ScalingError(f"law {name!r} has unknown form {form!r}", hint="use 'parametric' or 'power'")
 
 
 def get_law(name_or_path: str | Path) -> Law:
@@ -250,15 +246,15 @@ def get_law(name_or_path: str | Path) -> Law:
     path = Path(key)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
-            raise LawError(f"law file {key} does not exist",
+            raise ScalingError(f"law file {key} does not exist",
                            hint="pass a published law name or the JSON written by 'chinchax fit'")
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise LawError(f"law file {key} is not valid JSON ({exc})",
+            raise ScalingError(f"law file {key} is not valid JSON ({exc})",
                            hint="regenerate it with 'chinchax fit --out'") from None
         return law_from_dict(data, name=path.stem)
-    raise LawError(
+    raise ScalingError(
         f"unknown law {key!r}",
         hint="published laws: " + ", ".join(sorted(PUBLISHED_LAWS)) + "; or a path to a law .json",
     )

@@ -14,7 +14,7 @@ Two sources feed the same :class:`Observations`:
   seed, ``RUN/metrics.jsonl`` gives every eval (``{"kind": "eval", "step", "tokens", "flops",
   "eval_loss"}``), so intermediate checkpoints become observations too.
 
-Bad input stops here with one :class:`ObservationError` that names the file, the row and
+Bad input stops here with one :class:`ScalingError` that names the file, the row and
 the fix, so the fitting code can assume clean, positive, finite numbers.
 """
 
@@ -29,11 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from models.errors import ChinchaxError
-
-
-class ObservationError(ChinchaxError, ValueError):
-    """Unreadable or unusable fit input: a missing column, a NaN, a non-positive loss, too few runs."""
+from chinchax.errors import ScalingError
 
 
 # Accepted spellings of each column, compared after lower-casing and mapping spaces/dashes to
@@ -84,7 +80,7 @@ class Observations:
         n = np.asarray(n_params, dtype=np.float64).reshape(-1)
         size = n.size
         if tokens is None and flops is None:
-            raise ObservationError(f"{source} gives neither tokens nor FLOPs",
+            raise ScalingError(f"{source} gives neither tokens nor FLOPs",
                                    hint="provide D (tokens) or C (training FLOPs) for each point")
         d = None if tokens is None else np.asarray(tokens, dtype=np.float64).reshape(-1)
         c = None if flops is None else np.asarray(flops, dtype=np.float64).reshape(-1)
@@ -102,29 +98,29 @@ class Observations:
 
     # ----------------------------------------------------------------------------- checks
     def validate(self, source: str = "input") -> None:
-        """Raise one :class:`ObservationError` for the first unusable row."""
+        """Raise one :class:`ScalingError` for the first unusable row."""
         size = self.n_params.size
         for name in ("tokens", "flops", "loss", "run_id", "seed", "step"):
             if getattr(self, name).size != size:
-                raise ObservationError(f"{source}: column {name} has {getattr(self, name).size} "
+                raise ScalingError(f"{source}: column {name} has {getattr(self, name).size} "
                                        f"values but n_params has {size}",
                                        hint="give every column one value per point")
         if size == 0:
-            raise ObservationError(f"{source} holds no observations",
+            raise ScalingError(f"{source} holds no observations",
                                    hint="point the fit at a CSV with rows or at finished run directories")
         for name, label in (("n_params", "N"), ("tokens", "D"), ("flops", "C"), ("loss", "loss")):
             values = getattr(self, name)
             bad = ~np.isfinite(values)
             if bad.any():
                 row = int(np.argmax(bad))
-                raise ObservationError(
+                raise ScalingError(
                     f"{source}: {label} is NaN or infinite at {self._where(row)}",
                     hint="drop or repair that row (a diverged run should be left out of the fit)",
                 )
             bad = values <= 0
             if bad.any():
                 row = int(np.argmax(bad))
-                raise ObservationError(
+                raise ScalingError(
                     f"{source}: {label} must be positive, got {values[row]:g} at {self._where(row)}",
                     hint="losses, sizes, tokens and FLOPs enter the fit through their logarithms",
                 )
@@ -178,7 +174,7 @@ class Observations:
         annealed), so they bias a fit; a one-point run keeps its point.
         """
         if not 0.0 <= fraction < 1.0:
-            raise ObservationError(f"drop-early fraction must lie in [0, 1), got {fraction}",
+            raise ScalingError(f"drop-early fraction must lie in [0, 1), got {fraction}",
                                    hint="use e.g. 0.1 to drop the first 10% of each run's tokens")
         if fraction == 0.0:
             return self
@@ -190,7 +186,7 @@ class Observations:
     def drop_highest_loss(self, count: int) -> "Observations":
         """Without the ``count`` highest-loss points (Epoch drops 5 outliers of Chinchilla's data)."""
         if count < 0 or count >= len(self):
-            raise ObservationError(f"cannot drop {count} of {len(self)} points",
+            raise ScalingError(f"cannot drop {count} of {len(self)} points",
                                    hint="drop fewer points than there are, e.g. 5")
         if count == 0:
             return self
@@ -217,7 +213,7 @@ _FIELDS = ("n_params", "tokens", "flops", "loss", "run_id", "seed", "step")
 def require_runs(obs: Observations, minimum: int, purpose: str) -> None:
     """Fail with a clear message when there are fewer than ``minimum`` runs for ``purpose``."""
     if obs.n_runs < minimum:
-        raise ObservationError(
+        raise ScalingError(
             f"{purpose} needs at least {minimum} runs, got {obs.n_runs}",
             hint="add runs of more model sizes (the Hitchhiker's guide recommends at least 5)",
         )
@@ -252,7 +248,7 @@ def read_csv(path: str | Path) -> Observations:
             header = list(reader.fieldnames or [])
             rows = list(reader)
     except OSError as exc:
-        raise ObservationError(f"cannot read {path} ({exc.strerror})",
+        raise ScalingError(f"cannot read {path} ({exc.strerror})",
                                hint="check the path of the CSV") from None
     columns = {key: _find_column(header, key) for key in COLUMN_ALIASES}
     missing = [key for key in ("n_params", "loss") if columns[key] is None]
@@ -263,7 +259,7 @@ def read_csv(path: str | Path) -> Observations:
             f"{m}: one of {', '.join(COLUMN_ALIASES[m])}" if m in COLUMN_ALIASES
             else "tokens or flops: one of " + ", ".join(COLUMN_ALIASES["tokens"] + COLUMN_ALIASES["flops"])
             for m in missing)
-        raise ObservationError(f"{path} lacks a column for {', '.join(missing)} "
+        raise ScalingError(f"{path} lacks a column for {', '.join(missing)} "
                                f"(has: {', '.join(header) or 'no header'})",
                                hint=f"name the columns ({wanted})")
 
@@ -299,15 +295,15 @@ def read_run_dir(path: str | Path, run_id: str | None = None) -> Observations:
     path = Path(path)
     summary_path = path / SUMMARY_FILE
     if not summary_path.is_file():
-        raise ObservationError(f"{path} is not a run directory (no {SUMMARY_FILE})",
+        raise ScalingError(f"{path} is not a run directory (no {SUMMARY_FILE})",
                                hint="pass finished runs of 'chinchax train', their parent, or a CSV")
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ObservationError(f"{summary_path} is not valid JSON ({exc})",
+        raise ScalingError(f"{summary_path} is not valid JSON ({exc})",
                                hint="the run may still be writing it; rerun when it has finished") from None
     if "n_params" not in summary:
-        raise ObservationError(f"{summary_path} has no n_params",
+        raise ScalingError(f"{summary_path} has no n_params",
                                hint="rewrite the summary with 'chinchax train' of this version")
     name = run_id or path.name  # the directory names the run (the bootstrap's unit)
     evals = [e for e in _eval_records(path / METRICS_FILE) if not e["tokens"] == 0]
@@ -342,7 +338,7 @@ def _eval_records(metrics_path: Path) -> Iterable[dict[str, Any]]:
         except json.JSONDecodeError:
             if number == len(lines):
                 return  # a run still writing: its last line may be cut short
-            raise ObservationError(f"{metrics_path}:{number} is not valid JSON",
+            raise ScalingError(f"{metrics_path}:{number} is not valid JSON",
                                    hint="repair or delete that line") from None
         if record.get("kind") == "eval":
             yield {key: None if record.get(key) is None else float(record[key])
@@ -355,10 +351,10 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     if is_run_dir(path):
         return [path]
     if not path.is_dir():
-        raise ObservationError(f"{path} does not exist", hint="pass run directories, their parent, or CSV files")
+        raise ScalingError(f"{path} does not exist", hint="pass run directories, their parent, or CSV files")
     runs = sorted(child for child in path.iterdir() if child.is_dir() and is_run_dir(child))
     if not runs:
-        raise ObservationError(f"{path} holds no run directories (none has {SUMMARY_FILE})",
+        raise ScalingError(f"{path} holds no run directories (none has {SUMMARY_FILE})",
                                hint="pass finished runs of 'chinchax train', their parent, or a CSV")
     return runs
 
@@ -371,7 +367,7 @@ def load_observations(inputs: Sequence[str | Path], drop_early: float = 0.1) -> 
     bring the same id, the later ones are prefixed with their parent so runs stay distinct.
     """
     if not inputs:
-        raise ObservationError("no inputs given", hint="pass CSV files or run directories")
+        raise ScalingError("no inputs given", hint="pass CSV files or run directories")
     parts: list[Observations] = []
     seen: set[str] = set()
 
@@ -383,7 +379,7 @@ def load_observations(inputs: Sequence[str | Path], drop_early: float = 0.1) -> 
         path = Path(item)
         if path.is_file() or path.suffix.lower() == ".csv":
             if not path.is_file():
-                raise ObservationError(f"{path} does not exist", hint="check the path of the CSV")
+                raise ScalingError(f"{path} does not exist", hint="check the path of the CSV")
             obs = read_csv(path)
             add(_prefixed(obs, path.stem) if seen.intersection(obs.runs) else obs)
         else:

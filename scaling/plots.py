@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from scaling.fit import Bootstrap, FitError, FitReport, FitWarning, PowerLawFit, fit_isoflop
+from chinchax.errors import ScalingError
+from scaling.fit import Bootstrap, FitReport, FitWarning, PowerLawFit, fit_isoflop
 from scaling.laws import Law, ParametricLaw, PowerLawAllocation, get_law
 
 PUBLISHED_FOR_COMPARISON = ("chinchilla", "epoch-2024", "chinchilla-approach1", "chinchilla-approach2")
@@ -226,7 +227,7 @@ def write_plots(report: FitReport, out_dir: str | Path) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FitWarning)
                 isoflop = fit_isoflop(report.observations, report.config, emit_warnings=False)
-        except FitError:
+        except ScalingError:
             isoflop = None
     if isoflop is not None:
         written.append(plot_isoflops(isoflop, out / "isoflops.png", law=report.law))

@@ -44,15 +44,15 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from models.errors import ChinchaxError
-from scaling.laws import Law, LawError, ParametricLaw, get_law
+from chinchax.errors import ScalingError
+from scaling.laws import Law, ParametricLaw, get_law
 
 __all__ = [
     "Alert",
     "DriftMonitor",
     "PredictedPoint",
     "PredictionConfig",
-    "PredictionError",
+    "ScalingError",
     "RunPrediction",
     "SCHEDULES",
     "predict_run",
@@ -69,10 +69,6 @@ DEFAULT_PATIENCE = 3
 MIN_BOOTSTRAP_SAMPLES = 10
 SCHEDULES = ("cosine", "wsd", "constant")
 WSD_DECAY_SHAPES = ("linear", "cosine")
-
-
-class PredictionError(ChinchaxError, ValueError):
-    """A prediction that cannot be made (no loss model, bad run size) or bad monitor settings."""
 
 
 # ==================================================================================== config
@@ -115,7 +111,7 @@ def _fraction(name: str, value: Any, *, low_open: bool, high_open: bool, hint: s
         ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
     if not ok:
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-        raise PredictionError(f"{name} must be in {interval}, got {value!r}", hint=hint)
+        raise ScalingError(f"{name} must be in {interval}, got {value!r}", hint=hint)
 
 
 def _check_interval_settings(level: Any, relative_band: Any, noise_floor: Any, undecayed_slack: Any,
@@ -135,7 +131,7 @@ def _check_monitor_settings(margin: Any, patience: Any, prefix: str = "") -> Non
     _fraction(f"{prefix}margin", margin, low_open=False, high_open=True,
               hint="use e.g. 0.02 for 2% outside the interval")
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise PredictionError(f"{prefix}patience must be a positive integer, got {patience!r}",
+        raise ScalingError(f"{prefix}patience must be a positive integer, got {patience!r}",
                               hint="use e.g. 3 (evals in a row outside the interval)")
 
 
@@ -158,7 +154,7 @@ def remaining_decay(progress: float, schedule: str = "cosine", *, decay_fraction
             return 1.0
         into = (p - start) / decay_fraction
         return 1.0 - into if wsd_decay_shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * into))
-    raise PredictionError(f"unknown schedule {schedule!r}", hint=f"use one of {', '.join(SCHEDULES)}")
+    raise ScalingError(f"unknown schedule {schedule!r}", hint=f"use one of {', '.join(SCHEDULES)}")
 
 
 # ==================================================================================== prediction
@@ -259,7 +255,7 @@ class RunPrediction:
             values["curve"] = tuple(PredictedPoint(**p) for p in data.get("curve", ()))
             return cls(**values)
         except (KeyError, TypeError) as exc:
-            raise PredictionError(f"not a run prediction ({exc})",
+            raise ScalingError(f"not a run prediction ({exc})",
                                   hint="regenerate prediction.json by starting the run again") from None
 
 
@@ -267,10 +263,10 @@ def _loss_model(law: Union[str, Path, Law]) -> ParametricLaw:
     if isinstance(law, (str, Path)):
         try:
             law = get_law(law)
-        except LawError as exc:
-            raise PredictionError(str(exc), hint=exc.hint) from None
+        except ScalingError as exc:
+            raise ScalingError(str(exc), hint=exc.hint) from None
     if not isinstance(law, ParametricLaw):
-        raise PredictionError(
+        raise ScalingError(
             f"law {getattr(law, 'name', law)!r} predicts no loss, so a run cannot be predicted with it",
             hint="use a parametric law ('chinchilla', 'epoch-2024') or an approach-3 law file")
     return law
@@ -279,7 +275,7 @@ def _loss_model(law: Union[str, Path, Law]) -> ParametricLaw:
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(value) or value <= 0:
-        raise PredictionError(f"{name} must be a positive number, got {value!r}",
+        raise ScalingError(f"{name} must be a positive number, got {value!r}",
                               hint="pass the run's parameter count and token counts (> 0)")
     return float(value)
 
@@ -324,15 +320,15 @@ def predict_run(
     final = _positive("final_tokens", final_tokens)
     _check_interval_settings(level, relative_band, noise_floor, undecayed_slack, skip_fraction)
     if schedule not in SCHEDULES:
-        raise PredictionError(f"unknown schedule {schedule!r}", hint=f"use one of {', '.join(SCHEDULES)}")
+        raise ScalingError(f"unknown schedule {schedule!r}", hint=f"use one of {', '.join(SCHEDULES)}")
     if wsd_decay_shape not in WSD_DECAY_SHAPES:
-        raise PredictionError(f"unknown WSD decay shape {wsd_decay_shape!r}",
+        raise ScalingError(f"unknown WSD decay shape {wsd_decay_shape!r}",
                               hint=f"use one of {', '.join(WSD_DECAY_SHAPES)}")
     _fraction("decay_fraction", decay_fraction, low_open=True, high_open=False,
               hint="the share of the run spent decaying, e.g. 0.2")
     points = sorted({_positive("eval tokens", t) for t in tokens_at_evals} | {final})
     if points[-1] > final:
-        raise PredictionError(f"an eval point at {points[-1]:.6g} tokens lies beyond the run's "
+        raise ScalingError(f"an eval point at {points[-1]:.6g} tokens lies beyond the run's "
                               f"final {final:.6g} tokens",
                               hint="pass only evals within the run (tokens = step × batch × seq_len)")
     tokens = np.array(points, dtype=np.float64)

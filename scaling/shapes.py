@@ -34,17 +34,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from chinchax.errors import ScalingError
 from models.config import MLP_KINDS, ModelConfig
-from models.errors import ChinchaxError
+
 from scaling.flops import count_params
-
-
-class AllocationError(ChinchaxError, ValueError):
-    """A budget that cannot become a run: non-positive, too small, unknown law, bad constraints.
-
-    Defined here, in the lowest of the allocation modules, so that shape search, batch sizing
-    and :mod:`scaling.allocate` (which re-exports it) raise the same type.
-    """
 
 
 # Preferred aspect ratio d_model / n_layers ≈ ASPECT_COEF * N**ASPECT_EXPONENT, fitted (log-log
@@ -92,28 +85,28 @@ class ShapeSpace:
         for name in ("vocab_size", "multiple_of", "gqa_ratio", "min_layers", "max_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise AllocationError(f"budget.{name} must be a positive integer, got {value!r}",
+                raise ScalingError(f"budget.{name} must be a positive integer, got {value!r}",
                                       hint=f"set budget.{name} to e.g. {getattr(ShapeSpace, name)}")
         if not self.head_dims or any(
             isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in self.head_dims
         ):
-            raise AllocationError(f"budget.head_dims must be positive integers, got {self.head_dims!r}",
+            raise ScalingError(f"budget.head_dims must be positive integers, got {self.head_dims!r}",
                                   hint="use e.g. [64, 128] (or [16, 32] for tiny CPU models)")
         if self.min_layers > self.max_layers:
-            raise AllocationError(
+            raise ScalingError(
                 f"budget.min_layers={self.min_layers} exceeds budget.max_layers={self.max_layers}",
                 hint="set min_layers <= max_layers (equal values fix the depth)")
         if not 0 < self.min_aspect <= self.max_aspect:
-            raise AllocationError(
+            raise ScalingError(
                 f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty or not positive",
                 hint="d_model / n_layers bounds need 0 < min_aspect <= max_aspect, e.g. 32 and 256")
         for name in ("target_aspect", "ff_ratio"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise AllocationError(f"budget.{name} must be positive, got {value!r}",
+                raise ScalingError(f"budget.{name} must be positive, got {value!r}",
                                       hint=f"leave budget.{name} unset for the default")
         if self.mlp not in MLP_KINDS:
-            raise AllocationError(f"budget.mlp={self.mlp!r} is not one of {', '.join(MLP_KINDS)}",
+            raise ScalingError(f"budget.mlp={self.mlp!r} is not one of {', '.join(MLP_KINDS)}",
                                   hint=f"use one of: {', '.join(MLP_KINDS)}")
 
     @property
@@ -151,7 +144,7 @@ class ShapeSpace:
         """The model at width ``d_model`` and depth ``n_layers`` (other fields from ``base``)."""
         head_dim = self.head_dim(d_model)
         if head_dim is None:
-            raise AllocationError(f"no head size in {list(self.head_dims)} divides d_model={d_model}",
+            raise ScalingError(f"no head size in {list(self.head_dims)} divides d_model={d_model}",
                                   hint="add a head size dividing d_model to budget.head_dims")
         n_heads = d_model // head_dim
         shape = dict(
@@ -179,7 +172,7 @@ class ShapeCandidate:
 def shape_candidates(target_params: float, space: ShapeSpace, limit: int = 10) -> list[ShapeCandidate]:
     """The ``limit`` best shapes for ``target_params``, best first (deterministic order)."""
     if not target_params > 0 or math.isinf(target_params):
-        raise AllocationError(f"target parameter count must be positive and finite, got {target_params!r}",
+        raise ScalingError(f"target parameter count must be positive and finite, got {target_params!r}",
                               hint="check the budget's FLOPs and the law")
     preferred = space.target_aspect or preferred_aspect(target_params)
     preferred = min(max(preferred, space.min_aspect), space.max_aspect)
@@ -208,11 +201,11 @@ def search_shape(target_params: float, space: ShapeSpace, base: Optional[ModelCo
     """The hardware-friendly shape nearest to ``target_params`` parameters.
 
     ``base`` supplies the non-shape fields (dtypes, remat, RoPE theta, ...).  Raises
-    :class:`AllocationError` when the space holds no shape at all.
+    :class:`ScalingError` when the space holds no shape at all.
     """
     best = shape_candidates(target_params, space, limit=1)
     if not best:
-        raise AllocationError(
+        raise ScalingError(
             f"no shape satisfies the constraints (multiple_of={space.multiple_of}, "
             f"head_dims={list(space.head_dims)}, aspect {space.min_aspect}-{space.max_aspect}, "
             f"layers {space.min_layers}-{space.max_layers})",

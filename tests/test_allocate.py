@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from chinchax.errors import ChinchaxError, ScalingError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
-from scaling.allocate import AllocationError, BudgetConfig, RunPlan, allocate, plan_run
+
+from scaling.allocate import BudgetConfig, RunPlan, allocate, plan_run
 from scaling.batch import (
     StepPlan,
     fit_steps,
@@ -89,14 +90,14 @@ def test_table_a3_implied_exponent(anchors_dir: Path) -> None:
 
 @pytest.mark.parametrize("bad", [0.0, -1e20, float("nan"), float("inf"), True, "1e20"])
 def test_allocate_rejects_bad_budgets(bad: object) -> None:
-    with pytest.raises(AllocationError) as err:
+    with pytest.raises(ScalingError) as err:
         allocate(bad)  # type: ignore[arg-type]
     assert isinstance(err.value, ChinchaxError) and err.value.hint
     assert "\n" not in str(err.value)
 
 
 def test_allocate_unknown_law_is_an_allocation_error() -> None:
-    with pytest.raises(AllocationError, match="unknown law") as err:
+    with pytest.raises(ScalingError, match="unknown law") as err:
         allocate(1e20, "chinchilla-typo")
     assert "chinchilla-unrounded" in err.value.hint
 
@@ -241,23 +242,23 @@ def test_budget_config_is_an_omegaconf_structured_config() -> None:
 
 
 def test_budget_too_small_for_smallest_model() -> None:
-    with pytest.raises(AllocationError, match="too small for the smallest allowed model") as err:
+    with pytest.raises(ScalingError, match="too small for the smallest allowed model") as err:
         plan_run(BudgetConfig(flops=1e14))  # 32k vocabulary alone is 4M parameters
     assert "vocab_size" in err.value.hint
 
 
 def test_budget_too_small_for_enough_steps() -> None:
-    with pytest.raises(AllocationError, match="min_steps"):
+    with pytest.raises(ScalingError, match="min_steps"):
         plan_run(BudgetConfig(**TINY, global_batch=4096))
 
 
 def test_budget_beyond_largest_shape() -> None:
-    with pytest.raises(AllocationError, match="largest allowed shape"):
+    with pytest.raises(ScalingError, match="largest allowed shape"):
         plan_run(BudgetConfig(flops=1e24, max_layers=8))
 
 
 def test_unknown_law_in_plan() -> None:
-    with pytest.raises(AllocationError, match="unknown law"):
+    with pytest.raises(ScalingError, match="unknown law"):
         plan_run(BudgetConfig(flops=1e20, law="kaplan"))
 
 
@@ -280,13 +281,13 @@ def test_unknown_law_in_plan() -> None:
     ],
 )
 def test_bad_budget_fields(changes: dict, message: str) -> None:
-    with pytest.raises(AllocationError, match=message) as err:
+    with pytest.raises(ScalingError, match=message) as err:
         BudgetConfig(**changes)
     assert err.value.hint
 
 
 def test_global_batch_must_split_over_data_parallel() -> None:
-    with pytest.raises(AllocationError, match="multiple of the data-parallel size"):
+    with pytest.raises(ScalingError, match="multiple of the data-parallel size"):
         plan_run(BudgetConfig(flops=1e20, global_batch=100), data_parallel=8)
 
 
@@ -356,7 +357,7 @@ def test_deepseek_batch_and_learning_rate() -> None:
     assert sequences % 16 == 0
     assert sequences * 2048 == pytest.approx(optimal_batch_tokens(1e20), rel=16 * 2048 / 2e5)
     assert optimal_batch_sequences(1e10, 4096, multiple=8) == 8  # at least one per replica
-    with pytest.raises(AllocationError):
+    with pytest.raises(ScalingError):
         optimal_batch_tokens(-1.0)
 
 

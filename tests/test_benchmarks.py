@@ -26,10 +26,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from chinchax.errors import ModelError
 import models.transformer as transformer
 from models.attention import splash_attention
 from models.config import ModelConfig
-from models.errors import ModelConfigError
+
 from models.loss import chunked_token_losses, loss_fn, token_losses
 from models.sharding import MeshConfig, activation_sharding, create_sharded_model, make_mesh
 from scaling.flops import executed_flops_per_token
@@ -207,13 +208,13 @@ def test_chunked_cross_entropy_equals_the_plain_loss_and_gradients_vocab_paralle
 
 
 def test_loss_chunk_must_divide_the_sequence_and_be_non_negative() -> None:
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ModelError) as err:
         SMALL.replace(loss_chunk=-1)
     assert err.value.hint
     graphdef, state = nnx.split(nnx.eval_shape(
         lambda: transformer.Transformer(SMALL.replace(loss_chunk=5), rngs=nnx.Rngs(0))))
     batch = batch_of(SMALL, 1, 16)
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ModelError) as err:
         jax.eval_shape(lambda s: loss_fn(nnx.merge(graphdef, s), batch), state)
     assert "divide" in str(err.value) and "seq_len" in err.value.hint
 
@@ -249,11 +250,11 @@ def test_splash_attention_computes_the_same_model_as_xla_attention(
 def test_splash_attention_is_refused_off_tpu_and_needs_whole_tiles() -> None:
     model = transformer.Transformer(SMALL.replace(attention="splash"), rngs=nnx.Rngs(0))
     if jax.default_backend() != "tpu":
-        with pytest.raises(ModelConfigError) as err:
+        with pytest.raises(ModelError) as err:
             jax.eval_shape(model, jnp.zeros((1, 128), jnp.int32))
         assert "TPU" in str(err.value) and "auto" in err.value.hint
     q = jnp.zeros((1, 100, 2, 16))
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ModelError) as err:
         splash_attention(q, q, q)
     assert "128" in str(err.value) and err.value.hint
 

@@ -12,14 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from models.errors import ChinchaxError
-from training.checkpoint import (
-    CheckpointConfig,
-    CheckpointError,
-    CheckpointFallbackWarning,
-    Checkpointer,
-    abstract_like,
-)
+from chinchax.errors import ChinchaxError, CheckpointError
+from training.checkpoint import (CheckpointConfig, CheckpointFallbackWarning, Checkpointer, abstract_like)
 
 
 def _state(seed: int) -> dict:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from chinchax.errors import ConfigError
 from launch.cli import main
-from launch.config import ConfigError, load_experiment, load_run_config, resolve, run_config_to_yaml
+from launch.config import load_experiment, load_run_config, resolve, run_config_to_yaml
 from scaling.flops import train_flops_per_token
 
 REPO = Path(__file__).resolve().parent.parent

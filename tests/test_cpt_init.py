@@ -10,17 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from launch.config import ConfigError, load_experiment, resolve
+from chinchax.errors import ConfigError, TrainingError
+from launch.config import load_experiment, resolve
 from models.sharding import make_mesh
 from training.checkpoint import CheckpointConfig, Checkpointer
 from training.data import build_train_iterator, to_global_batch
-from training.init import (
-    InitConfig,
-    InitError,
-    initialise_state,
-    load_pretrained_params,
-    resolve_source,
-)
+from training.init import InitConfig, initialise_state, load_pretrained_params, resolve_source
 from training.metrics import read_records
 from training.step import make_eval_step
 from training.state import initial_train_state
@@ -189,7 +184,7 @@ def test_another_shape_is_one_error_naming_the_fields(
     tmp_path: Path, source: Path, cache: Path
 ) -> None:
     wider = cpt_experiment(tmp_path / "run", cache, source, model={"d_model": 48, "d_ff": 96})
-    with pytest.raises(InitError, match="d_model: 32 there, 48 here") as caught:
+    with pytest.raises(TrainingError, match="d_model: 32 there, 48 here") as caught:
         run(wider)
     assert "model: section" in caught.value.hint
     assert "shape" in str(caught.value)
@@ -207,7 +202,7 @@ def test_a_source_without_checkpoints_is_one_error_with_a_hint(
         (path / "checkpoints").mkdir(parents=True)
     if where == "file":
         path.write_text("not a run")
-    with pytest.raises(InitError, match=words) as caught:
+    with pytest.raises(TrainingError, match=words) as caught:
         resolve_source(str(path))
     assert caught.value.hint and ("run directory" in caught.value.hint)
     assert not (tmp_path / "missing").exists()  # reading a source never creates it

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import ChinchaxError
+from chinchax.errors import ChinchaxError, ScalingError
 from scaling.cpt import (
     ZHENG_2024,
     ZHENG_2024_CPT,
@@ -21,8 +21,8 @@ from scaling.cpt import (
     equal_loss_tokens,
     fit_cpt_law,
 )
-from scaling.fit import FitConfig, FitError, write_law_file
-from scaling.laws import PUBLISHED_LAWS, LawError, ParametricLaw, PowerLawAllocation, get_law
+from scaling.fit import FitConfig, write_law_file
+from scaling.laws import PUBLISHED_LAWS, ParametricLaw, PowerLawAllocation, get_law
 from scaling.observations import simulate_runs
 
 BUDGETS = np.geomspace(1e18, 1e22, 9)
@@ -78,9 +78,9 @@ def test_data_term_for_allocation_inverts_the_compute_optimum(law: ParametricLaw
 
 
 def test_impossible_allocations_are_refused() -> None:
-    with pytest.raises(LawError):
+    with pytest.raises(ScalingError):
         data_term_for_allocation(PowerLawAllocation(a=1.2, n_coef=0.3), A=420.0, alpha=0.4)
-    with pytest.raises(LawError):
+    with pytest.raises(ScalingError):
         data_term_for_allocation(ZHENG_SCRATCH_ALLOCATION, A=420.0, alpha=0.05, gamma=0.08)
 
 
@@ -127,18 +127,18 @@ def test_fitted_cpt_law_file_allocates_like_the_fit(tmp_path: Path) -> None:
 
 def test_base_law_must_be_a_parametric_from_scratch_law() -> None:
     obs = simulate_runs(ZHENG_2024_CPT, CPT_DESIGN)
-    with pytest.raises(LawError, match="already a CPT law"):
+    with pytest.raises(ScalingError, match="already a CPT law"):
         fit_cpt_law(obs, ZHENG_2024_CPT)
-    with pytest.raises(LawError, match="power law") as caught:
+    with pytest.raises(ScalingError, match="power law") as caught:
         cpt_fit_config("chinchilla-approach1")
     assert isinstance(caught.value, ChinchaxError) and caught.value.hint
-    with pytest.raises(FitError):
+    with pytest.raises(ScalingError):
         cpt_fit_config(ZHENG_2024, FitConfig(approach=2))
 
 
 def test_one_model_size_cannot_identify_gamma() -> None:
     obs = simulate_runs(ZHENG_2024_CPT, [(1e9, d) for d in (1e9, 1e10, 1e11)], evals_per_run=5)
-    with pytest.raises(FitError, match="one model size"):
+    with pytest.raises(ScalingError, match="one model size"):
         fit_cpt_law(obs, ZHENG_2024)
 
 
@@ -159,9 +159,9 @@ def test_equal_loss_tokens_match_the_laws_and_the_crossover(n_params: float) -> 
 
 def test_saving_needs_laws_that_share_the_capacity_term() -> None:
     other = ParametricLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-    with pytest.raises(LawError, match="share"):
+    with pytest.raises(ScalingError, match="share"):
         compute_saving(other, ZHENG_2024_CPT, 1e9, 1e9)
-    with pytest.raises(LawError, match="first law"):
+    with pytest.raises(ScalingError, match="first law"):
         compute_saving(ZHENG_2024_CPT, ZHENG_2024_CPT, 1e9, 1e9)
     faster = ParametricLaw(E=1.55, A=420.0, B=433.3, alpha=0.40, beta=0.35, gamma=0.08)
     assert math.isinf(crossover_tokens(ZHENG_2024, faster, 1e9))

@@ -12,24 +12,9 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from models.errors import ChinchaxError
+from chinchax.errors import ChinchaxError, DataError
 from training import corpus as corpus_lib
-from training.data import (
-    DataConfig,
-    DataError,
-    PackedSequences,
-    build_eval_batches,
-    build_train_iterator,
-    corpus_summary,
-    describe,
-    loss_floor_nats,
-    split_documents,
-    split_stream,
-    to_global_batch,
-    train_sequences,
-    unigram_entropy_nats,
-    vocab_size,
-)
+from training.data import (DataConfig, PackedSequences, build_eval_batches, build_train_iterator, corpus_summary, describe, loss_floor_nats, split_documents, split_stream, to_global_batch, train_sequences, unigram_entropy_nats, vocab_size)
 
 EOD = 256
 

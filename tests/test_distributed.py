@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.distributed import (
-    DistributedConfig,
-    DistributedError,
-    attached_tpu_chips,
-    plan_startup,
-    slurm_local_device_ids,
-)
+from chinchax.errors import LaunchError
+from launch.distributed import (DistributedConfig, attached_tpu_chips, plan_startup, slurm_local_device_ids)
 from launch.multihost_local import (
     check_outcomes,
     free_port,
@@ -25,7 +20,7 @@ from launch.multihost_local import (
     process_env,
     run_processes,
 )
-from launch.gcloud import LaunchError
+
 
 REPO = Path(__file__).resolve().parent.parent
 SLURM_STEP = {
@@ -97,7 +92,7 @@ def test_explicit_settings_from_config_or_environment():
     ],
 )
 def test_incomplete_or_bad_explicit_settings_are_errors(env, needle):
-    with pytest.raises(DistributedError, match=needle):
+    with pytest.raises(LaunchError, match=needle):
         plan_startup(DistributedConfig(), env)
 
 
@@ -186,7 +181,7 @@ def test_enabled_off_and_on():
     pod = {"TPU_WORKER_HOSTNAMES": "a,b"}
     assert plan_startup(DistributedConfig(enabled="off"), pod).mode == "single"
     assert plan_startup(DistributedConfig(enabled="on"), pod).mode == "tpu"
-    with pytest.raises(DistributedError, match="no multi-process environment"):
+    with pytest.raises(LaunchError, match="no multi-process environment"):
         plan_startup(DistributedConfig(enabled="on"), {})
 
 
@@ -213,7 +208,7 @@ def test_cpu_device_count_from_config_or_environment():
     ],
 )
 def test_config_validation(kwargs):
-    with pytest.raises(DistributedError):
+    with pytest.raises(LaunchError):
         DistributedConfig(**kwargs)
 
 

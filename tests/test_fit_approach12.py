@@ -9,16 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaling.fit import (
-    FitConfig,
-    FitError,
-    FitWarning,
-    coarse_grid,
-    fit,
-    fit_envelope,
-    fit_isoflop,
-    group_budgets,
-)
+from chinchax.errors import ScalingError
+from scaling.fit import (FitConfig, FitWarning, coarse_grid, fit, fit_envelope, fit_isoflop, group_budgets)
 from scaling.laws import PUBLISHED_LAWS
 from scaling.observations import isoflop_design, simulate_runs
 
@@ -100,7 +92,7 @@ def test_budgets_without_enough_sizes_are_skipped_or_refused() -> None:
     with pytest.warns(FitWarning, match="2 model size"):
         result = fit_isoflop(obs)
     assert len(result.profiles) == 2
-    with pytest.raises(FitError, match="at least 2 isoFLOP budgets") as info:
+    with pytest.raises(ScalingError, match="at least 2 isoFLOP budgets") as info:
         fit_isoflop(simulate_runs(LAW, isoflop_design(LAW, [1e19], 7)))
     assert info.value.hint
 
@@ -140,7 +132,7 @@ def test_envelope_bootstrap_interval_holds_the_truth(seed: int) -> None:
 
 
 def test_envelope_needs_curves_and_flags_sizes_that_miss_the_optimum() -> None:
-    with pytest.raises(FitError, match="loss curves"):
+    with pytest.raises(ScalingError, match="loss curves"):
         fit_envelope(_sweep())  # final points only: no curves
     too_small = np.geomspace(1e6, 1e7, 6)  # every size far below N_opt at these budgets
     long_runs = simulate_runs(LAW, [(n, 20000.0 * n) for n in too_small], evals_per_run=40)

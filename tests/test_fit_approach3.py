@@ -11,20 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from scaling.fit import (
-    FitConfig,
-    FitError,
-    FitWarning,
-    HuberLogObjective,
-    StartGrid,
-    coarse_grid,
-    fit,
-    fit_continual,
-    fit_parametric,
-    lbfgs_batched,
-)
+from chinchax.errors import ScalingError
+from scaling.fit import (FitConfig, FitWarning, HuberLogObjective, StartGrid, coarse_grid, fit, fit_continual, fit_parametric, lbfgs_batched)
 from scaling.laws import PUBLISHED_LAWS, ParametricLaw
-from scaling.observations import ObservationError, Observations, read_csv, simulate_runs
+from scaling.observations import Observations, read_csv, simulate_runs
 
 # A factorial design: every (N, D) pair is a run, spanning three decades of each.
 FACTORIAL = [(n, d) for n in np.geomspace(1e6, 1e9, 6) for d in np.geomspace(1e8, 1e11, 6)]
@@ -192,16 +182,16 @@ def test_batched_search_matches_scipy_from_the_same_starts(epoch: Observations) 
 
 def test_too_little_data_and_bad_settings_are_clear_errors() -> None:
     two_runs = simulate_runs(PUBLISHED_LAWS["chinchilla"], FACTORIAL[:2])
-    with pytest.raises(ObservationError, match="at least 3 runs"):
+    with pytest.raises(ScalingError, match="at least 3 runs"):
         fit_parametric(two_runs, QUICK)
     one_size = simulate_runs(
         PUBLISHED_LAWS["chinchilla"], [(1e8, d) for d in (1e9, 2e9, 4e9, 8e9, 1e10, 2e10)]
     )
-    with pytest.raises(FitError, match="one model size"):
+    with pytest.raises(ScalingError, match="one model size"):
         fit_parametric(one_size, QUICK)
-    with pytest.raises(FitError, match="approach must be 1, 2 or 3"):
+    with pytest.raises(ScalingError, match="approach must be 1, 2 or 3"):
         FitConfig(approach=4)
-    with pytest.raises(FitError, match="unknown coefficient 'delta'"):
+    with pytest.raises(ScalingError, match="unknown coefficient 'delta'"):
         FitConfig(fixed={"delta": 1.0})
-    with pytest.raises(FitError, match="fixed E=-1"):
+    with pytest.raises(ScalingError, match="fixed E=-1"):
         FitConfig(fixed={"E": -1.0})

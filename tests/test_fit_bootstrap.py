@@ -8,16 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling.fit import (
-    FitConfig,
-    FitError,
-    coarse_grid,
-    evaluate,
-    fit,
-    point_weights,
-    resample_runs,
-    write_law_file,
-)
+from chinchax.errors import ScalingError
+from scaling.fit import (FitConfig, coarse_grid, evaluate, fit, point_weights, resample_runs, write_law_file)
 from scaling.laws import PUBLISHED_LAWS, ParametricLaw, PowerLawAllocation, get_law
 from scaling.observations import Observations, isoflop_design, simulate_runs
 
@@ -163,7 +155,7 @@ def test_are_never_fits_on_the_held_out_points() -> None:
     again = evaluate(spoiled, FitConfig(grid=coarse_grid()))
     assert again.law.E == pytest.approx(result.law.E, rel=1e-9)
     assert again.are > 0.3
-    with pytest.raises(FitError, match="target run 'nope'"):
+    with pytest.raises(ScalingError, match="target run 'nope'"):
         evaluate(obs, target_run="nope")
 
 

@@ -8,18 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from chinchax.errors import ChinchaxError, ScalingError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
-from scaling.flops import (
-    FlopCountError,
-    count_params,
-    count_params_non_embedding,
-    forward_flop_breakdown,
-    forward_flops_per_sequence,
-    six_n_flops_per_token,
-    train_flops,
-    train_flops_per_token,
-)
+
+from scaling.flops import (count_params, count_params_non_embedding, forward_flop_breakdown, forward_flops_per_sequence, six_n_flops_per_token, train_flops, train_flops_per_token)
 
 CHINCHILLA_VOCAB = 32_000
 CHINCHILLA_SEQ = 2048
@@ -291,13 +283,13 @@ def test_breakdown_sums_and_serialises() -> None:
 @pytest.mark.parametrize("seq_len", [0, -5, 2.5])
 def test_bad_sequence_length_is_a_chinchax_error(seq_len: object) -> None:
     cfg = ModelConfig()
-    with pytest.raises(FlopCountError) as err:
+    with pytest.raises(ScalingError) as err:
         train_flops_per_token(cfg, seq_len)  # type: ignore[arg-type]
     assert isinstance(err.value, ChinchaxError) and err.value.hint
 
 
 def test_negative_tokens_is_a_chinchax_error() -> None:
-    with pytest.raises(FlopCountError):
+    with pytest.raises(ScalingError):
         train_flops(ModelConfig(), 16, -1)
 
 

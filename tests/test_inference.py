@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from chinchax.errors import ChinchaxError, ScalingError
 import scaling.inference as inference_module
 from launch.cli import main
-from models.errors import ChinchaxError
-from scaling.allocate import AllocationError, BudgetConfig, plan_run
+
+from scaling.allocate import BudgetConfig, plan_run
 from scaling.flops import count_params, forward_flops_per_sequence
 from scaling.inference import (
     best_loss_for_total_cost,
@@ -188,26 +189,26 @@ def test_module_docstring_example_is_what_the_code_computes() -> None:
 
 
 def _one_line(err: pytest.ExceptionInfo[ChinchaxError]) -> None:
-    assert isinstance(err.value, AllocationError) and err.value.hint
+    assert isinstance(err.value, ScalingError) and err.value.hint
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("loss", [1.69, 1.0, float("nan"), -2.0])
 def test_unreachable_loss(loss: float) -> None:
-    with pytest.raises(AllocationError, match="irreducible loss") as err:
+    with pytest.raises(ScalingError, match="irreducible loss") as err:
         cheapest_for_loss(PUBLISHED_LAWS["chinchilla"], loss, 1e12)
     _one_line(err)
 
 
 @pytest.mark.parametrize("tokens", [-1.0, float("inf"), float("nan"), True, "1e12"])
 def test_bad_inference_tokens(tokens: object) -> None:
-    with pytest.raises(AllocationError, match="inference tokens") as err:
+    with pytest.raises(ScalingError, match="inference tokens") as err:
         inference_tradeoff(PUBLISHED_LAWS["chinchilla"], 1e21, tokens)  # type: ignore[arg-type]
     _one_line(err)
 
 
 def test_power_law_predicts_no_loss() -> None:
-    with pytest.raises(AllocationError, match="predicts no loss") as err:
+    with pytest.raises(ScalingError, match="predicts no loss") as err:
         inference_tradeoff(PUBLISHED_LAWS["chinchilla-approach2"], 1e21, 1e12)
     _one_line(err)
     assert "parametric" in (err.value.hint or "")
@@ -215,14 +216,14 @@ def test_power_law_predicts_no_loss() -> None:
 
 def test_law_without_frontier() -> None:
     bad = ParametricLaw(E=1.5, A=400.0, B=400.0, alpha=0.3, beta=0.1, gamma=0.2, name="bad")
-    with pytest.raises(AllocationError, match="no compute-optimal frontier") as err:
+    with pytest.raises(ScalingError, match="no compute-optimal frontier") as err:
         inference_tradeoff(bad, 1e21, 1e12)
     _one_line(err)
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("inf")])
 def test_bad_budget(bad: float) -> None:
-    with pytest.raises(AllocationError, match="positive") as err:
+    with pytest.raises(ScalingError, match="positive") as err:
         inference_tradeoff(PUBLISHED_LAWS["chinchilla"], bad, 1e12)
     _one_line(err)
 
@@ -272,7 +273,7 @@ def test_total_objective_without_inference_is_chinchilla() -> None:
 
 
 def test_power_law_plans_with_inference() -> None:
-    with pytest.raises(AllocationError, match="predicts no loss"):
+    with pytest.raises(ScalingError, match="predicts no loss"):
         plan_run(
             BudgetConfig(
                 flops=1e21, law="chinchilla-approach2", inference_tokens=1e12, objective="total"
@@ -291,7 +292,7 @@ def test_power_law_plans_with_inference() -> None:
     ],
 )
 def test_bad_budget_fields(changes: dict, message: str) -> None:
-    with pytest.raises(AllocationError, match=message) as err:
+    with pytest.raises(ScalingError, match=message) as err:
         BudgetConfig(**changes)
     assert err.value.hint
 

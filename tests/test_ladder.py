@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from chinchax.errors import ConfigError, ScalingError
 from launch.cmd_ladder import (
     EXPERIMENTS_DIR,
     TARGET_STARTED_FILE,
@@ -21,20 +22,10 @@ from launch.cmd_ladder import (
     run_ladder,
     run_state,
 )
-from launch.config import ConfigError, load_experiment, resolve
-from scaling.allocate import AllocationError, BudgetConfig, plan_run_at_size
+from launch.config import load_experiment, resolve
+from scaling.allocate import BudgetConfig, plan_run_at_size
 from scaling.flops import count_params, train_flops_per_token
-from scaling.ladder import (
-    LadderConfig,
-    LadderError,
-    analyse_ladder,
-    design_ladder,
-    fit_rungs,
-    law_file_name,
-    predict_target,
-    published_comparison,
-    verify_target,
-)
+from scaling.ladder import (LadderConfig, analyse_ladder, design_ladder, fit_rungs, law_file_name, predict_target, published_comparison, verify_target)
 from scaling.ladder_report import COEFFICIENTS, number, write_report
 from scaling.laws import ParametricLaw, get_law
 from scaling.observations import write_run_dir
@@ -63,9 +54,9 @@ def test_plan_run_at_size_spends_the_budget_at_the_requested_size() -> None:
     assert small.n_params < large.n_params and small.tokens > large.tokens
     # one budget, one batch and learning-rate rule, whatever the size
     assert small.learning_rate == large.learning_rate and small.law_n_params == large.law_n_params
-    with pytest.raises(AllocationError, match="positive"):
+    with pytest.raises(ScalingError, match="positive"):
         plan_run_at_size(budget, -1.0)
-    with pytest.raises(AllocationError, match="too small for the smallest allowed model"):
+    with pytest.raises(ScalingError, match="too small for the smallest allowed model"):
         plan_run_at_size(budget, 100.0)
 
 
@@ -123,14 +114,14 @@ def test_design_trains_colliding_shapes_once() -> None:
 )
 def test_ladder_config_rejects_bad_settings(changes: dict, message: str) -> None:
     settings = {"budgets": [1e11, 1e12], **changes}
-    with pytest.raises(LadderError, match=message) as err:
+    with pytest.raises(ScalingError, match=message) as err:
         LadderConfig(**settings)
     assert err.value.hint
 
 
 def test_design_refuses_a_budget_with_too_few_shapes() -> None:
     cfg = LadderConfig(budgets=[1e8, 1e9], bootstrap=0)
-    with pytest.raises(LadderError, match="distinct model shape") as err:
+    with pytest.raises(ScalingError, match="distinct model shape") as err:
         design_ladder(cfg, TEMPLATE)
     assert "multiple_of" in err.value.hint
 
@@ -220,7 +211,7 @@ def test_a_sizing_law_that_cannot_size_the_target_yields_to_approach_3(
 
     def refuse_approach_2(budget: BudgetConfig, **kwargs: Any) -> Any:
         if str(budget.law).endswith(law_file_name(2)):
-            raise AllocationError("the law wants N≈8.4e+21 parameters", hint="raise max_layers")
+            raise ScalingError("the law wants N≈8.4e+21 parameters", hint="raise max_layers")
         return real_plan_run(budget, **kwargs)
 
     monkeypatch.setattr(ladder_module, "plan_run", refuse_approach_2)
@@ -233,10 +224,10 @@ def test_a_sizing_law_that_cannot_size_the_target_yields_to_approach_3(
     assert prediction["sizing_approach"] == 3 and prediction["sizing_note"] == analysis.sizing_note
 
     def refuse_all(budget: BudgetConfig, **kwargs: Any) -> Any:
-        raise AllocationError("the law wants N≈8.4e+21 parameters", hint="raise max_layers")
+        raise ScalingError("the law wants N≈8.4e+21 parameters", hint="raise max_layers")
 
     monkeypatch.setattr(ladder_module, "plan_run", refuse_all)
-    with pytest.raises(LadderError, match="approach 2's law .* approach 3's law") as err:
+    with pytest.raises(ScalingError, match="approach 2's law .* approach 3's law") as err:
         analyse_ladder(tmp_path, plan, TEMPLATE, run_dirs=run_dirs, name="edge")
     assert err.value.hint == "raise max_layers"
 
@@ -307,7 +298,7 @@ def test_a_started_rung_keeps_its_experiment(tmp_path: Path) -> None:
     first = outcome.plan.rungs[0].name
     (tmp_path / "rungs" / first / "checkpoints" / "10").mkdir(parents=True)
     assert run_state(tmp_path / "rungs" / first)[0] == "partial"
-    with pytest.raises(LadderError, match="different experiment"):
+    with pytest.raises(ScalingError, match="different experiment"):
         run_ladder(load_ladder(TINY_CONFIG, ["optim.weight_decay=0.3"], ladder_dir=tmp_path), dry_run=True)
 
 
@@ -315,7 +306,7 @@ def test_device_groups_split_gpus_between_jobs() -> None:
     assert device_groups(2, gpus=["0", "1", "2", "3"]) == [
         {"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
     assert device_groups(3, gpus=[]) == [{}, {}, {}]
-    with pytest.raises(LadderError, match="GPUs"):
+    with pytest.raises(ScalingError, match="GPUs"):
         device_groups(4, gpus=["0", "1"])
 
 

@@ -10,26 +10,9 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from models.errors import ChinchaxError
+from chinchax.errors import ChinchaxError, ConfigError, DataError
 from training import corpus as corpus_lib
-from training.data import (
-    DataConfig,
-    DataError,
-    MixtureSource,
-    PackedSequences,
-    build_eval_batches,
-    build_eval_sets,
-    build_train_iterator,
-    corpus_summary,
-    data_sources,
-    describe,
-    primary_source,
-    split_documents,
-    split_stream,
-    token_frequencies,
-    train_sequences,
-    unigram_entropy_nats,
-)
+from training.data import (DataConfig, MixtureSource, PackedSequences, build_eval_batches, build_eval_sets, build_train_iterator, corpus_summary, data_sources, describe, primary_source, split_documents, split_stream, token_frequencies, train_sequences, unigram_entropy_nats)
 from training.mixture import MixtureIterator, interleave_counts, interleave_proportions
 
 SEQ_LEN = 32
@@ -158,7 +141,8 @@ def test_yaml_mixture_goes_through_the_experiment_loader_and_back(cache: str) ->
     ],
 )
 def test_bad_entries_fail_in_the_loader_naming_the_key(entry: dict, words: str) -> None:
-    from launch.config import ConfigError, load_experiment
+    from chinchax.errors import ConfigError
+    from launch.config import load_experiment
 
     data = {"data": {"mixture": [{"name": "a", "source": "synthetic", **entry}]}}
     with pytest.raises(ConfigError) as caught:

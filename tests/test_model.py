@@ -18,8 +18,9 @@ import optax
 import pytest
 from flax import nnx
 
+from chinchax.errors import ModelError
 from models.config import ModelConfig
-from models.errors import ModelConfigError
+
 from models.loss import cross_entropy, loss_fn
 from models.sharding import LOGICAL_AXES
 from models.transformer import Transformer
@@ -289,12 +290,12 @@ def test_attention_implementations() -> None:
     )
     if jax.default_backend() != "gpu":
         cudnn = build(BASE.replace(attention="cudnn"), lambda path, shape: params[path])
-        with pytest.raises(ModelConfigError, match="GPU"):
+        with pytest.raises(ModelError, match="GPU"):
             cudnn(tokens(BASE))
 
 
 def test_odd_head_dim_is_rejected_with_a_hint() -> None:
-    with pytest.raises(ModelConfigError) as err:
+    with pytest.raises(ModelError) as err:
         abstract_model(BASE.replace(head_dim=7))
     assert "head_dim" in str(err.value) and err.value.hint
 

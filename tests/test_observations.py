@@ -10,17 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.errors import ChinchaxError
-from scaling.observations import (
-    ObservationError,
-    Observations,
-    find_run_dirs,
-    load_observations,
-    read_csv,
-    read_run_dir,
-    require_runs,
-    write_run_dir,
-)
+from chinchax.errors import ChinchaxError, ScalingError
+from scaling.observations import (Observations, find_run_dirs, load_observations, read_csv, read_run_dir, require_runs, write_run_dir)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -65,7 +56,7 @@ def test_csv_with_tokens_run_seed_and_step(tmp_path: Path) -> None:
     ],
 )
 def test_missing_columns_name_what_is_missing(tmp_path: Path, header: str, missing: str) -> None:
-    with pytest.raises(ObservationError, match=missing) as info:
+    with pytest.raises(ScalingError, match=missing) as info:
         read_csv(_write(tmp_path / "bad.csv", header))
     _assert_one_line(info.value)
 
@@ -83,7 +74,7 @@ def test_bad_rows_are_one_line_errors_naming_the_row(
     tmp_path: Path, row: str, problem: str
 ) -> None:
     csv = _write(tmp_path / "bad.csv", f"n_params,tokens,loss\n1e6,1e8,3.0\n{row}\n")
-    with pytest.raises(ObservationError, match=problem) as info:
+    with pytest.raises(ScalingError, match=problem) as info:
         read_csv(csv)
     assert "row 1" in str(info.value)
     _assert_one_line(info.value)
@@ -121,7 +112,7 @@ def test_metrics_cut_short_at_the_end_is_tolerated_but_not_in_the_middle(tmp_pat
     (run / "metrics.jsonl").write_text(text + '{"kind": "eval", "ste')
     assert len(read_run_dir(run)) == 2
     (run / "metrics.jsonl").write_text('{"kind": \n' + text)
-    with pytest.raises(ObservationError, match=r"metrics.jsonl:1 ") as info:
+    with pytest.raises(ScalingError, match=r"metrics.jsonl:1 ") as info:
         read_run_dir(run)
     _assert_one_line(info.value)
 
@@ -130,7 +121,7 @@ def test_nan_eval_loss_in_a_run_is_an_error(tmp_path: Path) -> None:
     run = write_run_dir(
         tmp_path, "diverged", n_params=1000, evals=[(10, 5000, 4.0), (20, 10000, float("nan"))]
     )
-    with pytest.raises(ObservationError, match="NaN.*diverged"):
+    with pytest.raises(ScalingError, match="NaN.*diverged"):
         read_run_dir(run)
 
 
@@ -162,7 +153,7 @@ def test_unusable_inputs_are_one_line_errors(tmp_path: Path, make: str) -> None:
     if make == "not_a_run":
         target.mkdir()
         (target / "metrics.jsonl").write_text("")
-    with pytest.raises(ObservationError) as info:
+    with pytest.raises(ScalingError) as info:
         load_observations([target])
     _assert_one_line(info.value)
 
@@ -176,7 +167,7 @@ def test_drop_early_removes_each_runs_first_tenth(tmp_path: Path) -> None:
     assert small.min() == 200 and small.size == 19  # 100 < 0.1 * 2000 is dropped, 200 is kept
     assert large.min() == 1000 and large.size == 5  # 0.1 * 5000 = 500: nothing below it
     assert len(load_observations([tmp_path], drop_early=0.5)) == 11 + 3
-    with pytest.raises(ObservationError, match="drop-early"):
+    with pytest.raises(ScalingError, match="drop-early"):
         obs.drop_early(1.0)
 
 
@@ -206,9 +197,9 @@ def test_drop_early_keeps_exactly_the_late_points_of_every_run(
 def test_require_runs_and_drop_highest_loss() -> None:
     obs = Observations.from_arrays(n_params=[1, 2, 3], loss=[3.0, 9.0, 2.0], tokens=[1, 1, 1])
     require_runs(obs, 3, "this")
-    with pytest.raises(ObservationError, match="needs at least 4 runs, got 3") as info:
+    with pytest.raises(ScalingError, match="needs at least 4 runs, got 3") as info:
         require_runs(obs, 4, "this")
     _assert_one_line(info.value)
     assert obs.drop_highest_loss(1).loss.tolist() == [3.0, 2.0]
-    with pytest.raises(ObservationError):
+    with pytest.raises(ScalingError):
         obs.drop_highest_loss(3)

@@ -8,15 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from models.errors import ChinchaxError
-from training.optim import (
-    OptimConfig,
-    OptimError,
-    decay_mask,
-    learning_rate_at_step,
-    make_optimizer,
-    make_schedule,
-)
+from chinchax.errors import ChinchaxError, TrainingError
+from training.optim import (OptimConfig, decay_mask, learning_rate_at_step, make_optimizer, make_schedule)
 
 
 def _rates(schedule, n: int) -> np.ndarray:
@@ -88,16 +81,16 @@ def test_schedule_runs_inside_jit_with_an_array_step():
     ],
 )
 def test_bad_settings_are_one_clear_error(changes):
-    with pytest.raises(OptimError) as raised:
+    with pytest.raises(TrainingError) as raised:
         OptimConfig(**changes)
     assert isinstance(raised.value, ChinchaxError) and raised.value.hint
     assert next(iter(changes)) in str(raised.value)
 
 
 def test_warmup_longer_than_the_run_is_an_error():
-    with pytest.raises(OptimError, match="warmup"):
+    with pytest.raises(TrainingError, match="warmup"):
         make_schedule(OptimConfig(warmup_steps=100), 50)
-    with pytest.raises(OptimError, match="overlap"):
+    with pytest.raises(TrainingError, match="overlap"):
         make_schedule(OptimConfig(schedule="wsd", warmup_fraction=0.6, decay_fraction=0.5), 100)
 
 

@@ -11,15 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from chinchax.errors import ScalingError
 from scaling.laws import PUBLISHED_LAWS, ParametricLaw
-from scaling.prediction import (
-    DriftMonitor,
-    PredictionConfig,
-    PredictionError,
-    RunPrediction,
-    predict_run,
-    remaining_decay,
-)
+from scaling.prediction import (DriftMonitor, PredictionConfig, RunPrediction, predict_run, remaining_decay)
 
 LAW = PUBLISHED_LAWS["chinchilla"]
 N = 20_000_000
@@ -109,7 +103,7 @@ def test_json_round_trip() -> None:
     assert data["final"]["loss"] == prediction.final_loss and len(data["curve"]) == len(EVALS)
     assert data["coefficients"]["alpha"] == LAW.alpha
     assert RunPrediction.from_dict(data) == prediction
-    with pytest.raises(PredictionError, match="not a run prediction"):
+    with pytest.raises(ScalingError, match="not a run prediction"):
         RunPrediction.from_dict({"law": "x"})
 
 
@@ -125,7 +119,7 @@ def test_remaining_decay_shapes() -> None:
         0.85, "wsd", decay_fraction=0.2, wsd_decay_shape="cosine"
     ) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert remaining_decay(1.0, "constant") == 1.0
-    with pytest.raises(PredictionError, match="unknown schedule"):
+    with pytest.raises(ScalingError, match="unknown schedule"):
         remaining_decay(0.5, "linear")
 
 
@@ -313,7 +307,7 @@ def test_compare_final_for_the_summary() -> None:
     ],
 )
 def test_bad_input_is_one_clear_error(call, message: str) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(PredictionError, match=message) as err:
+    with pytest.raises(ScalingError, match=message) as err:
         call()
     assert err.value.hint and "\n" not in str(err.value)
 

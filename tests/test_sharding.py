@@ -16,20 +16,10 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from chinchax.errors import ModelError
 from models.config import ModelConfig
 from models.loss import cross_entropy, loss_fn, vocab_parallel_cross_entropy
-from models.sharding import (
-    DEFAULT_RULES,
-    MeshConfig,
-    MeshError,
-    activation_sharding,
-    batch_sharding,
-    constrain,
-    create_sharded_model,
-    logical_to_mesh_spec,
-    make_mesh,
-    state_shardings,
-)
+from models.sharding import (DEFAULT_RULES, MeshConfig, activation_sharding, batch_sharding, constrain, create_sharded_model, logical_to_mesh_spec, make_mesh, state_shardings)
 from models.transformer import Transformer
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
@@ -76,7 +66,7 @@ def test_mesh_sizes_resolve_minus_one_and_use_auto_axes() -> None:
 def test_meshes_that_do_not_fit_the_devices_raise_mesh_error(
     mesh_cfg: MeshConfig, words: str
 ) -> None:
-    with pytest.raises(MeshError, match=words) as err:
+    with pytest.raises(ModelError, match=words) as err:
         make_mesh(mesh_cfg)
     assert err.value.hint
 
@@ -94,7 +84,7 @@ def test_meshes_that_do_not_fit_the_devices_raise_mesh_error(
     ],
 )
 def test_bad_mesh_config_is_one_clear_error(kwargs: dict, words: str) -> None:
-    with pytest.raises(MeshError, match=words) as err:
+    with pytest.raises(ModelError, match=words) as err:
         MeshConfig(**kwargs)
     assert err.value.hint
 
@@ -109,7 +99,7 @@ def test_logical_names_map_through_the_rules() -> None:
         None, ("fsdp", "tensor")
     )
     assert logical_to_mesh_spec(("embed",), [["vocab", "tensor"]]) == P(None)  # no rule: replicated
-    with pytest.raises(MeshError, match="unknown logical axis"):
+    with pytest.raises(ModelError, match="unknown logical axis"):
         logical_to_mesh_spec(("hidden",), RULES)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import ChinchaxError
-from training.tokenizer import ByteTokenizer, DataError, load_tokenizer
+from chinchax.errors import ChinchaxError, DataError
+from training.tokenizer import ByteTokenizer, load_tokenizer
 
 
 def test_byte_tokenizer_is_the_default_with_one_extra_id_for_end_of_document() -> None:

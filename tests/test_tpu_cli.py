@@ -14,8 +14,9 @@ from typing import List
 
 import pytest
 
+from chinchax.errors import LaunchError
 from launch import cmd_tpu, tpu
-from launch.gcloud import Gcloud, LaunchError, RetryPolicy, format_command, is_transient_failure
+from launch.gcloud import Gcloud, RetryPolicy, format_command, is_transient_failure
 
 FAKE_GCLOUD = r'''#!{python}
 """Fake gcloud: appends its argv to $FAKE_GCLOUD_LOG; behaviour set by FAKE_GCLOUD_* variables."""

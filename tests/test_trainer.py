@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from chinchax.errors import TrainingError
 from launch.cli import main
 from launch.config import load_experiment, resolve
 from training.checkpoint import Checkpointer, CheckpointConfig
-from training.config import TrainingError
+
 from training.metrics import read_records
 from training.trainer import train
 

@@ -34,17 +34,14 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from models.errors import ChinchaxError
+from chinchax.errors import CheckpointError
+
 
 log = logging.getLogger("chinchax.checkpoint")
 
 STATE_ITEM = "state"
 EXTRA_ITEM = "extra"
 QUARANTINE_PREFIX = "corrupt-"
-
-
-class CheckpointError(ChinchaxError, RuntimeError):
-    """A checkpoint that cannot be written or read back into this run."""
 
 
 class CheckpointFallbackWarning(UserWarning):

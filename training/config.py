@@ -12,8 +12,9 @@ from typing import Any, Optional
 
 import yaml
 
+from chinchax.errors import TrainingError
 from models.config import ModelConfig
-from models.errors import ChinchaxError
+
 from models.sharding import MeshConfig
 from scaling.prediction import PredictionConfig
 from training.checkpoint import CheckpointConfig
@@ -22,10 +23,6 @@ from training.init import InitConfig
 from training.optim import OptimConfig
 
 NONFINITE_POLICIES = ("stop", "skip")
-
-
-class TrainingError(ChinchaxError, RuntimeError):
-    """A run that cannot go on (non-finite loss, inconsistent run directory, ...)."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Tupl
 
 import numpy as np
 
-from training.tokenizer import DataError, Tokenizer, load_tokenizer
+from chinchax.errors import DataError
+from training.tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:  # the config lives with the public entry points; only its fields are read here
     from training.data import DataConfig

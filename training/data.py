@@ -50,9 +50,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import grain
 import numpy as np
 
+from chinchax.errors import DataError
 from training import corpus as corpus_lib
 from training.corpus import TokenizedCorpus
-from training.tokenizer import BYTE_TOKENIZER, DataError, load_tokenizer
+from training.tokenizer import BYTE_TOKENIZER, load_tokenizer
 
 __all__ = [
     "DataConfig",

@@ -14,7 +14,7 @@ Written in a config as::
 ``from`` would read better but is a Python keyword, so the dataclass field and the YAML key
 are both ``from_run``.  A run directory means its newest checkpoint; ``.../checkpoints/300``
 picks step 300.  The source must have the same parameter shapes as this run (copy the
-source's ``model:`` section); a mismatch is one :class:`InitError` naming the fields that
+source's ``model:`` section); a mismatch is one :class:`TrainingError` naming the fields that
 differ.
 
 Why the trainer applies it only to a run directory without checkpoints: once a CPT run has
@@ -47,19 +47,16 @@ import yaml
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
+from chinchax.errors import ChinchaxError, CheckpointError, TrainingError
 from models import hypercloning
 from models.config import ModelConfig
-from models.errors import ChinchaxError
-from training.checkpoint import STATE_ITEM, CheckpointConfig, CheckpointError, Checkpointer
+
+from training.checkpoint import STATE_ITEM, CheckpointConfig, Checkpointer
 
 log = logging.getLogger("chinchax.init")
 
 CHECKPOINTS_DIR = "checkpoints"  # what the trainer names the folder inside a run directory
 PARAMS_KEY = "params"  # the parameters' subtree of a trainer checkpoint
-
-
-class InitError(ChinchaxError, ValueError):
-    """A run cannot start from the checkpoint it names (missing, empty, another shape)."""
 
 
 @dataclass(frozen=True)
@@ -84,18 +81,18 @@ class InitConfig:
         for name in ("from_run", "grow_from"):
             value = getattr(self, name)
             if value is not None and not str(value).strip():
-                raise InitError(f"init.{name} is an empty path",
+                raise TrainingError(f"init.{name} is an empty path",
                                 hint=f"name a run directory, e.g. init.{name}=runs/python, or "
                                 "leave it unset")
         if self.from_run is not None and self.grow_from is not None:
-            raise InitError("init.from_run and init.grow_from are both set",
+            raise TrainingError("init.from_run and init.grow_from are both set",
                             hint="from_run loads a model of the same shape, grow_from widens a "
                             "smaller one: keep one of them")
         if self.factor < 1:
-            raise InitError(f"init.factor={self.factor} must be a positive integer",
+            raise TrainingError(f"init.factor={self.factor} must be a positive integer",
                             hint="the widening factor is 2, 3, ... (1 means no widening)")
         if self.factor != 1 and self.grow_from is None:
-            raise InitError(f"init.factor={self.factor} is set without init.grow_from",
+            raise TrainingError(f"init.factor={self.factor} is set without init.grow_from",
                             hint="set init.grow_from to the smaller run to widen, or drop "
                             "init.factor")
         _check_growth_settings(self)
@@ -130,9 +127,9 @@ def resolve_source(path: str) -> InitSource:
     # orbax wants absolute paths; a URL (gs://...) is left as it is
     where = epath.Path(path if "://" in path else os.path.abspath(path))
     if not where.exists():
-        raise InitError(f"init.from_run={path} does not exist", hint=_missing_hint(path))
+        raise TrainingError(f"init.from_run={path} does not exist", hint=_missing_hint(path))
     if not where.is_dir():
-        raise InitError(f"init.from_run={path} is a file, not a directory",
+        raise TrainingError(f"init.from_run={path} is a file, not a directory",
                         hint="name the source's run directory (runs/<name>) or its checkpoints/")
     if (where / CHECKPOINTS_DIR).is_dir():
         resolved = InitSource(where / CHECKPOINTS_DIR, None, where)
@@ -142,7 +139,7 @@ def resolve_source(path: str) -> InitSource:
     else:
         resolved = InitSource(where, None, where.parent if where.name == CHECKPOINTS_DIR else None)
     if not _has_steps(resolved.checkpoint_dir):
-        raise InitError(f"init.from_run={path} holds no checkpoint", hint=_missing_hint(path))
+        raise TrainingError(f"init.from_run={path} holds no checkpoint", hint=_missing_hint(path))
     return resolved
 
 
@@ -171,7 +168,7 @@ def _stored_tree(source: InitSource, step: int) -> Any:
         return ocp.StandardCheckpointHandler().metadata(
             source.checkpoint_dir / str(step) / STATE_ITEM).tree
     except Exception as error:
-        raise InitError(f"cannot read checkpoint step {step} in {source.checkpoint_dir}: {error}",
+        raise TrainingError(f"cannot read checkpoint step {step} in {source.checkpoint_dir}: {error}",
                         hint="the files may be damaged; point init.from_run at an older step "
                         f"folder ({source.checkpoint_dir}/<step>)") from error
 
@@ -199,14 +196,14 @@ def _source_model(source: InitSource) -> Optional[dict[str, Any]]:
     return None
 
 
-def _shape_mismatch(source: InitSource, step: int, problem: str, model: ModelConfig) -> InitError:
+def _shape_mismatch(source: InitSource, step: int, problem: str, model: ModelConfig) -> TrainingError:
     """A shape error that names the model fields that differ, when the source's config says."""
     theirs = _source_model(source)
     ours = model.to_dict()
     differing = ([f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours
                   if k in theirs and theirs[k] != ours[k]] if theirs else [])
     detail = f" (model fields that differ: {'; '.join(differing)})" if differing else ""
-    return InitError(
+    return TrainingError(
         f"cannot start from {source.checkpoint_dir} step {step}: {problem}{detail}",
         hint="init.from_run loads parameters of the same shape: copy the model: section of the "
         "source run's config.yaml into this config (dtypes and remat may differ)")
@@ -216,7 +213,7 @@ def _check_params(source: InitSource, step: int, stored: dict[str, Any],
                   expected: dict[str, Any], model: ModelConfig) -> None:
     stored_params = {k: v for k, v in stored.items() if k.split("/", 1)[0] == PARAMS_KEY}
     if not stored_params:
-        raise InitError(f"checkpoint step {step} in {source.checkpoint_dir} holds no '{PARAMS_KEY}'",
+        raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} holds no '{PARAMS_KEY}'",
                         hint="point init.from_run at a run written by chinchax train")
     for name, target in expected.items():
         if name not in stored_params:
@@ -275,14 +272,14 @@ def load_pretrained_params(path: str, abstract_state: dict[str, Any],
     try:
         step = source.step if source.step is not None else reader.latest_step()
         if step is None:
-            raise InitError(f"init.from_run={path} holds no checkpoint", hint=_missing_hint(path))
+            raise TrainingError(f"init.from_run={path} holds no checkpoint", hint=_missing_hint(path))
         stored_tree = _stored_tree(source, step)
         _check_params(source, step, _named_leaves(stored_tree), expected, model)
         target = _restore_target(stored_tree, expected, like, replicated)
         try:
             restored = reader.restore(step, target, fallback=False).state
         except CheckpointError as error:
-            raise InitError(f"cannot start from {source.checkpoint_dir} step {step}: {error}",
+            raise TrainingError(f"cannot start from {source.checkpoint_dir} step {step}: {error}",
                             hint="the files may be damaged; point init.from_run at an older "
                             f"step folder ({source.checkpoint_dir}/<step>)") from error
     finally:
@@ -328,9 +325,9 @@ def _check_growth_settings(cfg: InitConfig) -> None:
     try:
         hypercloning.check_variant(cfg.variant, cfg.noise_scale)
     except ChinchaxError as error:
-        raise InitError(f"init: {error}", hint=error.hint) from None
+        raise TrainingError(f"init: {error}", hint=error.hint) from None
     if cfg.grow_from is not None and cfg.factor < 2:
-        raise InitError(f"init.grow_from is set but init.factor={cfg.factor}",
+        raise TrainingError(f"init.grow_from is set but init.factor={cfg.factor}",
                         hint="set init.factor to the widening factor (2, 3, ...); to load a "
                         "model of the same shape use init.from_run instead")
 
@@ -339,8 +336,8 @@ def _growth_source(path: str) -> InitSource:
     """:func:`resolve_source`, with its messages naming ``init.grow_from``."""
     try:
         return resolve_source(path)
-    except InitError as error:
-        raise InitError(str(error).replace("init.from_run", "init.grow_from"),
+    except TrainingError as error:
+        raise TrainingError(str(error).replace("init.from_run", "init.grow_from"),
                         hint=(error.hint or "").replace("init.from_run", "init.grow_from")) from None
 
 
@@ -353,7 +350,7 @@ def source_model_config(source: InitSource) -> Optional[ModelConfig]:
     try:
         return ModelConfig(**{k: v for k, v in fields.items() if k in known})
     except (ChinchaxError, TypeError) as error:
-        raise InitError(f"the model: section of {source.run_dir}'s config is invalid: {error}",
+        raise TrainingError(f"the model: section of {source.run_dir}'s config is invalid: {error}",
                         hint="point init.grow_from at a run written by chinchax train") from None
 
 
@@ -363,13 +360,13 @@ def check_growth_shapes(source_model: ModelConfig, factor: int, model: ModelConf
     grown = hypercloning.grow_config(source_model, factor)
     differing = hypercloning.shape_differences(grown, model)
     if differing:
-        raise InitError(
+        raise TrainingError(
             f"init.grow_from={grow_from} widened {factor}x is not this run's model: "
             f"{'; '.join(differing)}",
             hint=f"write the grown run with `chinchax grow {grow_from} --factor {factor} --out "
             "NEW_RUN_DIR`, or set those model fields")
     if source_model.scan_layers != model.scan_layers:
-        raise InitError(
+        raise TrainingError(
             f"init.grow_from={grow_from} has model.scan_layers={source_model.scan_layers} but this "
             f"run has model.scan_layers={model.scan_layers}",
             hint=f"set model.scan_layers={source_model.scan_layers} (the parameter layout must match)")
@@ -393,20 +390,20 @@ def _check_stored_params(source: InitSource, step: int, stored: dict[str, Any],
             "point init.grow_from at the run that wrote it, or restore that run's config.yaml")
     stored_params = {k: v for k, v in stored.items() if k.split("/", 1)[0] == PARAMS_KEY}
     if not stored_params:
-        raise InitError(f"checkpoint step {step} in {source.checkpoint_dir} holds no "
+        raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} holds no "
                         f"'{PARAMS_KEY}'", hint="point init.grow_from at a run written by "
                         "chinchax train")
     for name, target in expected.items():
         if name not in stored_params:
-            raise InitError(f"checkpoint step {step} in {source.checkpoint_dir} has no {name!r}",
+            raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} has no {name!r}",
                             hint=hint)
         if tuple(stored_params[name].shape) != tuple(target.shape):
-            raise InitError(f"checkpoint step {step} in {source.checkpoint_dir} stores {name!r} "
+            raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} stores {name!r} "
                             f"with shape {tuple(stored_params[name].shape)}, but the source "
                             f"model gives {tuple(target.shape)}", hint=hint)
     surplus = sorted(set(stored_params) - set(expected))
     if surplus:
-        raise InitError(f"checkpoint step {step} in {source.checkpoint_dir} has parameters the "
+        raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} has parameters the "
                         f"source model lacks, first {surplus[0]!r}", hint=hint)
 
 
@@ -430,7 +427,7 @@ def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
     grow`` (which checks before writing a run directory).
     """
     if cfg.grow_from is None:
-        raise InitError("init.grow_from is not set", hint="name the smaller run to widen")
+        raise TrainingError("init.grow_from is not set", hint="name the smaller run to widen")
     factor = cfg.factor
     source = _growth_source(cfg.grow_from)
     source_model = source_model_config(source)
@@ -444,7 +441,7 @@ def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
     finally:
         reader.close()
     if step is None:
-        raise InitError(f"init.grow_from={cfg.grow_from} holds no checkpoint",
+        raise TrainingError(f"init.grow_from={cfg.grow_from} holds no checkpoint",
                         hint=_missing_hint(cfg.grow_from).replace("init.from_run", "init.grow_from"))
     stored = _named_leaves(_stored_tree(source, step))
     _check_stored_params(source, step, stored, _named_leaves({PARAMS_KEY: _abstract_params(narrow)}))

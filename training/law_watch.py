@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from etils import epath
 
-from models.errors import ChinchaxError
+from chinchax.errors import ChinchaxError
 from scaling.flops import count_params
 from scaling.prediction import Alert, DriftMonitor, PredictionConfig, RunPrediction, predict_run
 from training.config import RunConfig

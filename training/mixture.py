@@ -26,8 +26,9 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import grain
 
+from chinchax.errors import DataError
 from training import data as data_lib
-from training.data import TRAINED_ROLES, BatchIterator, DataConfig, DataError, NamedSource
+from training.data import TRAINED_ROLES, BatchIterator, DataConfig, NamedSource
 
 __all__ = [
     "INTERLEAVE_RESOLUTION",

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import optax
 
-from models.errors import ChinchaxError
+from chinchax.errors import TrainingError
+
 
 SCHEDULES = ("cosine", "wsd", "constant")
 WSD_DECAY_SHAPES = ("linear", "cosine")
@@ -30,10 +31,6 @@ WSD_DECAY_SHAPES = ("linear", "cosine")
 NO_DECAY_NAME = re.compile(r"(norm|bias|scale)", re.IGNORECASE)
 # Path components that mark a leading axis stacked over layers (``nnx.scan`` / vmap'd init).
 STACKED_AXIS_NAMES = ("layers", "blocks", "scan", "stack")
-
-
-class OptimError(ChinchaxError, ValueError):
-    """An optimiser setting that cannot work (negative rate, warmup longer than the run, ...)."""
 
 
 @dataclass(frozen=True)
@@ -64,17 +61,17 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise OptimError(f"optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}",
+            raise TrainingError(f"optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}",
                              hint=f"use one of: {', '.join(SCHEDULES)}")
         if self.wsd_decay_shape not in WSD_DECAY_SHAPES:
-            raise OptimError(
+            raise TrainingError(
                 f"optim.wsd_decay_shape={self.wsd_decay_shape!r} is not one of "
                 f"{', '.join(WSD_DECAY_SHAPES)}", hint=f"use one of: {', '.join(WSD_DECAY_SHAPES)}")
         if not self.learning_rate > 0:
-            raise OptimError(f"optim.learning_rate must be positive, got {self.learning_rate}",
+            raise TrainingError(f"optim.learning_rate must be positive, got {self.learning_rate}",
                              hint="set optim.learning_rate to a value like 3e-3")
         if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise OptimError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}",
+            raise TrainingError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}",
                              hint="set optim.warmup_steps to 0 or more, or leave it unset "
                              "to use optim.warmup_fraction")
         _check_fraction("warmup_fraction", self.warmup_fraction, allow_one=False)
@@ -83,15 +80,15 @@ class OptimConfig:
         for name in ("b1", "b2"):
             _check_fraction(name, getattr(self, name), allow_one=False)
         if not self.eps > 0:
-            raise OptimError(f"optim.eps must be positive, got {self.eps}", hint="use 1e-8")
+            raise TrainingError(f"optim.eps must be positive, got {self.eps}", hint="use 1e-8")
         if self.weight_decay < 0:
-            raise OptimError(f"optim.weight_decay must be >= 0, got {self.weight_decay}",
+            raise TrainingError(f"optim.weight_decay must be >= 0, got {self.weight_decay}",
                              hint="use 0 for no decay, or a value like 0.1")
         if self.clip_norm is not None and self.clip_norm < 0:
-            raise OptimError(f"optim.clip_norm must be >= 0, got {self.clip_norm}",
+            raise TrainingError(f"optim.clip_norm must be >= 0, got {self.clip_norm}",
                              hint="use 1.0, or 0 / null to turn clipping off")
         if self.z_loss < 0:
-            raise OptimError(f"optim.z_loss must be >= 0, got {self.z_loss}",
+            raise TrainingError(f"optim.z_loss must be >= 0, got {self.z_loss}",
                              hint="use 0 to turn it off, or a small weight like 1e-4")
 
 
@@ -99,7 +96,7 @@ def _check_fraction(name: str, value: float, *, allow_one: bool) -> None:
     upper_ok = value <= 1 if allow_one else value < 1
     if not (0 <= value and upper_ok):
         bound = "[0, 1]" if allow_one else "[0, 1)"
-        raise OptimError(f"optim.{name} must lie in {bound}, got {value}",
+        raise TrainingError(f"optim.{name} must lie in {bound}, got {value}",
                          hint=f"set optim.{name} to a fraction in {bound}")
 
 
@@ -120,13 +117,13 @@ def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
     * ``constant``: linear warmup, then the peak.
     """
     if total_updates < 1:
-        raise OptimError(f"the run has {total_updates} optimiser updates; it needs at least one",
+        raise TrainingError(f"the run has {total_updates} optimiser updates; it needs at least one",
                          hint="raise train.steps")
     peak = cfg.learning_rate
     final = peak * cfg.min_lr_ratio
     warmup = warmup_updates(cfg, total_updates)
     if warmup >= total_updates and cfg.schedule != "constant":
-        raise OptimError(
+        raise TrainingError(
             f"warmup of {warmup} updates does not fit in a run of {total_updates} updates",
             hint="lower optim.warmup_steps / optim.warmup_fraction or raise train.steps")
 
@@ -142,7 +139,7 @@ def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
         decay = max(1, int(round(cfg.decay_fraction * total_updates)))
         stable_end = total_updates - decay
         if stable_end < warmup:
-            raise OptimError(
+            raise TrainingError(
                 f"WSD warmup ({warmup} updates) and decay ({decay} updates) overlap in a run of "
                 f"{total_updates} updates",
                 hint="lower optim.warmup_fraction or optim.decay_fraction, or raise train.steps")

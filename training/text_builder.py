@@ -26,7 +26,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 import tensorflow_datasets as tfds
 from etils import epath
 
-from training.tokenizer import DataError
+from chinchax.errors import DataError
+
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,12 @@ from typing import Protocol, Sequence, Union
 
 import numpy as np
 
-from models.errors import ChinchaxError
+from chinchax.errors import DataError
+
 
 BYTE_TOKENIZER = "byte"
 
 Text = Union[str, bytes]
-
-
-class DataError(ChinchaxError, ValueError):
-    """Input data that cannot be read, tokenized or batched as configured."""
 
 
 class Tokenizer(Protocol):

@@ -30,11 +30,12 @@ import jax
 import numpy as np
 from etils import epath
 
+from chinchax.errors import TrainingError
 from models.sharding import activation_sharding, batch_sharding, make_mesh
 from scaling.flops import (count_params, count_params_non_embedding, executed_flops_per_token,
                            train_flops_per_token)
 from training.checkpoint import Checkpointer
-from training.config import RunConfig, TrainingError
+from training.config import RunConfig
 from training.init import initialise_state
 from training.law_watch import LawWatch
 from training.data import build_eval_sets, build_train_iterator, to_global_batch
