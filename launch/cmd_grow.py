@@ -42,6 +42,7 @@ from models.hypercloning import DEFAULT_NOISE_SCALE, VARIANTS, check_factor, gro
 from training.config import RunConfig
 
 EXPERIMENT_NAME = "experiment.yaml"
+MAX_GROWN_PARAMS = 1e12  # beyond any single run this framework plans
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,9 +115,20 @@ def _check_target(out: Path) -> None:
                         hint="choose another --out directory, or delete that one first")
 
 
+def _check_size(source: RunConfig, factor: int) -> None:
+    from scaling.flops import count_params
+
+    wide = count_params(grow_config(source.model, factor))
+    if wide > MAX_GROWN_PARAMS:
+        raise ConfigError(f"--factor {factor} would grow {count_params(source.model):,} parameters "
+                          f"to {wide:,}, above {MAX_GROWN_PARAMS:.0e}",
+                          hint="choose a smaller factor (2 to 8 is typical)")
+
+
 def run(args: argparse.Namespace) -> int:
     factor = _parse_factor(args.factor)
     source = read_source(args.run_dir)
+    _check_size(source, factor)
     out = Path(args.out)
     _check_target(out)
     seed = source.seed if args.seed is None else args.seed
@@ -129,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                           hint="drop the budget.* overrides; set train.steps instead")
     run_cfg = resolve(experiment)
 
-    from training.init import check_growth  # JAX is imported only past argument checks
+    from training.grow import check_growth  # JAX is imported only past argument checks
 
     growth = check_growth(run_cfg.init, run_cfg.model)  # source checkpoint present and matching
 

@@ -309,9 +309,9 @@ class Runner:
 
 
 def _train_in_process(experiment_path: Path) -> dict[str, Any]:
-    from training.trainer import train  # JAX is imported only when something trains
+    from launch.cmd_train import train_with_law_watch  # JAX is imported only when something trains
 
-    summary = train(resolve(load_experiment(experiment_path)))
+    summary = train_with_law_watch(resolve(load_experiment(experiment_path)))
     if summary["status"] != "complete":
         raise ScalingError(f"run {summary['run_name']} ended with status {summary['status']!r} at "
                           f"step {summary['steps']}",

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 from chinchax.errors import ConfigError
-from launch.config import (data_parallel_size, load_experiment, load_run_config, resolve, run_config_to_yaml)
+from launch.config import (RESOLVED_CONFIG_NAME, data_parallel_size, load_experiment,
+                           load_run_config, resolve, run_config_to_yaml)
+from training.preemption import PreemptionGuard
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,32 +30,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", help="run directory (default: runs/<name>); may be gs://...")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit without training")
+    parser.add_argument("--force", action="store_true",
+                        help="continue a run directory whose run was started with other settings")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    overrides = list(args.overrides)
-    if args.run_dir:
-        overrides.append(f"run_dir={args.run_dir}")
-    if Path(args.config).is_dir():  # a run directory: resume it exactly as it was resolved
-        return _resume_run_dir(Path(args.config), overrides)
-    experiment = load_experiment(args.config, overrides)
-    if args.print_config:
-        print(run_config_to_yaml(resolve(experiment)), end="")
-        return 0
+    with PreemptionGuard() as guard:  # before start-up: a SIGTERM from here on is a clean stop
+        overrides = list(args.overrides)
+        if args.run_dir:
+            overrides.append(f"run_dir={args.run_dir}")
+        if Path(args.config).is_dir():  # a run directory: resume it exactly as it was resolved
+            return _resume_run_dir(Path(args.config), overrides, args.force, guard)
+        experiment = load_experiment(args.config, overrides)
+        if args.print_config:
+            print(run_config_to_yaml(resolve(experiment)), end="")
+            return 0
 
-    import jax  # JAX is imported only when training
+        import jax  # JAX is imported only when training
 
-    from launch.distributed import initialize_distributed
+        from launch.distributed import initialize_distributed
+
+        info = initialize_distributed(experiment.distributed)  # before any JAX computation
+        logging.getLogger("chinchax.train").info(info.describe())
+        run_cfg = resolve(experiment, data_parallel=data_parallel_size(experiment.mesh, jax.device_count()))
+        return _report(train_with_law_watch(run_cfg, force=args.force, guard=guard))
+
+
+def train_with_law_watch(run_cfg: Any, *, force: bool = False,
+                         guard: Optional[PreemptionGuard] = None) -> dict:
+    """Train ``run_cfg`` with its law watch (prediction.json before step 1, drift alerts)."""
+    import jax
+
+    from launch.law_watch import law_watch_hooks
     from training.trainer import train
 
-    info = initialize_distributed(experiment.distributed)  # before any JAX computation
-    logging.getLogger("chinchax.train").info(info.describe())
-    run_cfg = resolve(experiment, data_parallel=data_parallel_size(experiment.mesh, jax.device_count()))
-
-    summary = train(run_cfg)
-    return _report(summary)
+    hooks = law_watch_hooks(run_cfg, write=jax.process_index() == 0)
+    return train(run_cfg, hooks=hooks, force=force, guard=guard)
 
 
 def _report(summary: dict) -> int:
@@ -64,18 +80,20 @@ def _report(summary: dict) -> int:
     return 0
 
 
-def _resume_run_dir(run_dir: Path, overrides: list[str]) -> int:
-    config = run_dir / "config.yaml"
+def _resume_run_dir(run_dir: Path, overrides: list[str], force: bool,
+                    guard: PreemptionGuard) -> int:
+    """Resume RUN_DIR itself (not the run_dir recorded inside), to the end of its schedule."""
+    config = run_dir / RESOLVED_CONFIG_NAME
     if not config.is_file():
-        raise ConfigError(f"{run_dir} is a directory without a config.yaml",
+        raise ConfigError(f"{run_dir} is a directory without a {RESOLVED_CONFIG_NAME}",
                           hint="pass an experiment YAML, or the directory of a run chinchax wrote")
     if overrides:
         raise ConfigError("a run directory resumes with its own resolved config; overrides are not applied",
                           hint="edit the experiment YAML and start a new run directory instead")
     from launch.distributed import initialize_distributed
-    from training.trainer import train
 
     initialize_distributed()
     run_cfg = load_run_config(config)
-    summary = train(run_cfg)
-    return _report(summary)
+    run_cfg = dataclasses.replace(run_cfg, run_dir=str(run_dir),
+                                  train=dataclasses.replace(run_cfg.train, stop_after_steps=None))
+    return _report(train_with_law_watch(run_cfg, force=force, guard=guard))

@@ -25,10 +25,9 @@ from launch.distributed import DistributedConfig
 from models.sharding import MeshConfig
 from scaling.allocate import BudgetConfig, plan_run
 from scaling.prediction import PredictionConfig
-from training.checkpoint import CheckpointConfig
-from training.config import RunConfig, TrainConfig
+from scaling.rundir import plan_for, plan_from_dict
+from training.config import CheckpointConfig, InitConfig, RunConfig, TrainConfig
 from training.data import DataConfig, vocab_size
-from training.init import InitConfig
 from training.optim import OptimConfig
 
 RESOLVED_CONFIG_NAME = "config.yaml"
@@ -183,7 +182,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
         return RunConfig(name=exp.name, run_dir=run_dir, model=model, train=exp.train,
                          data=exp.data, optim=exp.optim, mesh=exp.mesh,
                          checkpoint=exp.checkpoint, prediction=exp.prediction, init=exp.init,
-                         seed=exp.seed)
+                         seed=exp.seed, plan=plan_for(model, exp.train.seq_len))
 
     budget = dataclasses.replace(exp.budget, seq_len=exp.train.seq_len, vocab_size=vocab)
     if exp.train.global_batch is not None and budget.global_batch is None:
@@ -199,7 +198,8 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
         prediction = dataclasses.replace(prediction, law=budget.law)
     return RunConfig(name=exp.name, run_dir=run_dir, model=plan.model, train=train, data=exp.data,
                      optim=optim, mesh=exp.mesh, checkpoint=exp.checkpoint, prediction=prediction,
-                     init=exp.init, seed=exp.seed, plan=plan.to_dict())
+                     init=exp.init, seed=exp.seed,
+                     plan=plan_for(plan.model, train.seq_len, plan.to_dict()))
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:
@@ -210,11 +210,13 @@ def run_config_to_yaml(cfg: RunConfig) -> str:
 def load_run_config(path: str | Path) -> RunConfig:
     """Read back a resolved ``config.yaml`` from a run directory."""
     data = read_yaml(Path(path))
+    stored_plan = data.pop("plan", None)
     schema = OmegaConf.structured(RunConfig(name="", run_dir="", model=ModelConfig(),
                                             train=TrainConfig()))
     OmegaConf.set_readonly(schema, False)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.create(data))
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise config_error(exc) from None
+    return dataclasses.replace(cfg, plan=plan_from_dict(stored_plan, cfg.model, cfg.train.seq_len))

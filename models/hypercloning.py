@@ -63,6 +63,7 @@ from models.config import ModelConfig
 
 
 VARIANTS = ("symmetric", "noisy")
+MAX_FACTOR = 64  # parameters grow as the square: 64x is already 4096x the size
 DEFAULT_NOISE_SCALE = 10.0 ** (-10.0 / 20.0)  # noise std / block std: the paper's 10 dB SNR
 BLOCK_KERNELS = ("q", "k", "v", "o", "gate", "up", "down")
 BLOCK_NORMS = ("attn_norm", "mlp_norm")
@@ -85,6 +86,10 @@ def check_factor(factor: Any) -> int:
     if int(factor) < 2:
         raise ModelError(f"growth factor {int(factor)} is below 2",
                                 hint="use --factor 2 (or more); a factor of 1 is the same model")
+    if int(factor) > MAX_FACTOR:
+        raise ModelError(f"growth factor {int(factor)} is above {MAX_FACTOR}",
+                         hint="HyperCloning widens by a small factor (2 to 8 in the paper); grow "
+                         "in several steps, or train the wide model from scratch")
     return int(factor)
 
 
@@ -146,26 +151,6 @@ def shape_differences(expected: ModelConfig, actual: ModelConfig) -> List[str]:
 
     return [f"{name}: expected {value(expected, name)!r}, got {value(actual, name)!r}"
             for name in SHAPE_FIELDS if value(expected, name) != value(actual, name)]
-
-
-def growth_factor(small: ModelConfig, wide: ModelConfig) -> Optional[int]:
-    """``n`` if ``wide`` is exactly ``grow_config(small, n)`` in shape, else None.
-
-    The hook a ladder uses to find, among finished smaller runs, one that can warm-start a
-    wider run: only equal depth, vocabulary and head size qualify.
-    """
-    if wide.d_model % small.d_model:
-        return None
-    n = wide.d_model // small.d_model
-    if n < 2:
-        return None
-    try:
-        return n if not shape_differences(grow_config(small, n), wide) else None
-    except ChinchaxError:
-        return None
-
-
-# --------------------------------------------------------------------------- parameters
 
 
 def param_name(path: Sequence[Any]) -> ParamName:

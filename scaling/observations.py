@@ -21,7 +21,6 @@ the fix, so the fitting code can assume clean, positive, finite numbers.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from chinchax.errors import ScalingError
+from scaling.rundir import SUMMARY_NAME, read_records, read_summary
 
 
 # Accepted spellings of each column, compared after lower-casing and mapping spaces/dashes to
@@ -44,8 +44,6 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "step": ("step",),
 }
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -283,7 +281,7 @@ def read_csv(path: str | Path) -> Observations:
 
 # --------------------------------------------------------------------------------- run dirs
 def is_run_dir(path: Path) -> bool:
-    return (path / SUMMARY_FILE).is_file()
+    return (path / SUMMARY_NAME).is_file()
 
 
 def read_run_dir(path: str | Path, run_id: str | None = None) -> Observations:
@@ -293,20 +291,16 @@ def read_run_dir(path: str | Path, run_id: str | None = None) -> Observations:
     without eval records in ``metrics.jsonl`` contributes its final point from the summary.
     """
     path = Path(path)
-    summary_path = path / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise ScalingError(f"{path} is not a run directory (no {SUMMARY_FILE})",
-                               hint="pass finished runs of 'chinchax train', their parent, or a CSV")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ScalingError(f"{summary_path} is not valid JSON ({exc})",
-                               hint="the run may still be writing it; rerun when it has finished") from None
+    summary_path = path / SUMMARY_NAME
+    summary = read_summary(path)
+    if summary is None:
+        raise ScalingError(f"{path} is not a run directory (no {SUMMARY_NAME})",
+                           hint="pass finished runs of 'chinchax train', their parent, or a CSV")
     if "n_params" not in summary:
         raise ScalingError(f"{summary_path} has no n_params",
                                hint="rewrite the summary with 'chinchax train' of this version")
     name = run_id or path.name  # the directory names the run (the bootstrap's unit)
-    evals = [e for e in _eval_records(path / METRICS_FILE) if not e["tokens"] == 0]
+    evals = [e for e in _eval_records(path) if e["tokens"] != 0]
     if not evals:
         evals = [{"step": summary.get("steps"), "tokens": summary.get("tokens"),
                   "flops": summary.get("flops"), "eval_loss": summary.get("final_eval_loss")}]
@@ -326,23 +320,10 @@ def read_run_dir(path: str | Path, run_id: str | None = None) -> Observations:
     )
 
 
-def _eval_records(metrics_path: Path) -> Iterable[dict[str, Any]]:
-    if not metrics_path.is_file():
-        return
-    lines = metrics_path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                return  # a run still writing: its last line may be cut short
-            raise ScalingError(f"{metrics_path}:{number} is not valid JSON",
-                                   hint="repair or delete that line") from None
-        if record.get("kind") == "eval":
-            yield {key: None if record.get(key) is None else float(record[key])
-                   for key in ("step", "tokens", "flops", "eval_loss")}
+def _eval_records(run_dir: Path) -> Iterable[dict[str, Any]]:
+    for record in read_records(run_dir, "eval", strict=True):
+        yield {key: None if record.get(key) is None else float(record[key])
+               for key in ("step", "tokens", "flops", "eval_loss")}
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:
@@ -354,7 +335,7 @@ def find_run_dirs(path: str | Path) -> list[Path]:
         raise ScalingError(f"{path} does not exist", hint="pass run directories, their parent, or CSV files")
     runs = sorted(child for child in path.iterdir() if child.is_dir() and is_run_dir(child))
     if not runs:
-        raise ScalingError(f"{path} holds no run directories (none has {SUMMARY_FILE})",
+        raise ScalingError(f"{path} holds no run directories (none has {SUMMARY_NAME})",
                                hint="pass finished runs of 'chinchax train', their parent, or a CSV")
     return runs
 
@@ -393,86 +374,3 @@ def load_observations(inputs: Sequence[str | Path], drop_early: float = 0.1) -> 
 def _prefixed(obs: Observations, prefix: str) -> Observations:
     run_id = np.array([f"{prefix}/{r}" for r in obs.run_id], dtype=object)
     return Observations(obs.n_params, obs.tokens, obs.flops, obs.loss, run_id, obs.seed, obs.step)
-
-
-# --------------------------------------------------------------------------------- writer
-def write_run_dir(
-    root: str | Path,
-    run_name: str,
-    n_params: int,
-    evals: Sequence[tuple[int, float, float]],
-    seed: int = 0,
-    seq_len: int = 256,
-    global_batch: int = 16,
-    model: Mapping[str, Any] | None = None,
-    flops_per_token: float | None = None,
-) -> Path:
-    """Write a run directory in the ``chinchax train`` format from ``(step, tokens, loss)`` evals.
-
-    The mirror of :func:`read_run_dir`, for synthetic ladders in tests and demos: FLOPs are
-    ``flops_per_token * tokens`` (default ``6 N``), and a train record precedes each eval as
-    in a real run so readers are exercised on mixed files.
-    """
-    run = Path(root) / run_name
-    run.mkdir(parents=True, exist_ok=True)
-    per_token = 6.0 * n_params if flops_per_token is None else flops_per_token
-    lines = []
-    for step, tokens, loss in evals:
-        lines.append(json.dumps({"kind": "train", "step": int(step), "tokens": int(tokens),
-                                 "loss": float(loss) * 1.01}))
-        lines.append(json.dumps({"kind": "eval", "step": int(step), "tokens": int(tokens),
-                                 "flops": per_token * float(tokens), "eval_loss": float(loss)}))
-    (run / METRICS_FILE).write_text("\n".join(lines) + "\n")
-    last_step, last_tokens, last_loss = evals[-1]
-    summary = {
-        "run_name": run_name, "n_params": int(n_params), "seed": int(seed),
-        "tokens": int(last_tokens), "flops": per_token * float(last_tokens),
-        "final_eval_loss": float(last_loss), "steps": int(last_step), "seq_len": seq_len,
-        "global_batch": global_batch, "model": dict(model or {}),
-    }
-    (run / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    return run
-
-
-# --------------------------------------------------------------------------------- synthetic
-def isoflop_design(law: Any, budgets: Sequence[float], sizes_per_budget: int = 7,
-                   spread: float = 4.0) -> list[tuple[float, float]]:
-    """``(N, D)`` of an isoFLOP sweep: per budget, sizes log-spaced within ``spread`` of the optimum.
-
-    ``law`` is anything with ``optimal_params(flops)``; ``D = C / (6 N)``.
-    """
-    shapes = []
-    for budget in budgets:
-        centre = law.optimal_params(budget)
-        for factor in np.geomspace(1.0 / spread, spread, sizes_per_budget):
-            n = centre * factor
-            shapes.append((float(n), float(budget / (6.0 * n))))
-    return shapes
-
-
-def simulate_runs(
-    law: Any,
-    shapes: Sequence[tuple[float, float]],
-    evals_per_run: int = 1,
-    noise: float = 0.0,
-    run_noise: float = 0.0,
-    seed: int = 0,
-) -> Observations:
-    """Observations of runs ``(N, final D)`` whose losses follow ``law.loss`` with noise.
-
-    Each run has ``evals_per_run`` evals at equal token intervals ending at its final tokens.
-    ``noise`` is the per-point and ``run_noise`` the per-run (seed-like) standard deviation of
-    a multiplicative log-normal factor.  For tests, benchmarks and demos of the fitters.
-    """
-    rng = np.random.default_rng(seed)
-    parts = []
-    for index, (n, final_tokens) in enumerate(shapes):
-        tokens = final_tokens * np.arange(1, evals_per_run + 1) / evals_per_run
-        offset = rng.normal(0.0, run_noise) if run_noise else 0.0
-        jitter = rng.normal(0.0, noise, size=tokens.size) if noise else np.zeros(tokens.size)
-        loss = np.asarray(law.loss(np.full(tokens.size, n), tokens)) * np.exp(offset + jitter)
-        parts.append(Observations.from_arrays(
-            n_params=np.full(tokens.size, float(n)), loss=loss, tokens=tokens,
-            run_id=[f"run{index:03d}"] * tokens.size, seed=[seed] * tokens.size,
-            step=np.arange(1, evals_per_run + 1), source="simulation"))
-    return Observations.concat(parts)

@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from chinchax.errors import ChinchaxError, CheckpointError
-from training.checkpoint import (CheckpointConfig, CheckpointFallbackWarning, Checkpointer, abstract_like)
+from training.checkpoint import CheckpointConfig, CheckpointFallbackWarning, Checkpointer
+from training.state import abstract
 
 
 def _state(seed: int) -> dict:
@@ -50,7 +51,7 @@ def test_round_trip_with_extra_json_and_rng_key(tmp_path):
     _save_steps(tmp_path, [5], cfg)
     with Checkpointer(tmp_path, cfg) as ckpt:  # a fresh process would do exactly this
         assert ckpt.latest_step() == 5
-        state, extra, step = ckpt.restore(None, abstract_like(_state(0)))
+        state, extra, step = ckpt.restore(None, abstract(_state(0)))
     assert step == 5 and extra == {"data": {"position": 50}, "note": "x"}
     _assert_bitwise_equal(state, _state(5))
 
@@ -135,7 +136,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, how)
     _damage(tmp_path / "30", how)
     with Checkpointer(tmp_path, cfg) as ckpt:
         with pytest.warns(CheckpointFallbackWarning, match="step 30"):
-            state, extra, step = ckpt.restore(None, abstract_like(_state(0)))
+            state, extra, step = ckpt.restore(None, abstract(_state(0)))
         assert step == 20 and extra["data"] == {"position": 200}
         _assert_bitwise_equal(state, _state(20))
         # nothing resume needs was deleted; the damaged step was moved aside, not lost
@@ -145,7 +146,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, how)
         assert ckpt.save(30, _state(30), {"data": {"position": 300}})
         ckpt.wait()
         assert ckpt.all_steps() == [10, 20, 30]
-        assert ckpt.restore(None, abstract_like(_state(0))).step == 30
+        assert ckpt.restore(None, abstract(_state(0))).step == 30
 
 
 @TENSORSTORE_NOISE
@@ -156,7 +157,7 @@ def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
         _damage(tmp_path / str(step), "truncate_all")
     with Checkpointer(tmp_path, cfg) as ckpt:
         with pytest.raises(CheckpointError, match="no readable checkpoint") as raised:
-            ckpt.restore(None, abstract_like(_state(0)))
+            ckpt.restore(None, abstract(_state(0)))
         assert raised.value.hint and ckpt.all_steps() == [1, 2]  # nothing moved when nothing works
 
 
@@ -169,7 +170,7 @@ def test_unfinished_temporary_directory_is_not_a_step(tmp_path):
     (partial / "state" / "_METADATA").write_text("{")
     with Checkpointer(tmp_path, cfg) as ckpt:
         assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
-        assert ckpt.restore(None, abstract_like(_state(0))).step == 1
+        assert ckpt.restore(None, abstract(_state(0))).step == 1
         assert ckpt.save(2, _state(2))
         ckpt.wait()
         assert ckpt.all_steps() == [1, 2]
@@ -182,25 +183,25 @@ def test_shape_mismatch_names_the_leaf_and_keeps_the_checkpoint(tmp_path):
     wider["params"]["w"] = jnp.zeros((8, 6))
     with Checkpointer(tmp_path, cfg) as ckpt:
         with pytest.raises(CheckpointError, match=r"params/w.*\(8, 4\).*\(8, 6\)") as raised:
-            ckpt.restore(None, abstract_like(wider))
+            ckpt.restore(None, abstract(wider))
         assert "new run directory" in raised.value.hint
         assert isinstance(raised.value, ChinchaxError)
         assert ckpt.all_steps() == [1]  # a mismatch is not damage: nothing moved aside
         missing = _state(0)
         missing["params"]["extra_layer"] = jnp.zeros((2,))
         with pytest.raises(CheckpointError, match="extra_layer"):
-            ckpt.restore(None, abstract_like(missing))
+            ckpt.restore(None, abstract(missing))
 
 
 def test_restoring_nothing_or_an_unsaved_step_is_an_error(tmp_path):
     with Checkpointer(tmp_path / "fresh", CheckpointConfig()) as ckpt:
         assert ckpt.latest_step() is None
         with pytest.raises(CheckpointError, match="no checkpoint"):
-            ckpt.restore(None, abstract_like(_state(0)))
+            ckpt.restore(None, abstract(_state(0)))
     _save_steps(tmp_path / "used", [2], CheckpointConfig(every_steps=2))
     with Checkpointer(tmp_path / "used", CheckpointConfig(every_steps=2)) as ckpt:
         with pytest.raises(CheckpointError, match=r"step 3.*\[2\]") as raised:
-            ckpt.restore(3, abstract_like(_state(0)))
+            ckpt.restore(3, abstract(_state(0)))
         assert raised.value.hint
 
 
@@ -227,6 +228,6 @@ def test_flax_nnx_split_state_round_trips(tmp_path):
     _, fresh_params, fresh_rest = nnx.split(Tiny(nnx.Rngs(0)), nnx.Param, ...)
     target = {"params": fresh_params, "rest": fresh_rest, "step": jnp.asarray(0, jnp.int32)}
     with Checkpointer(tmp_path, CheckpointConfig(every_steps=4)) as ckpt:
-        restored, extra, step = ckpt.restore(4, abstract_like(target))
+        restored, extra, step = ckpt.restore(4, abstract(target))
     assert step == 4 and extra == {}
     _assert_bitwise_equal(restored, state)

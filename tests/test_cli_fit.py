@@ -10,7 +10,7 @@ import pytest
 
 from launch.cli import main
 from scaling.laws import PUBLISHED_LAWS, ParametricLaw, PowerLawAllocation, get_law
-from scaling.observations import isoflop_design, simulate_runs, write_run_dir
+from fixtures import isoflop_design, simulate_runs, write_run_dir
 
 LAW = PUBLISHED_LAWS["chinchilla"]
 QUICK = ["--grid", "coarse", "--target-flops", "1e22"]

@@ -29,7 +29,7 @@ def test_budget_decides_shape_steps_and_learning_rate() -> None:
     assert run.plan is not None
     spent = run.steps * run.tokens_per_step * train_flops_per_token(run.model, run.train.seq_len)
     assert spent == pytest.approx(exp.budget.flops, rel=0.01)
-    assert run.optim.learning_rate == pytest.approx(run.plan["learning_rate"])
+    assert run.optim.learning_rate == pytest.approx(run.plan.allocation["learning_rate"])
     assert run.model.vocab_size == 257  # from the byte tokenizer
 
 

@@ -15,7 +15,9 @@ from launch.config import load_experiment, resolve
 from models.sharding import make_mesh
 from training.checkpoint import CheckpointConfig, Checkpointer
 from training.data import build_train_iterator, to_global_batch
-from training.init import InitConfig, initialise_state, load_pretrained_params, resolve_source
+from training.config import InitConfig
+from training.grow import initialise_state
+from training.init import load_pretrained_params, resolve_source
 from training.metrics import read_records
 from training.step import make_eval_step
 from training.state import initial_train_state

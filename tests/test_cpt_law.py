@@ -23,7 +23,7 @@ from scaling.cpt import (
 )
 from scaling.fit import FitConfig, write_law_file
 from scaling.laws import PUBLISHED_LAWS, ParametricLaw, PowerLawAllocation, get_law
-from scaling.observations import simulate_runs
+from fixtures import simulate_runs
 
 BUDGETS = np.geomspace(1e18, 1e22, 9)
 # CPT runs: six model sizes over two decades, each continually trained for one of three

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from chinchax.errors import ScalingError
 from scaling.fit import (FitConfig, FitWarning, coarse_grid, fit, fit_envelope, fit_isoflop, group_budgets)
 from scaling.laws import PUBLISHED_LAWS
-from scaling.observations import isoflop_design, simulate_runs
+from fixtures import isoflop_design, simulate_runs
 
 LAW = PUBLISHED_LAWS["chinchilla"]
 TRUE_A = LAW.params_exponent  # beta / (alpha + beta)

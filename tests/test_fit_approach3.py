@@ -14,7 +14,8 @@ from scipy.optimize import minimize
 from chinchax.errors import ScalingError
 from scaling.fit import (FitConfig, FitWarning, HuberLogObjective, StartGrid, coarse_grid, fit, fit_continual, fit_parametric, lbfgs_batched)
 from scaling.laws import PUBLISHED_LAWS, ParametricLaw
-from scaling.observations import Observations, read_csv, simulate_runs
+from fixtures import simulate_runs
+from scaling.observations import Observations, read_csv
 
 # A factorial design: every (N, D) pair is a run, spanning three decades of each.
 FACTORIAL = [(n, d) for n in np.geomspace(1e6, 1e9, 6) for d in np.geomspace(1e8, 1e11, 6)]

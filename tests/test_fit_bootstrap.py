@@ -11,7 +11,8 @@ import pytest
 from chinchax.errors import ScalingError
 from scaling.fit import (FitConfig, coarse_grid, evaluate, fit, point_weights, resample_runs, write_law_file)
 from scaling.laws import PUBLISHED_LAWS, ParametricLaw, PowerLawAllocation, get_law
-from scaling.observations import Observations, isoflop_design, simulate_runs
+from fixtures import isoflop_design, simulate_runs
+from scaling.observations import Observations
 
 LAW = PUBLISHED_LAWS["chinchilla"]
 TARGET = 1e22

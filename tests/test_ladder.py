@@ -28,7 +28,7 @@ from scaling.flops import count_params, train_flops_per_token
 from scaling.ladder import (LadderConfig, analyse_ladder, design_ladder, fit_rungs, law_file_name, predict_target, published_comparison, verify_target)
 from scaling.ladder_report import COEFFICIENTS, number, write_report
 from scaling.laws import ParametricLaw, get_law
-from scaling.observations import write_run_dir
+from fixtures import write_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO / "configs" / "ladder_tiny_test.yaml"

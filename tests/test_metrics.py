@@ -137,7 +137,7 @@ def test_truncate_after_drops_records_past_the_restored_step(tmp_path):
 
 def test_remote_run_dirs_are_rewritten_whole(tmp_path, monkeypatch):
     """Object stores cannot append: the writer keeps the file in memory and rewrites it."""
-    monkeypatch.setattr(metrics_module, "_is_remote", lambda path: True)
+    monkeypatch.setattr(metrics_module, "is_remote", lambda path: True)
     (tmp_path / METRICS_NAME).write_text(
         json.dumps({"kind": "train", "step": 1})
         + "\n"

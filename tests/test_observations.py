@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chinchax.errors import ChinchaxError, ScalingError
-from scaling.observations import (Observations, find_run_dirs, load_observations, read_csv, read_run_dir, require_runs, write_run_dir)
+from fixtures import write_run_dir
+from scaling.observations import (Observations, find_run_dirs, load_observations, read_csv, read_run_dir, require_runs)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -18,8 +18,8 @@ from launch.cli import main
 from launch.config import load_experiment, resolve
 from training.checkpoint import Checkpointer, CheckpointConfig
 
+from launch.cmd_train import train_with_law_watch
 from training.metrics import read_records
-from training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 
 
 def run_in_process(exp: dict[str, Any]) -> dict[str, Any]:
-    return train(resolve(load_experiment(exp)))
+    return train_with_law_watch(resolve(load_experiment(exp)))
 
 
 def test_run_directory_holds_what_a_fit_needs(tmp_path: Path) -> None:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import os
 
 import logging
+import threading
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -35,7 +35,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from chinchax.errors import CheckpointError
+from training.config import CheckpointConfig
 
+__all__ = ["CheckpointConfig", "CheckpointFallbackWarning", "Checkpointer", "Restored"]
 
 log = logging.getLogger("chinchax.checkpoint")
 
@@ -48,45 +50,12 @@ class CheckpointFallbackWarning(UserWarning):
     """The newest checkpoint could not be read; an older one was restored instead."""
 
 
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """When to save and what to keep.
-
-    A step is saved when ``step % every_steps == 0`` (and always when the trainer forces it:
-    end of run, preemption).  The newest ``keep_last`` steps are kept, and with ``keep_every``
-    set every step divisible by it is kept for good (intermediate checkpoints for scaling fits).
-    ``async_save`` writes in a background thread after a short blocking copy to host memory.
-    """
-
-    every_steps: int = 100
-    keep_last: int = 3
-    keep_every: Optional[int] = None
-    async_save: bool = True
-
-    def __post_init__(self) -> None:
-        if self.every_steps < 1:
-            raise CheckpointError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}",
-                                  hint="set checkpoint.every_steps to a positive number of steps")
-        if self.keep_last < 1:
-            raise CheckpointError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}",
-                                  hint="keep at least the newest checkpoint (keep_last: 1 or more)")
-        if self.keep_every is not None and self.keep_every < 1:
-            raise CheckpointError(f"checkpoint.keep_every must be >= 1, got {self.keep_every}",
-                                  hint="set checkpoint.keep_every to a positive step count, or null")
-
-
 class Restored(NamedTuple):
     """What ``Checkpointer.restore`` returns: unpack as ``state, extra, step = ...``."""
 
     state: Any
     extra: dict
     step: int
-
-
-def abstract_like(tree: Any) -> Any:
-    """Shape, dtype and sharding of every leaf: the target a restore lays arrays out on."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
 def _key_name(key: Any) -> str:
@@ -172,16 +141,9 @@ class Checkpointer:
         return bool(saved)
 
     def wait(self) -> None:
-        """Block until every background save is committed (call before exiting or reading)."""
-        try:
-            self._manager.wait_until_finished()
-        except Exception as error:
-            raise CheckpointError(f"a background checkpoint save in {self.directory} failed: {error}",
-                                  hint="check free space and write access to the run directory") from error
-
-    def reached_preemption(self, step: int) -> bool:
-        """Multi-host preemption sync point (JAX's preemption notice agreed by all hosts)."""
-        return self._manager.reached_preemption(step)
+        """Block until every background save is committed, at most ``save_timeout_s``."""
+        _bounded(self._manager.wait_until_finished, self.cfg.save_timeout_s,
+                 f"a background checkpoint save in {self.directory}")
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -189,15 +151,28 @@ class Checkpointer:
         """Committed steps, oldest first (unfinished temporary directories are not steps)."""
         return sorted(self._manager.all_steps())
 
+    def last_good_step(self) -> Optional[int]:
+        """The newest step committed on storage, read from the folder (works after a failure)."""
+        try:
+            names = [p.name for p in self.directory.iterdir()]
+        except OSError:
+            return None
+        remote = "://" in os.fspath(self.directory)
+        steps = [int(n) for n in names if n.isdigit()
+                 and (not remote or (self.directory / n / "commit_success.txt").exists())]
+        return max(steps, default=None)
+
     def latest_step(self) -> Optional[int]:
         """The newest committed step, or None for a fresh directory."""
         return self._manager.latest_step()
 
-    def restore(self, step: Optional[int], abstract_state: Any, *, fallback: bool = True) -> Restored:
+    def restore(self, step: Optional[int], abstract_state: Any, *, fallback: bool = True,
+                require: tuple[str, ...] = ()) -> Restored:
         """Restore ``step`` (None: the newest) onto the shapes and shardings of ``abstract_state``.
 
         If the step cannot be read (truncated or damaged files) and ``fallback`` is set, warn,
-        move it aside and try the next older step.  A checkpoint whose tree or shapes differ
+        move it aside and try the next older step; so too a step whose ``extra`` lacks a key in
+        ``require`` (its metadata is unusable).  A checkpoint whose tree or shapes differ
         from ``abstract_state`` is a config mismatch, not damage: that raises at once.
         """
         self.wait()
@@ -232,10 +207,14 @@ class Checkpointer:
             except Exception as error:
                 failures.append((candidate, error))
                 continue
+            extra = dict(restored[EXTRA_ITEM] or {})
+            missing = [key for key in require if key not in extra]
+            if missing:
+                failures.append((candidate, KeyError(f"extra/metadata lacks {missing}")))
+                continue
             if failures:
                 self._set_aside(failures, restored_step=candidate)
-            extra = restored[EXTRA_ITEM]
-            return Restored(restored[STATE_ITEM], dict(extra) if extra else {}, candidate)
+            return Restored(restored[STATE_ITEM], extra, candidate)
 
         damaged = ", ".join(f"step {s} ({type(e).__name__}: {str(e)[:200]})" for s, e in failures)
         raise CheckpointError(f"no readable checkpoint in {self.directory}: {damaged}",
@@ -280,15 +259,39 @@ class Checkpointer:
     # -- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish background saves and release the manager's threads."""
+        """Finish background saves (at most ``save_timeout_s``) and release the manager's threads."""
+        _bounded(self._manager.close, self.cfg.save_timeout_s,
+                 f"finishing checkpoint saves in {self.directory}")
+
+    def abandon(self, timeout_s: float = 5.0) -> None:
+        """After a failed save: give the manager ``timeout_s`` to close, then leave it behind."""
         try:
-            self._manager.close()
-        except Exception as error:
-            raise CheckpointError(f"finishing checkpoint saves in {self.directory} failed: {error}",
-                                  hint="check free space and write access to the run directory") from error
+            _bounded(self._manager.close, timeout_s, "closing checkpoints")
+        except CheckpointError as error:
+            log.debug("checkpoint manager abandoned: %s", error)
 
     def __enter__(self) -> "Checkpointer":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _bounded(fn: Any, timeout_s: float, what: str) -> None:
+    """Run ``fn`` in a daemon thread; a failure or a wait past ``timeout_s`` is a CheckpointError."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    worker = threading.Thread(target=target, name="chinchax-checkpoint-wait", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    hint = "check free space and write access to the run directory"
+    if worker.is_alive():
+        raise CheckpointError(f"{what} did not finish within {timeout_s:g} s", hint=hint)
+    if errors:
+        raise CheckpointError(f"{what} failed: {errors[0]}", hint=hint) from errors[0]

@@ -1,8 +1,9 @@
-"""Run settings the trainer reads: ``TrainConfig`` and the fully resolved ``RunConfig``.
+"""Run settings the trainer reads, and the fully resolved ``RunConfig``.
 
 ``RunConfig`` is what a run *is* once every choice has been made (the allocator has turned a
 budget into a shape, batch and steps).  The trainer never sees a budget or a YAML file: those
-live in ``launch/``.
+live in ``launch/``.  Plain dataclasses only: importing this module loads no orbax or grain
+(beyond what ``training.data`` needs for ``DataConfig``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from typing import Any, Optional
 
 import yaml
 
-from chinchax.errors import TrainingError
+from chinchax.errors import ChinchaxError, CheckpointError, TrainingError
+from models import hypercloning
 from models.config import ModelConfig
-
 from models.sharding import MeshConfig
 from scaling.prediction import PredictionConfig
-from training.checkpoint import CheckpointConfig
+from scaling.rundir import RunPlan, plan_for
 from training.data import DataConfig
-from training.init import InitConfig
 from training.optim import OptimConfig
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -43,17 +43,19 @@ class TrainConfig:
     log_every: int = 10
     on_nonfinite: str = "stop"
     stop_after_steps: Optional[int] = None  # end the process early (resumable) after this step
+    max_nonfinite_in_row: int = 10  # with on_nonfinite=skip: stop after this many in a row
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "grad_accum_steps", "eval_every", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
                 raise TrainingError(f"train.{name} must be positive, got {getattr(self, name)}",
                                     hint=f"set train.{name} to a positive integer")
-        for name in ("steps", "global_batch"):
+        for name in ("steps", "global_batch", "stop_after_steps", "max_nonfinite_in_row"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise TrainingError(f"train.{name} must be positive, got {value}",
-                                    hint=f"set train.{name}, or give a budget: section instead")
+                                    hint=f"set train.{name} to a positive integer (steps and "
+                                    "global_batch may instead come from a budget: section)")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise TrainingError(
                 f"train.on_nonfinite={self.on_nonfinite!r} is not one of {NONFINITE_POLICIES}",
@@ -63,6 +65,82 @@ class TrainConfig:
                 f"train.global_batch={self.global_batch} is not divisible by "
                 f"train.grad_accum_steps={self.grad_accum_steps}",
                 hint="choose a batch that splits evenly into micro-batches")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """When to save and what to keep.
+
+    A step is saved when ``step % every_steps == 0`` (and always when the trainer forces it: end
+    of run, preemption).  The newest ``keep_last`` steps are kept, and with ``keep_every`` every
+    step divisible by it is kept for good (intermediate checkpoints for scaling fits).
+    """
+
+    every_steps: int = 100
+    keep_last: int = 3
+    keep_every: Optional[int] = None
+    async_save: bool = True
+    save_timeout_s: float = 60.0  # a failed or stuck save is abandoned after this long
+
+    def __post_init__(self) -> None:
+        for name, hint in (("every_steps", "a positive number of steps"),
+                           ("keep_last", "1 or more (keep at least the newest checkpoint)"),
+                           ("keep_every", "a positive step count, or null")):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CheckpointError(f"checkpoint.{name} must be >= 1, got {value}",
+                                      hint=f"set checkpoint.{name} to {hint}")
+        if not self.save_timeout_s > 0:
+            raise CheckpointError(f"checkpoint.save_timeout_s must be > 0, got {self.save_timeout_s}",
+                                  hint="set it to the seconds a save may take, e.g. 60")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Where the parameters of a new run come from (the ``init:`` section).
+
+    All unset: fresh random parameters.  ``from_run``: the newest checkpoint of that run
+    directory (or of that ``checkpoints/`` folder, or that one step folder), same shape.
+    ``grow_from`` and ``factor``: the newest checkpoint of a smaller run, widened ``factor``
+    times by HyperCloning; this run's model must be the grown shape.
+    """
+
+    from_run: Optional[str] = None
+    grow_from: Optional[str] = None
+    factor: int = 1
+    variant: str = "symmetric"
+    noise_scale: float = hypercloning.DEFAULT_NOISE_SCALE  # noise std / cloned block std
+    noise_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("from_run", "grow_from"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise TrainingError(f"init.{name} is an empty path", hint=f"name a run directory, "
+                                    f"e.g. init.{name}=runs/python, or leave it unset")
+        if self.from_run is not None and self.grow_from is not None:
+            raise TrainingError("init.from_run and init.grow_from are both set",
+                                hint="from_run loads a model of the same shape, grow_from widens "
+                                "a smaller one: keep one of them")
+        if self.factor != 1 and self.grow_from is None:
+            raise TrainingError(f"init.factor={self.factor} is set without init.grow_from",
+                                hint="set init.grow_from to the smaller run to widen, or drop "
+                                "init.factor")
+        if self.grow_from is not None and self.factor < 2:
+            raise TrainingError(f"init.grow_from is set but init.factor={self.factor}",
+                                hint="set init.factor to the widening factor (2, 3, ...); to load "
+                                "a model of the same shape use init.from_run instead")
+        try:
+            hypercloning.check_variant(self.variant, self.noise_scale)
+            if self.grow_from is not None:
+                hypercloning.check_factor(self.factor)
+        except ChinchaxError as error:
+            raise TrainingError(f"init: {error}", hint=error.hint) from None
+
+    @property
+    def active(self) -> bool:
+        """Whether the run starts from another run's parameters at all."""
+        return self.from_run is not None or self.grow_from is not None
 
 
 @dataclass(frozen=True)
@@ -80,7 +158,7 @@ class RunConfig:
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     init: InitConfig = field(default_factory=InitConfig)  # start from another run's parameters
     seed: int = 0
-    plan: Optional[dict] = None  # the allocator's plan (budget, law, predicted loss), if any
+    plan: Optional[RunPlan] = None  # counts (N, FLOPs per token) and the allocator's plan, if any
 
     @property
     def steps(self) -> int:
@@ -91,6 +169,11 @@ class RunConfig:
     def global_batch(self) -> int:
         assert self.train.global_batch is not None
         return self.train.global_batch
+
+    @property
+    def run_plan(self) -> RunPlan:
+        """The plan launch/ resolved, or the counts of this model when none was given."""
+        return self.plan if self.plan is not None else plan_for(self.model, self.train.seq_len)
 
     @property
     def tokens_per_step(self) -> int:

@@ -30,12 +30,14 @@ from typing import Any, Mapping, Optional, TextIO
 import numpy as np
 from etils import epath
 
+from scaling.rundir import (METRICS_NAME, SUMMARY_NAME, RunSummary, dumps, is_remote,
+                            keep_records_through, read_records, read_text, write_summary,
+                            write_text)
 from training.peaks import peak_flops_per_device
 
 log = logging.getLogger("chinchax.metrics")
 
-METRICS_NAME = "metrics.jsonl"
-SUMMARY_NAME = "summary.json"
+__all__ = ["METRICS_NAME", "SUMMARY_NAME", "MetricsWriter", "Progress", "mfu", "read_records"]
 KINDS = ("train", "eval", "alert")
 
 
@@ -48,58 +50,6 @@ def mfu(flops_per_s: float, device_kind: str, n_devices: int) -> Optional[float]
     if peak is None or n_devices <= 0:
         return None
     return float(flops_per_s) / (peak * n_devices)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy/JAX scalars to Python numbers, non-finite floats to None."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy / jax arrays
-        value = np.asarray(value).tolist()
-        return _plain(value) if isinstance(value, list) else _plain_scalar(value)
-    return _plain_scalar(value)
-
-
-def _plain_scalar(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _is_remote(path: epath.Path) -> bool:
-    return "://" in os.fspath(path)
-
-
-def _write_atomically(path: epath.Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one.
-
-    Local: write a sibling temp file and rename over.  Object stores replace a whole object
-    on each write already, and renames there are copies, so write directly.
-    """
-    if _is_remote(path):
-        path.write_text(text)
-        return
-    temp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    temp.write_text(text)
-    os.replace(os.fspath(temp), os.fspath(path))
-
-
-def read_records(run_dir: epath.PathLike, kind: Optional[str] = None) -> list[dict]:
-    """The records of ``run_dir/metrics.jsonl`` (optionally one kind), skipping a torn last line."""
-    path = epath.Path(run_dir) / METRICS_NAME
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if kind is None or record.get("kind") == kind:
-            records.append(record)
-    return records
 
 
 class MetricsWriter:
@@ -119,7 +69,7 @@ class MetricsWriter:
         self.run_dir = epath.Path(run_dir)
         self.enabled = enabled
         self.path = self.run_dir / METRICS_NAME
-        self._remote = _is_remote(self.run_dir)
+        self._remote = is_remote(self.run_dir)
         self._remote_flush_s = remote_flush_s
         self._tensorboard_wanted = tensorboard
         self._tensorboard: Any = None
@@ -132,7 +82,7 @@ class MetricsWriter:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self._remote and self.path.exists():
-            self._lines = self.path.read_text().splitlines(keepends=True)
+            self._lines = read_text(self.path).splitlines(keepends=True)
 
     # -- records ------------------------------------------------------------------------------
 
@@ -157,12 +107,13 @@ class MetricsWriter:
         if "step" not in merged:
             raise ValueError(f"a {kind} record needs a 'step' field, got keys {sorted(merged)}")
         merged["step"] = int(merged["step"])
-        plain = _plain(merged)
+        line = dumps(merged)
+        written = json.loads(line)
         if not self.enabled:
-            return plain
-        self._append_line(json.dumps(plain) + "\n")
-        self._write_tensorboard(kind, plain)
-        return plain
+            return written
+        self._append_line(line + "\n")
+        self._write_tensorboard(kind, written)
+        return written
 
     def _append_line(self, line: str) -> None:
         if self._remote:
@@ -216,37 +167,27 @@ class MetricsWriter:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._remote:
             lines = self._lines
         else:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
-        kept = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by the crash that made this a resume
-            if int(record.get("step", -1)) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-        dropped = len(lines) - len(kept)
+            lines = read_text(self.path).splitlines() if self.path.exists() else []
+        kept = keep_records_through(lines, step)
         if self._remote:
-            self._lines = kept
-            self._dirty = True
+            self._lines, self._dirty = kept, True
             self.flush()
         elif lines:
-            _write_atomically(self.path, "".join(kept))
-        return dropped
+            write_text(self.path, "".join(kept))
+        return len(lines) - len(kept)
 
     # -- end of run ---------------------------------------------------------------------------
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_summary(self, summary: RunSummary | Mapping[str, Any]) -> None:
         """Write ``summary.json`` atomically (final eval loss, N, D, FLOPs, wall time, MFU, ...)."""
-        if not self.enabled:
-            return
-        _write_atomically(self.run_dir / SUMMARY_NAME, json.dumps(_plain(summary), indent=2) + "\n")
+        if self.enabled:
+            write_summary(self.run_dir, summary)
 
     def flush(self) -> None:
         """Push buffered records out (remote run dirs are rewritten whole)."""

@@ -25,6 +25,15 @@ from training.optim import make_optimizer
 from training.step import TrainState, make_train_step
 
 
+def abstract(tree: Any, shardings: Any = None) -> Any:
+    """``ShapeDtypeStruct`` leaves with shardings (the leaves' own by default): a restore target,
+    or a compile input, without allocating arrays."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
 def _optimizer_shardings(tx: optax.GradientTransformation, params: Any, replicated: NamedSharding) -> Any:
     """Moments mirror the parameters' shardings; counters and other scalars are replicated."""
     return optax.tree_utils.tree_map_params(
@@ -48,18 +57,13 @@ def initial_train_state(cfg: RunConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Train
 def abstract_train_state(cfg: RunConfig, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
     """The tree of :func:`initial_train_state` as ShapeDtypeStructs with shardings."""
 
-    def with_shardings(tree: Any, shardings: Any) -> Any:
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            tree, shardings)
-
     replicated = NamedSharding(mesh, PartitionSpec())
     model = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(cfg.seed)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = with_shardings(params, state_shardings(params, mesh, cfg.mesh.rules))
-    rest = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), rest)
+    params = abstract(params, state_shardings(params, mesh, cfg.mesh.rules))
+    rest = abstract(rest, jax.tree.map(lambda _: replicated, rest))
     tx = make_optimizer(cfg.optim, cfg.steps, params)
-    opt_state = with_shardings(jax.eval_shape(tx.init, params),
-                               _optimizer_shardings(tx, params, replicated))
+    opt_state = abstract(jax.eval_shape(tx.init, params), _optimizer_shardings(tx, params, replicated))
     state: TrainState = {"params": params, "rest": rest, "opt_state": opt_state,
                          "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
     return graphdef, state, tx

@@ -1,6 +1,7 @@
 """A run's prediction from its scaling law, written before step 1 and checked at every eval.
 
-Wraps :mod:`scaling.prediction` for the trainer: ``prediction.json`` in the run directory
+A trainer hook built here, in launch/, so training/ never imports :mod:`scaling.prediction`.
+ ``prediction.json`` in the run directory
 holds the predicted final loss with its interval and the predicted curve ``L(N, D_t)`` at each
 eval point; each eval is fed to a :class:`~scaling.prediction.DriftMonitor` whose "off the law"
 alerts go to the terminal, ``metrics.jsonl`` and TensorBoard; ``summary.json`` gets predicted vs
@@ -10,20 +11,18 @@ before the run began.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Optional
 
 from etils import epath
 
 from chinchax.errors import ChinchaxError
-from scaling.flops import count_params
 from scaling.prediction import Alert, DriftMonitor, PredictionConfig, RunPrediction, predict_run
+from scaling.rundir import PREDICTION_NAME, make_run_dir, read_json, write_json
 from training.config import RunConfig
+from training.hooks import Hook, Run, hook
 
 log = logging.getLogger("chinchax.train")
-
-PREDICTION_NAME = "prediction.json"
 
 
 class LawWatch:
@@ -36,14 +35,16 @@ class LawWatch:
         if not self.cfg.enabled or self.cfg.law is None:
             return
         path = run_dir / PREDICTION_NAME
-        if path.exists():
-            self.prediction = RunPrediction.from_dict(json.loads(path.read_text()))
+        stored = read_json(path)
+        if stored is not None:
+            self.prediction = RunPrediction.from_dict(stored)
         else:
             self.prediction = self._predict(cfg)
             if self.prediction is None:
                 return
             if write:
-                path.write_text(json.dumps(self.prediction.to_dict(), indent=1))
+                make_run_dir(run_dir)
+                write_json(path, self.prediction.to_dict())
             final = self.prediction.final
             log.info("predicted final loss %.4f [%.4f, %.4f] under law %s", final.loss,
                      final.lower, final.upper, self.prediction.law)
@@ -55,7 +56,7 @@ class LawWatch:
         evals = [s * tokens_per_step for s in range(1, cfg.steps + 1)
                  if s % cfg.train.eval_every == 0 or s == cfg.steps]
         try:
-            return predict_run(self.cfg.law, count_params(cfg.model), evals,
+            return predict_run(self.cfg.law, cfg.run_plan.n_params, evals,
                                cfg.steps * tokens_per_step, schedule=cfg.optim.schedule,
                                decay_fraction=cfg.optim.decay_fraction,
                                wsd_decay_shape=cfg.optim.wsd_decay_shape,
@@ -88,3 +89,22 @@ class LawWatch:
         if final_eval_loss is not None:
             out.update(self.prediction.compare_final(final_eval_loss))
         return out
+
+
+def law_watch_hooks(cfg: RunConfig, *, write: bool) -> list[Hook]:
+    """The law watch as a trainer hook: eval records gain the predicted loss, an off-law run
+    raises an alert (and stops with ``prediction.stop_on_alert``), summary.json the comparison."""
+    watch = LawWatch(cfg, epath.Path(cfg.run_dir), write=write)
+
+    def on_eval(run: Run) -> None:
+        if run.last_eval is None:
+            return
+        fields, alert = watch.observe(run.step, run.tokens, run.last_eval)
+        run.eval_fields.update(fields)
+        if alert is not None:
+            run.alerts.append({"step": run.step, **alert.to_dict(), "message": alert.message})
+            if watch.should_stop(alert) and run.stop_reason is None:
+                run.stop_reason = "off_law"
+
+    return [hook(on_eval, cfg.train.eval_every,
+                 summary=lambda run: {"prediction": watch.summary(run.last_eval)})]

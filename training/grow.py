@@ -1,0 +1,207 @@
+"""Growing a smaller run (HyperCloning) into this run's parameters.
+
+One code path: ``chinchax grow`` only checks the source and writes a config whose ``init:``
+names the small run and whose ``model:`` is the grown shape; the widening itself always
+happens here, when the grown run starts (a config written by hand works the same way).  The
+small checkpoint is read straight onto this run's mesh (shardings derived from the wide
+parameters'), widened by one jitted function whose outputs are laid out as this run's
+parameters, and the optimiser state, step and data position stay this run's fresh ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import jax
+
+from chinchax.errors import ChinchaxError, TrainingError
+from models import hypercloning
+from models.config import ModelConfig
+from training.checkpoint import CheckpointConfig, Checkpointer
+from training.config import InitConfig
+from training.state import abstract
+from training.init import (PARAMS_KEY, InitSource, missing_hint, named_leaves, source_model,
+                           stored_tree, load_pretrained_params, resolve_source)
+
+log = logging.getLogger("chinchax.init")
+
+
+def _growth_source(path: str) -> InitSource:
+    """:func:`resolve_source`, with its messages naming ``init.grow_from``."""
+    try:
+        return resolve_source(path)
+    except TrainingError as error:
+        raise TrainingError(str(error).replace("init.from_run", "init.grow_from"),
+                        hint=(error.hint or "").replace("init.from_run", "init.grow_from")) from None
+
+
+def source_model_config(source: InitSource) -> Optional[ModelConfig]:
+    """The small run's ModelConfig from its config.yaml / summary.json (None without them)."""
+    fields = source_model(source)
+    if fields is None:
+        return None
+    known = set(ModelConfig.__dataclass_fields__)
+    try:
+        return ModelConfig(**{k: v for k, v in fields.items() if k in known})
+    except (ChinchaxError, TypeError) as error:
+        raise TrainingError(f"the model: section of {source.run_dir}'s config is invalid: {error}",
+                        hint="point init.grow_from at a run written by chinchax train") from None
+
+
+def check_growth_shapes(source_model: ModelConfig, factor: int, model: ModelConfig,
+                        grow_from: str) -> None:
+    """This run's model must be exactly the source's grown ``factor`` times (same layout)."""
+    grown = hypercloning.grow_config(source_model, factor)
+    differing = hypercloning.shape_differences(grown, model)
+    if differing:
+        raise TrainingError(
+            f"init.grow_from={grow_from} widened {factor}x is not this run's model: "
+            f"{'; '.join(differing)}",
+            hint=f"write the grown run with `chinchax grow {grow_from} --factor {factor} --out "
+            "NEW_RUN_DIR`, or set those model fields")
+    if source_model.scan_layers != model.scan_layers:
+        raise TrainingError(
+            f"init.grow_from={grow_from} has model.scan_layers={source_model.scan_layers} but this "
+            f"run has model.scan_layers={model.scan_layers}",
+            hint=f"set model.scan_layers={source_model.scan_layers} (the parameter layout must match)")
+
+
+def _abstract_params(model: ModelConfig) -> Any:
+    """The parameter tree (``ShapeDtypeStruct`` leaves) of the model ``model`` builds."""
+    from flax import nnx
+
+    from models.transformer import Transformer
+
+    _, params, _ = nnx.split(nnx.eval_shape(lambda: Transformer(model, rngs=nnx.Rngs(0))),
+                             nnx.Param, ...)
+    return params
+
+
+def _check_stored_params(source: InitSource, step: int, stored: dict[str, Any],
+                         expected: dict[str, Any]) -> None:
+    """The small checkpoint must hold the parameters its own config describes."""
+    hint = ("the checkpoint was written by a model other than the one its config.yaml names: "
+            "point init.grow_from at the run that wrote it, or restore that run's config.yaml")
+    stored_params = {k: v for k, v in stored.items() if k.split("/", 1)[0] == PARAMS_KEY}
+    if not stored_params:
+        raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} holds no "
+                        f"'{PARAMS_KEY}'", hint="point init.grow_from at a run written by "
+                        "chinchax train")
+    for name, target in expected.items():
+        if name not in stored_params:
+            raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} has no {name!r}",
+                            hint=hint)
+        if tuple(stored_params[name].shape) != tuple(target.shape):
+            raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} stores {name!r} "
+                            f"with shape {tuple(stored_params[name].shape)}, but the source "
+                            f"model gives {tuple(target.shape)}", hint=hint)
+    surplus = sorted(set(stored_params) - set(expected))
+    if surplus:
+        raise TrainingError(f"checkpoint step {step} in {source.checkpoint_dir} has parameters the "
+                        f"source model lacks, first {surplus[0]!r}", hint=hint)
+
+
+@dataclass(frozen=True)
+class GrowthSource:
+    """A checked ``init.grow_from``: where its checkpoint is, which step, and the narrow model
+    (the source's shape with this run's numerics) that its parameters are read into."""
+
+    source: InitSource
+    step: int
+    narrow: ModelConfig
+    stored: dict  # stored leaf name -> metadata (shape, dtype)
+
+
+def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
+    """Everything about ``init.grow_from`` that can be checked without reading arrays.
+
+    The small model's shape comes from the source run's config.yaml (without one: this model
+    narrowed by the factor); this run's model must be that shape grown, and the source's
+    checkpoint must hold parameters of that shape.  Used by the trainer and by ``chinchax
+    grow`` (which checks before writing a run directory).
+    """
+    if cfg.grow_from is None:
+        raise TrainingError("init.grow_from is not set", hint="name the smaller run to widen")
+    factor = cfg.factor
+    source = _growth_source(cfg.grow_from)
+    source_model = source_model_config(source)
+    if source_model is None:
+        source_model = hypercloning.shrink_config(model, factor)
+    check_growth_shapes(source_model, factor, model, cfg.grow_from)
+    narrow = hypercloning.shrink_config(model, factor)
+    reader = Checkpointer(source.checkpoint_dir, CheckpointConfig(async_save=False))
+    try:
+        step = source.step if source.step is not None else reader.latest_step()
+    finally:
+        reader.close()
+    if step is None:
+        raise TrainingError(f"init.grow_from={cfg.grow_from} holds no checkpoint",
+                        hint=missing_hint(cfg.grow_from).replace("init.from_run", "init.grow_from"))
+    stored = named_leaves(stored_tree(source, step))
+    _check_stored_params(source, step, stored, named_leaves({PARAMS_KEY: _abstract_params(narrow)}))
+    return GrowthSource(source, int(step), narrow, stored)
+
+
+def _moments_like_params(stored: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    """Restore targets for the stored optimiser moments, laid out like their parameters (they
+    are read and dropped, but should not sit replicated on every device meanwhile)."""
+    by_suffix = {name.split("/", 1)[1]: target for name, target in expected.items()}
+    like: dict[str, Any] = {}
+    for name, meta in stored.items():
+        if name.split("/", 1)[0] == PARAMS_KEY:
+            continue
+        for suffix, target in by_suffix.items():
+            if name.endswith("/" + suffix) and tuple(meta.shape) == tuple(target.shape):
+                like[name] = target
+                break
+    return like
+
+
+def grow_state(cfg: InitConfig, state: dict[str, Any],
+               model: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state`` with its parameters taken from ``cfg.grow_from`` widened ``cfg.factor`` times.
+
+    Returns ``(state, record)`` like :func:`initialise_state`; the record says ``grow_from``,
+    ``factor``, ``variant`` (with the noise settings), the checkpoint and step read, and the
+    source run's tokens and FLOPs (so a total cost can include the small model's).
+    """
+    growth = check_growth(cfg, model)
+    wide_params = state[PARAMS_KEY]
+    def onto_wide_mesh(small: Any, wide: Any) -> jax.ShapeDtypeStruct:
+        sharding = hypercloning.narrow_sharding(wide.sharding, small.shape)
+        return jax.ShapeDtypeStruct(small.shape, small.dtype, sharding=sharding)
+
+    small_abstract = jax.tree.map(onto_wide_mesh, _abstract_params(growth.narrow), wide_params)
+    expected = named_leaves({PARAMS_KEY: small_abstract})
+    step_path = str(growth.source.checkpoint_dir / str(growth.step))
+    small_params, loaded = load_pretrained_params(
+        step_path, {PARAMS_KEY: small_abstract, **_moments_like_params(growth.stored, expected)},
+        growth.narrow)
+    params = hypercloning.grow_params(
+        small_params, growth.narrow, cfg.factor, variant=cfg.variant, noise_scale=cfg.noise_scale,
+        rng=jax.random.key(cfg.noise_seed),
+        out_shardings=jax.tree.map(lambda x: x.sharding, wide_params))
+    loaded.pop("from_run", None)
+    record = {"grow_from": cfg.grow_from, "factor": cfg.factor, "variant": cfg.variant,
+              **({"noise_scale": cfg.noise_scale, "noise_seed": cfg.noise_seed}
+                 if cfg.variant == "noisy" else {}), **loaded}
+    log.info("grew %s step %d by %dx (%s) to d_model=%d", growth.source.checkpoint_dir,
+             growth.step, cfg.factor, cfg.variant, model.d_model)
+    return {**state, PARAMS_KEY: params}, record
+
+
+def initialise_state(cfg: InitConfig, state: dict[str, Any],
+                     model: ModelConfig) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """The trainer's entry point: ``state`` with its parameters replaced as ``cfg`` says.
+
+    Returns ``(state, record)``; ``record`` is None for a fresh initialisation.  The optimiser
+    state, step and everything else in ``state`` are kept as they are (fresh).
+    """
+    if cfg.grow_from is not None:
+        return grow_state(cfg, state, model)
+    if cfg.from_run is None:
+        return state, None
+    params, record = load_pretrained_params(cfg.from_run, abstract(state), model)
+    return {**state, PARAMS_KEY: params}, record
