@@ -14,6 +14,7 @@ import pytest
 
 from chinchax.errors import ChinchaxError, DataError
 from training import corpus as corpus_lib
+from training.sources import embedded, synthetic
 from training.data import (DataConfig, PackedSequences, build_eval_batches, build_train_iterator, corpus_summary, describe, loss_floor_nats, split_documents, split_stream, to_global_batch, train_sequences, unigram_entropy_nats, vocab_size)
 
 EOD = 256
@@ -98,13 +99,13 @@ def test_config_is_frozen() -> None:
 
 
 def test_embedded_corpus_is_a_deterministic_few_mb_subset_of_the_stdlib() -> None:
-    first, second = corpus_lib.embedded_files(), corpus_lib.embedded_files()
+    first, second = embedded.embedded_files(), embedded.embedded_files()
     assert first == second and first == sorted(first)
     total = sum(size for _, size in first)
-    assert 1_000_000 < total <= corpus_lib.EMBEDDED_MAX_BYTES
+    assert 1_000_000 < total <= embedded.EMBEDDED_MAX_BYTES
     assert all(name.endswith(".py") for name, _ in first)
     assert not any(
-        part in corpus_lib.EMBEDDED_EXCLUDED_DIRS for name, _ in first for part in name.split("/")
+        part in embedded.EMBEDDED_EXCLUDED_DIRS for name, _ in first for part in name.split("/")
     )
 
 
@@ -113,7 +114,7 @@ def test_embedded_corpus_is_built_once_then_read_from_the_cache(
 ) -> None:
     cfg = DataConfig(cache_dir=cache)
     built = corpus_lib.load_corpus(cfg)
-    files = corpus_lib.embedded_files()
+    files = embedded.embedded_files()
     assert built.num_documents == len(files)
     assert built.num_tokens == sum(size for _, size in files) + len(
         files
@@ -470,7 +471,7 @@ def test_changed_text_files_build_a_new_corpus(tmp_path: Path) -> None:
 
 
 def test_markov_language_entropy_rate_matches_the_sampled_log_likelihood() -> None:
-    language = corpus_lib.MarkovLanguage.from_seed(alphabet=12, order=2, branching=3, seed=5)
+    language = synthetic.MarkovLanguage.from_seed(alphabet=12, order=2, branching=3, seed=5)
     assert np.isclose(language.stationary.sum(), 1.0) and np.allclose(
         language.transition.sum(axis=1), 1.0
     )
@@ -506,12 +507,12 @@ def test_synthetic_corpus_loss_floor_is_what_the_true_model_scores_on_batches(ca
         synthetic_documents=16,
         synthetic_document_length=2000,
     )
-    language = corpus_lib.synthetic_language(cfg)
+    language = synthetic.synthetic_language(cfg)
     floor = loss_floor_nats(cfg, seq_len=32)
     assert floor == pytest.approx(
         language.entropy_rate_nats()
     )  # order 1: every target has its context
-    code = {ord(c): i for i, c in enumerate(corpus_lib.SYNTHETIC_SYMBOLS[:8])}
+    code = {ord(c): i for i, c in enumerate(synthetic.SYNTHETIC_SYMBOLS[:8])}
     losses = []
     for batch in take(build_train_iterator(cfg, seq_len=32, global_batch=16), 40):
         for previous, target in zip(batch["inputs"].ravel(), batch["targets"].ravel()):
@@ -526,7 +527,7 @@ def test_synthetic_corpus_loss_floor_is_what_the_true_model_scores_on_batches(ca
 
 def test_order_two_floor_charges_the_first_target_its_shorter_context(cache: str) -> None:
     cfg = DataConfig(source="synthetic", cache_dir=cache)
-    language = corpus_lib.synthetic_language(cfg)
+    language = synthetic.synthetic_language(cfg)
     rate, first = language.entropy_rate_nats(), language.conditional_entropy_nats(1)
     assert loss_floor_nats(cfg, seq_len=4) == pytest.approx((first + 3 * rate) / 4)
     assert loss_floor_nats(cfg, seq_len=1024) == pytest.approx(rate, abs=(first - rate) / 1000)

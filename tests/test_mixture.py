@@ -13,7 +13,8 @@ import pytest
 from chinchax.errors import ChinchaxError, ConfigError, DataError
 from training import corpus as corpus_lib
 from training.data import (DataConfig, MixtureSource, PackedSequences, build_eval_batches, build_eval_sets, build_train_iterator, corpus_summary, data_sources, describe, primary_source, split_documents, split_stream, token_frequencies, train_sequences, unigram_entropy_nats)
-from training.mixture import MixtureIterator, interleave_counts, interleave_proportions
+from training.batch_iterator import interleave_counts, interleave_proportions
+from training.sources import prose
 
 SEQ_LEN = 32
 
@@ -237,7 +238,6 @@ def test_observed_proportions_match_the_weights_within_sampling_error(
     # Stratified: every prefix holds each source in proportion, and the state knows the counts.
     counts = {name: labels.count(name) for name in ("big", "mid", "small")}
     assert iterator.get_state()["consumed"] == counts
-    assert isinstance(iterator, MixtureIterator)
     assert iterator.consumed_tokens() == {k: v * SEQ_LEN for k, v in counts.items()}
     for prefix in (7, 100, 555):
         assert interleave_counts(prefix, [600, 300, 100]) == [
@@ -400,9 +400,9 @@ def test_prose_corpus_is_english_built_once_and_fingerprinted(cache: str, tmp_pa
     assert summary["tokens"] > 300_000 and summary["documents"] > 100
     assert summary["validation_tokens"] > 10_000
     assert 2.5 < summary["unigram_entropy_nats"] < math.log(257)
-    documents = corpus_lib.prose_documents()
+    documents = prose.prose_documents()
     assert not any("::=" in d or d.startswith(">>>") for d in documents)
-    assert all(len(d) <= 3 * corpus_lib.PROSE_DOCUMENT_CHARS for d in documents)
+    assert all(len(d) <= 3 * prose.PROSE_DOCUMENT_CHARS for d in documents)
     rebuilt = corpus_summary(DataConfig(source="prose", cache_dir=str(tmp_path)))
     assert rebuilt["fingerprint"] == summary["fingerprint"]
     assert "language reference" in describe(cfg)

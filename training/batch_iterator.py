@@ -1,0 +1,158 @@
+"""Host-local batches from an endless element stream, resumable from one number.
+
+The stream is a grain ``MapDataset``: element ``k`` is a pure function of ``k`` (shuffled
+anew each epoch from a seed, repeated forever, or a weighted mixture of such streams).  So
+the position is the count of elements the whole job has consumed: the same on every host,
+independent of host count and batch size, and a checkpoint keeps one copy of it.
+
+Mixtures.  ``grain.MapDataset.mix`` places the sources' elements in a fixed, stratified
+order: among the first ``k`` elements source ``i`` supplies ``k * w_i`` up to rounding, so
+the per-source counts follow from the position in closed form (:func:`interleave_counts`).
+Weights become integers with the smallest scaled to 100, as grain itself does.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import grain
+import numpy as np
+
+from chinchax.errors import DataError
+from training.data_config import check
+
+STATE_VERSION = 1
+INTERLEAVE_RESOLUTION = 100  # grain.MapDataset.mix's own scale for the smallest weight
+Batch = Dict[str, np.ndarray]
+
+
+def interleave_proportions(weights: Sequence[float]) -> List[int]:
+    """Positive relative weights as the integer proportions the stream realises exactly."""
+    if not weights:
+        raise DataError("a mixture needs at least one trained source", hint="give data.mixture an entry with role: train")
+    for weight in weights:
+        if not weight > 0:
+            raise DataError(f"mixture weight {weight} is not positive",
+                            hint="use positive relative weights such as 0.9 and 0.1")
+    smallest = min(weights)
+    return [max(INTERLEAVE_RESOLUTION, round(INTERLEAVE_RESOLUTION * w / smallest)) for w in weights]
+
+
+def interleave_counts(position: int, proportions: Sequence[int]) -> List[int]:
+    """How many of the stream's first ``position`` elements each source supplies.
+
+    Source 0 gets ``k - floor(k (R - p_0) / R)`` of the first ``k`` (``R`` the sum of the
+    proportions), the rest is shared the same way: ``grain.MapDataset.mix``'s order (tested).
+    """
+    if position < 0:
+        raise DataError(f"negative stream position {position}", hint="count elements from 0")
+    counts: List[int] = []
+    remaining = sum(int(p) for p in proportions)
+    rest = int(position)
+    for proportion in proportions:
+        others = (rest * (remaining - int(proportion))) // remaining
+        counts.append(rest - others)
+        rest, remaining = others, remaining - int(proportion)
+    return counts
+
+
+def inputs_and_targets(sequences: np.ndarray) -> Batch:
+    return {
+        "inputs": np.ascontiguousarray(sequences[:, :-1]),
+        "targets": np.ascontiguousarray(sequences[:, 1:]),
+    }
+
+
+class BatchIterator(Iterator[Batch]):
+    """Global batch ``t`` is elements ``[start + t B, start + (t + 1) B)``; host ``p`` of
+    ``n`` reads only its contiguous block of rows, so the global array assembled in process
+    order is the same whatever the number of hosts.
+
+    ``get_state()`` is ``{"version", "examples", "identity"}`` (plus ``"consumed"`` per
+    source for a mixture); ``identity`` names the stream so a state cannot be restored onto
+    different data.  Prefetching threads may read ahead; the state counts what was returned.
+    """
+
+    def __init__(self, elements: "grain.MapDataset", *, global_batch: int, process_index: int = 0,
+                 process_count: int = 1, identity: Optional[Mapping[str, Any]] = None, num_threads: int = 2,
+                 prefetch_batches: int = 4, names: Sequence[str] = (), proportions: Sequence[int] = (),
+                 seq_len: int = 0) -> None:
+        check(process_count >= 1 and 0 <= process_index < process_count,
+              f"process_index={process_index} is not in [0, process_count={process_count})",
+              "pass jax.process_index() and jax.process_count()")
+        check(global_batch >= 1 and global_batch % process_count == 0,
+              f"global batch {global_batch} does not split evenly over {process_count} hosts",
+              "make the global batch a multiple of the number of hosts")
+        self._elements = elements
+        self._global_batch = global_batch
+        self._local_batch = global_batch // process_count
+        self._process_index = process_index
+        self._process_count = process_count
+        self._identity = dict(identity or {})
+        self._read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
+        self._names = list(names)
+        self._proportions = [int(p) for p in proportions]
+        self._seq_len = seq_len
+        self._examples = 0
+        self._iterator = self._start(0)
+
+    @property
+    def local_batch(self) -> int:
+        return self._local_batch
+
+    @property
+    def examples_consumed(self) -> int:
+        return self._examples
+
+    def _start(self, examples: int) -> Iterator[Batch]:
+        batches = self._elements[examples:].batch(self._local_batch, drop_remainder=True)
+        mine = batches[self._process_index :: self._process_count].map(inputs_and_targets)
+        return iter(mine.to_iter_dataset(self._read_options))
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._iterator)
+        self._examples += self._global_batch
+        return batch
+
+    def consumed(self) -> Dict[str, int]:
+        """Sequences drawn from each source of a mixture by the whole job so far."""
+        return dict(zip(self._names, interleave_counts(self._examples, self._proportions)))
+
+    def consumed_tokens(self) -> Dict[str, int]:
+        """Target tokens drawn from each source of a mixture so far."""
+        return {name: count * self._seq_len for name, count in self.consumed().items()}
+
+    def get_state(self) -> Dict[str, Any]:
+        """Small and JSON-serialisable; identical on every host."""
+        state = {"version": STATE_VERSION, "examples": self._examples, "identity": copy.deepcopy(self._identity)}
+        if self._proportions:
+            state["consumed"] = self.consumed()
+        return state
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue right after the last batch returned before ``state`` was taken."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            raise DataError(f"not a data-iterator state of version {STATE_VERSION}: {state!r:.120}",
+                            hint="restore a state written by BatchIterator.get_state()")
+        saved = dict(state.get("identity", {}))
+        if saved != self._identity:
+            changed = sorted(k for k in set(saved) | set(self._identity) if saved.get(k) != self._identity.get(k))
+            raise DataError(
+                f"the saved data position belongs to a different data stream ({', '.join(changed)} differ)",
+                hint="resume with the data config (and seq_len) the run started with, or start a new run",
+            )
+        examples = int(state["examples"])
+        check(examples >= 0, f"negative data position {examples}", "restore a state written by get_state()")
+        self._examples = examples
+        self._iterator = self._start(examples)
+        consumed = state.get("consumed")
+        if self._proportions and consumed is not None and dict(consumed) != self.consumed():
+            raise DataError(
+                f"the saved per-source counts {dict(consumed)} do not match position "
+                f"{examples} of this mixture ({self.consumed()})",
+                hint="restore a state written by this mixture's get_state()",
+            )

@@ -1,0 +1,112 @@
+"""Numbers about the data for the model, the logs and ``summary.json``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from chinchax.errors import DataError
+from training.corpus import load_corpus
+from training.data_config import TRAINED_ROLES, DataConfig, check, data_sources
+from training.packing import document_split
+from training.sources import synthetic
+from training.tokenizer import BYTE_TOKENIZER, load_tokenizer
+
+
+def vocab_size(cfg: DataConfig) -> int:
+    """Size of the tokenizer's vocabulary, end-of-document id included (257 for bytes)."""
+    return load_tokenizer(cfg.tokenizer).vocab_size
+
+
+def token_frequencies(cfg: DataConfig) -> np.ndarray:
+    """``[vocab_size]`` relative frequencies of the tokens of a single source's corpus."""
+    if cfg.mixture:
+        raise DataError("token_frequencies() takes a single source, not a mixture",
+                        hint="pass data_sources(cfg)[i].config for each source")
+    corpus = load_corpus(cfg)
+    counts = np.bincount(np.asarray(corpus.tokens, dtype=np.int64), minlength=corpus.vocab_size)
+    return counts / counts.sum()
+
+
+def unigram_entropy_nats(cfg: DataConfig) -> float:
+    """Entropy of the token frequencies in nats per token: the loss of the best model that
+    ignores context.  For a mixture, of the trained sources' frequencies mixed by weight."""
+    if not cfg.mixture:
+        return load_corpus(cfg).unigram_entropy_nats
+    trained = [s for s in data_sources(cfg) if s.role in TRAINED_ROLES]
+    total = sum(s.weight for s in trained)
+    mixed = sum((s.weight / total) * token_frequencies(s.config) for s in trained)
+    present = mixed[mixed > 0]
+    return float(-(present * np.log(present)).sum())
+
+
+def loss_floor_nats(cfg: DataConfig, *, seq_len: int) -> Optional[float]:
+    """The exact lowest expected loss per token on synthetic byte-level data; ``None`` for
+    real corpora (unknown floor) and other tokenizers (they regroup the symbols)."""
+    if cfg.mixture or cfg.source != "synthetic" or cfg.tokenizer != BYTE_TOKENIZER:
+        return None
+    check(seq_len >= 1, f"seq_len={seq_len} must be positive", "use e.g. seq_len=256")
+    return synthetic.loss_floor_nats(cfg, seq_len)
+
+
+def _mixture_summary(cfg: DataConfig) -> Dict[str, Any]:
+    sources = data_sources(cfg)
+    total = sum(s.weight for s in sources if s.role in TRAINED_ROLES)
+    return {
+        "primary": sources[0].name,
+        "vocab_size": vocab_size(cfg),
+        "unigram_entropy_nats": unigram_entropy_nats(cfg),
+        "mixture": [
+            {"name": s.name, "role": s.role, "weight": s.weight / total if s.role in TRAINED_ROLES else 0.0,
+             **corpus_summary(s.config)}
+            for s in sources
+        ],
+    }
+
+
+def corpus_summary(cfg: DataConfig) -> Dict[str, Any]:
+    """Plain numbers about the corpus and its split; for a mixture, each source's own
+    summary with its ``name``, ``role`` and normalised ``weight`` (0 for ``eval``)."""
+    if cfg.mixture:
+        return _mixture_summary(cfg)
+    corpus = load_corpus(cfg)
+    train_documents, validation_documents = document_split(cfg)
+    lengths = np.diff(corpus.offsets)
+    summary: Dict[str, Any] = {
+        "source": cfg.source,
+        "description": corpus.description,
+        "documents": corpus.num_documents,
+        "tokens": corpus.num_tokens,
+        "train_documents": int(train_documents.size),
+        "train_tokens": int(lengths[train_documents].sum()),
+        "validation_documents": int(validation_documents.size),
+        "validation_tokens": int(lengths[validation_documents].sum()),
+        "vocab_size": corpus.vocab_size,
+        "unigram_entropy_nats": corpus.unigram_entropy_nats,
+        "fingerprint": corpus.fingerprint,
+        "build_seconds": corpus.build_seconds,
+    }
+    if cfg.source == "synthetic":
+        summary["entropy_rate_nats"] = synthetic.synthetic_language(cfg).entropy_rate_nats()
+    return summary
+
+
+def describe(cfg: DataConfig) -> str:
+    """One line: what the corpus (or each source of a mixture) is and how big."""
+    if cfg.mixture:
+        parts = []
+        for entry in corpus_summary(cfg)["mixture"]:
+            share = f"{entry['weight']:.0%}" if entry["role"] != "eval" else "eval only"
+            parts.append(f"{entry['name']} [{entry['role']}, {share}]: {entry['description']}, "
+                         f"{entry['tokens']:,} tokens, unigram entropy {entry['unigram_entropy_nats']:.3f} nats/token")
+        return "mixture of " + "; ".join(parts)
+    s = corpus_summary(cfg)
+    line = (
+        f"{s['source']} ({s['description']}): {s['documents']:,} documents, {s['tokens']:,} tokens "
+        f"(train {s['train_tokens']:,} / validation {s['validation_tokens']:,}), vocab {s['vocab_size']}, "
+        f"unigram entropy {s['unigram_entropy_nats']:.3f} nats/token"
+    )
+    if "entropy_rate_nats" in s:
+        line += f", entropy rate {s['entropy_rate_nats']:.4f} nats/symbol"
+    return line
