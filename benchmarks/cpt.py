@@ -244,6 +244,27 @@ def _pct(value: Optional[float], at_least: bool = False) -> str:
 
 
 def main() -> int:
+    args = _parse_args()
+    sizes = ["d32", "d64"] if args.quick else list(SIZES)
+    forgetting_size = sizes[-1] if args.quick else "d48"
+    started, load_before = time.time(), machine()["load_average"]
+    root = args.runs_dir or Path(tempfile.mkdtemp(prefix="chinchax-cpt-"))
+    root.mkdir(parents=True, exist_ok=True)
+    share_compilations(root / "jax-cache")
+    console = Console(width=130)
+    console.print(f"runs in {root}  (load average {load_before[0]:.2f} on {os.cpu_count()} CPUs)")
+    with open(root / "train.log", "w") as log:
+        summaries = _train_all(args, root, sizes, forgetting_size, console, log)
+    results = _results(summaries, root, sizes, forgetting_size)
+    results["law_fit"] = _law_fit(args, summaries, root, sizes)
+    _print_tables(console, results, sizes, forgetting_size, args)
+    _write(args, root, results, summaries, sizes, forgetting_size, started, load_before, console)
+    if args.runs_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 sizes, 100 steps, no law fit")
     parser.add_argument("--steps", type=int, default=None, help="steps of every run (default 150)")
@@ -259,13 +280,13 @@ def main() -> int:
     sizes = ["d32", "d64"] if args.quick else list(SIZES)
     forgetting_size = sizes[-1] if args.quick else "d48"
 
-    started, load_before = time.time(), machine()["load_average"]
-    root = args.runs_dir or Path(tempfile.mkdtemp(prefix="chinchax-cpt-"))
-    root.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def _train_all(args: argparse.Namespace, root: Path, sizes: list[str], forgetting_size: str,
+               console: Console, log: Any) -> dict[str, dict[str, Any]]:
+    """Base, scratch and continued runs of every size (replay shares at ``forgetting_size``)."""
     cache = root / "cache"
-    share_compilations(root / "jax-cache")
-    log = open(root / "train.log", "w")
-    console = Console(width=130)
     summaries: dict[str, dict[str, Any]] = {}
 
     def do(name: str, exp: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +297,6 @@ def main() -> int:
                       f"{summaries[name]['flops']:.3g} FLOPs  {time.time() - t0:5.1f} s")
         return summaries[name]
 
-    console.print(f"runs in {root}  (load average {load_before[0]:.2f} on {os.cpu_count()} CPUs)")
     for size in sizes:
         shape = SIZES[size]
         do(f"base_{size}", experiment("cpt_python.yaml", f"base_{size}", root, shape, args, cache))
@@ -290,6 +310,11 @@ def main() -> int:
             exp["data"] = {"cache_dir": str(cache), "mixture": _mixture(share)}
             do(name, exp)
 
+    return summaries
+
+
+def _results(summaries: dict[str, dict[str, Any]], root: Path, sizes: list[str],
+             forgetting_size: str) -> dict[str, Any]:
     results: dict[str, Any] = {"savings": {}, "forgetting": {}}
     for size in sizes:
         results["savings"][size] = {
@@ -310,6 +335,12 @@ def main() -> int:
             "saving_cpt_only": saved["saving_cpt_only"], "saving_with_base": saved["saving_with_base"],
             "reached_at_first_eval": saved["reached_at_first_eval"]}
 
+    return results
+
+
+def _law_fit(args: argparse.Namespace, summaries: dict[str, dict[str, Any]], root: Path,
+             sizes: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
     if args.quick:
         results["law_fit"] = {"skipped": "--quick: two sizes cannot fit alpha and gamma with 3 runs each"}
     else:
@@ -329,6 +360,12 @@ def main() -> int:
             results["law_fit"] = {"error": f"{type(error).__name__}: {error}",
                                   "hint": getattr(error, "hint", None)}
 
+    return results["law_fit"]
+
+
+def _print_tables(console: Console, results: dict[str, Any], sizes: list[str], forgetting_size: str,
+                  args: argparse.Namespace) -> None:
+    base_python = results["forgetting"]["base_python_loss"]
     table = Table(title=f"CPT from Python source to English prose ({args.steps} steps, "
                         f"batch {args.batch} x {args.seq_len} tokens, 1 CPU device)")
     for column in ("size", "N", "scratch final loss", "CPT final loss", "FLOPs saved (CPT only)",
@@ -354,6 +391,11 @@ def main() -> int:
     console.print(forgetting)
     console.print(describe_fit(results["law_fit"]))
 
+
+
+def _write(args: argparse.Namespace, root: Path, results: dict[str, Any],
+           summaries: dict[str, dict[str, Any]], sizes: list[str], forgetting_size: str,
+           started: float, load_before: Any, console: Console) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(args.out.with_suffix(".png"), root, sizes, forgetting_size, results)
     results.update({
@@ -372,10 +414,6 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2, default=str))
     console.print(f"wrote {args.out} and {args.out.with_suffix('.png')} in {time.time() - started:.0f} s "
                   f"(load average now {os.getloadavg()[0]:.2f})")
-    log.close()
-    if args.runs_dir is None:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -149,38 +149,49 @@ def run(quick: bool, scipy_share: float, data: Path) -> dict[str, Any]:
     alpha_gap = (float(np.max(np.abs(boot.column("alpha")[complete] - alpha_scipy)))
                  if complete.size and boot.n_failed == 0 else None)
 
+    return {"machine": _machine(), "data": {"file": str(data), "points": len(obs), "dropped_highest_loss": 5},
+            "full_fit": _full_fit_row(fitted, fit_time, loop, best, int(starts.shape[0])),
+            "bootstrap": _bootstrap_row(boot, boot_time, boot_loop, tight, resamples,
+                                        int(restarts.shape[0]), int(complete.size), alpha_gap),
+            "quick": quick}
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "numpy": np.__version__, "scipy": scipy.__version__,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def _full_fit_row(fitted: Any, fit_time: Any, loop: dict[str, Any], best: int, starts: int) -> dict[str, Any]:
     return {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(),
-                    "numpy": np.__version__, "scipy": scipy.__version__,
-                    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        "data": {"file": str(data), "points": len(obs), "dropped_highest_loss": 5},
-        "full_fit": {
-            "starts": int(starts.shape[0]), "chinchax_seconds": fit_time.wall,
-            "chinchax_cpu_seconds": fit_time.cpu, "scipy_seconds": loop["seconds"],
-            "scipy_cpu_seconds": loop["cpu_seconds"], "scipy_extrapolated": loop["extrapolated"],
-            "scipy_problems_measured": loop["problems_measured"], "scipy_options": "defaults",
-            "speedup": loop["seconds"] / fit_time.wall,
-            "speedup_cpu": loop["cpu_seconds"] / fit_time.cpu, "goal_seconds": GOALS["full_fit"],
-            "chinchax_objective": fitted.objective, "scipy_objective": float(loop["values"][best]),
-            "chinchax_coefficients": {k: v for k, v in fitted.coefficients.items() if k != "gamma"},
-            "scipy_coefficients": coefficients(loop["solutions"][best]),
-        },
-        "bootstrap": {
-            "resamples": resamples, "restarts_per_resample": int(restarts.shape[0]),
-            "chinchax_seconds": boot_time.wall, "chinchax_cpu_seconds": boot_time.cpu,
-            "scipy_seconds": boot_loop["seconds"], "scipy_cpu_seconds": boot_loop["cpu_seconds"],
-            "scipy_extrapolated": boot_loop["extrapolated"],
-            "scipy_problems_measured": boot_loop["problems_measured"], "scipy_options": tight,
-            "speedup": boot_loop["seconds"] / boot_time.wall,
-            "speedup_cpu": boot_loop["cpu_seconds"] / boot_time.cpu, "goal_seconds": GOALS["bootstrap"],
-            "failed_resamples": boot.n_failed,
-            "resamples_compared": int(complete.size),
-            "max_alpha_difference_vs_scipy": alpha_gap,
-            "intervals_95": {n: [float(v) for v in np.percentile(boot.column(n), [2.5, 97.5])]
-                             for n in ("E", "A", "B", "alpha", "beta", "a", "b")},
-        },
-        "quick": quick,
+        "starts": starts, "chinchax_seconds": fit_time.wall,
+        "chinchax_cpu_seconds": fit_time.cpu, "scipy_seconds": loop["seconds"],
+        "scipy_cpu_seconds": loop["cpu_seconds"], "scipy_extrapolated": loop["extrapolated"],
+        "scipy_problems_measured": loop["problems_measured"], "scipy_options": "defaults",
+        "speedup": loop["seconds"] / fit_time.wall,
+        "speedup_cpu": loop["cpu_seconds"] / fit_time.cpu, "goal_seconds": GOALS["full_fit"],
+        "chinchax_objective": fitted.objective, "scipy_objective": float(loop["values"][best]),
+        "chinchax_coefficients": {k: v for k, v in fitted.coefficients.items() if k != "gamma"},
+        "scipy_coefficients": coefficients(loop["solutions"][best]),
+    }
+
+
+def _bootstrap_row(boot: Any, boot_time: Any, boot_loop: dict[str, Any], tight: dict[str, Any],
+                   resamples: int, restarts: int, compared: int, alpha_gap: Any) -> dict[str, Any]:
+    return {
+        "resamples": resamples, "restarts_per_resample": restarts,
+        "chinchax_seconds": boot_time.wall, "chinchax_cpu_seconds": boot_time.cpu,
+        "scipy_seconds": boot_loop["seconds"], "scipy_cpu_seconds": boot_loop["cpu_seconds"],
+        "scipy_extrapolated": boot_loop["extrapolated"],
+        "scipy_problems_measured": boot_loop["problems_measured"], "scipy_options": tight,
+        "speedup": boot_loop["seconds"] / boot_time.wall,
+        "speedup_cpu": boot_loop["cpu_seconds"] / boot_time.cpu, "goal_seconds": GOALS["bootstrap"],
+        "failed_resamples": boot.n_failed,
+        "resamples_compared": compared,
+        "max_alpha_difference_vs_scipy": alpha_gap,
+        "intervals_95": {n: [float(v) for v in np.percentile(boot.column(n), [2.5, 97.5])]
+                         for n in ("E", "A", "B", "alpha", "beta", "a", "b")},
     }
 
 

@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from chinchax.errors import ScalingError
-from scaling.fit import (LABEL_ORDER, FitConfig, FitReport, FitWarning, coarse_grid, evaluate, fit, write_law_file)
+from launch.tables import number, report_table
+from scaling.fit import FitConfig, FitWarning, coarse_grid, evaluate, fit, write_law_file
 from scaling.laws import ParametricLaw, get_law
 from scaling.observations import load_observations
-
-DESCRIPTIONS = {
-    "E": "irreducible loss", "A": "model-size coefficient", "B": "data coefficient",
-    "alpha": "model-size exponent α", "beta": "data exponent β", "gamma": "size-data coupling γ",
-    "a": "N_opt ∝ C^a", "b": "D_opt ∝ C^b", "n_coef": "N_opt = n_coef·C^a",
-    "d_coef": "D_opt = d_coef·C^b", "n_opt": "N_opt at target", "tokens_opt": "D_opt at target",
-    "loss_opt": "loss at target",
-}
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -93,36 +84,6 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
     )
 
 
-def _number(value: float) -> str:
-    if value != value:  # NaN
-        return "–"
-    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
-
-
-def report_table(report: FitReport) -> Table:
-    """Coefficients, exponents and the target allocation, with intervals where bootstrapped."""
-    level = f"{report.bootstrap.confidence:.0%} interval" if report.bootstrap else "interval"
-    title = (f"approach {report.approach}: {len(report.observations)} points, "
-             f"{report.observations.n_runs} runs; target C* = {report.target_flops:.3g} FLOPs")
-    table = Table(title=title)
-    table.add_column("quantity")
-    table.add_column("estimate", justify="right")
-    table.add_column(level, justify="right")
-    table.add_column("")
-    fixed = report.config.fixed_values
-    for name in LABEL_ORDER:
-        if name not in report.estimates:
-            continue
-        interval = report.intervals.get(name)
-        if name in fixed:
-            span, note = "fixed", DESCRIPTIONS.get(name, "")
-        else:
-            span = "" if interval is None else f"{_number(interval.low)} – {_number(interval.high)}"
-            note = DESCRIPTIONS.get(name, "")
-        table.add_row(name, _number(report.estimates[name]), span, note)
-    return table
-
-
 def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise ScalingError(f"--bootstrap must be 0 or more, got {args.bootstrap}",
@@ -141,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
     a, b = report.estimates["a"], report.estimates["b"]
     spans = {k: report.intervals.get(k) for k in ("a", "b")}
     console.print(
-        f"compute-optimal: N_opt ∝ C^{_number(a)}"
-        + (f" [{_number(spans['a'].low)}, {_number(spans['a'].high)}]" if spans["a"] else "")
-        + f", D_opt ∝ C^{_number(b)}"
-        + (f" [{_number(spans['b'].low)}, {_number(spans['b'].high)}]" if spans["b"] else ""))
+        f"compute-optimal: N_opt ∝ C^{number(a)}"
+        + (f" [{number(spans['a'].low)}, {number(spans['a'].high)}]" if spans["a"] else "")
+        + f", D_opt ∝ C^{number(b)}"
+        + (f" [{number(spans['b'].low)}, {number(spans['b'].high)}]" if spans["b"] else ""))
     if report.bootstrap is not None:
         console.print(f"bootstrap: {report.bootstrap.n_resamples} resamples of "
                       f"{obs.n_runs} runs, {report.bootstrap.n_failed} failed")

@@ -1,49 +1,25 @@
 """``chinchax ladder CONFIG``: design an isoFLOP ladder, run it, fit it, predict the target, check.
 
-A ladder YAML is an ordinary experiment (``data:``, ``optim:``, ``train:`` cadence, ``mesh:``,
-and a ``budget:`` section whose shape constraints every rung obeys) plus a ``ladder:`` section
-(:class:`scaling.ladder.LadderConfig`).  Overrides address either: ``ladder.bootstrap=100``,
-``train.eval_every=25``.
+A ladder YAML is an ordinary experiment plus a ``ladder:`` section
+(:class:`scaling.ladder.LadderConfig`); overrides address either (``ladder.bootstrap=100``).
+One invocation resumes whatever an earlier one left: **design** (``plan.json`` and
+``experiments/<rung>.yaml``; ``--dry-run`` stops here), **run** the rungs not yet complete
+(:mod:`launch.ladder_runner`), **fit** (``law.json``, ``law_approach2.json``), **predict** the
+target (``prediction.json``, never rewritten once the target has started), **train** and
+**verify** it (``verification.json``), and **report** (``report.md`` and plots).
 
-What one invocation does, resuming whatever an earlier one left:
-
-1. **Design** the rungs (:func:`scaling.ladder.design_ladder`); write ``LADDER_DIR/plan.json``
-   and one ordinary experiment per run, ``LADDER_DIR/experiments/<rung>.yaml``.  ``--dry-run``
-   stops here after printing the plan.
-2. **Run** every rung not yet complete, each in its own run directory
-   ``RUNGS_DIR/<rung>`` (default ``LADDER_DIR/rungs``): in this process one after another
-   (default), or as ``chinchax train`` subprocesses (``--subprocess``; ``--jobs K`` runs K at
-   once, each on its own share of the GPUs).  A rung whose summary says ``complete`` is
-   skipped untouched; an interrupted one resumes from its checkpoint.
-3. **Fit** approaches 2 and 3 on the rungs and write ``law.json`` (approach 3, with bootstrap
-   replicates) and ``law_approach2.json``.
-4. **Predict** the target (``prediction.json``) before its first step; once the target has
-   started, its prediction is never rewritten.
-5. **Train** the target (``LADDER_DIR/target``) and **verify** (``verification.json``).
-6. **Report**: ``report.md`` and PNG plots.
-
-**Across machines.**  Each rung is an independent ``chinchax train`` of its experiment file,
-so rungs can run concurrently on several TPU VMs (or GPU hosts) sharing a bucket: set
-``ladder.rungs_dir: gs://BUCKET/ladders/NAME/rungs``, run ``chinchax ladder CONFIG --dry-run``
-once to write the experiments, start ``chinchax train LADDER_DIR/experiments/<rung>.yaml`` on
-each VM (one rung per VM at a time; the run directory on the bucket holds its checkpoints, so
-a preempted VM's rung resumes wherever it is restarted), then run ``chinchax ladder CONFIG``
-anywhere: it finds the finished rungs on the bucket, skips them, fits, predicts and trains the
-target (``ladder.train_target: false`` stops after the prediction, to run the target on a
-bigger slice the same way).
+Across machines: each rung is an independent ``chinchax train LADDER_DIR/experiments/<rung>.yaml``,
+so rungs can run on several VMs sharing a bucket (``ladder.rungs_dir: gs://...``); a later
+``chinchax ladder CONFIG`` finds the finished rungs there, skips them, fits and predicts
+(``ladder.train_target: false`` stops after the prediction).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import json
 import logging
-import os
-import queue
-import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -59,17 +35,20 @@ from rich.console import Console
 from rich.table import Table
 
 from chinchax.errors import ChinchaxError, ConfigError, ScalingError
-from launch.config import ExperimentConfig, config_error, load_experiment, read_yaml, resolve
+from launch.config import ExperimentConfig, config_error, load_experiment, read_yaml
+from launch.ladder_runner import Runner, local_copy, run_state
+from launch.tables import report_table
 
 from scaling.allocate import BudgetConfig, RunPlan
 from scaling.fit import FitWarning
-from scaling.ladder import (CPU_GUESS_FLOPS_PER_SECOND, PLAN_FILE, PREDICTION_FILE, SUMMARY_FILE, VERIFICATION_FILE, LadderAnalysis, LadderConfig, LadderPlan, WallTimeModel, analyse_ladder, design_ladder, estimate_seconds, load_prediction, measured_wall_time_model, predict_target, rung_status, shape_label, verify_target)
+from scaling.ladder import (CPU_GUESS_FLOPS_PER_SECOND, PLAN_FILE, PREDICTION_FILE, VERIFICATION_FILE,
+                            LadderAnalysis, LadderConfig, LadderPlan, WallTimeModel, analyse_ladder,
+                            design_ladder, estimate_seconds, load_prediction, measured_wall_time_model,
+                            predict_target, shape_label, verify_target)
 
 log = logging.getLogger("chinchax.ladder")
 
 EXPERIMENTS_DIR = "experiments"
-LOGS_DIR = "logs"
-MIRROR_DIR = "mirror"
 TARGET_NAME = "target"
 TARGET_STARTED_FILE = "target_started.json"
 TIMINGS_FILE = "timings.json"
@@ -230,141 +209,6 @@ def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, star
     return path
 
 
-# ================================================================================ run dirs
-def _read_summary(run_dir: epath.Path) -> Optional[dict[str, Any]]:
-    path = run_dir / SUMMARY_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def _has_checkpoint(run_dir: epath.Path) -> bool:
-    ckpt = run_dir / "checkpoints"
-    return ckpt.exists() and any(True for _ in ckpt.iterdir())
-
-
-def run_state(run_dir: str | epath.Path) -> tuple[str, Optional[dict[str, Any]]]:
-    """``(status, summary)`` of a run directory: ``complete``, ``partial`` or ``new``."""
-    path = epath.Path(run_dir)
-    if not path.exists():
-        return "new", None
-    summary = _read_summary(path)
-    return rung_status(summary, _has_checkpoint(path)), summary
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
-def _local_copy(setup: LadderSetup, run_dir: str, name: str) -> Path:
-    """The run directory itself when local; else its summary and metrics copied under mirror/."""
-    if not _is_remote(run_dir):
-        return Path(run_dir)
-    local = setup.ladder_dir / MIRROR_DIR / name
-    local.mkdir(parents=True, exist_ok=True)
-    for file in (SUMMARY_FILE, "metrics.jsonl", PREDICTION_FILE):
-        remote = epath.Path(run_dir) / file
-        if remote.exists():
-            (local / file).write_text(remote.read_text())
-    return local
-
-
-# ================================================================================== runners
-class Runner:
-    """Trains experiments: in this process, or as ``chinchax train`` subprocesses."""
-
-    def __init__(self, setup: LadderSetup, *, jobs: int = 1, use_subprocess: bool = False) -> None:
-        if jobs < 1:
-            raise ScalingError(f"--jobs must be at least 1, got {jobs}", hint="use --jobs 1 (default)")
-        self.setup = setup
-        self.jobs = jobs
-        self.use_subprocess = use_subprocess or jobs > 1
-
-    def train(self, items: Sequence[tuple[str, Path]], on_done: Callable[[str], None]) -> None:
-        """Train each ``(name, experiment file)``; ``on_done(name)`` after each one finishes."""
-        if not self.use_subprocess:
-            for name, path in items:
-                _train_in_process(path)
-                on_done(name)
-            return
-        slots: "queue.Queue[dict[str, str]]" = queue.Queue()
-        for env in device_groups(self.jobs):
-            slots.put(env)
-
-        def work(name: str, path: Path) -> str:
-            env = slots.get()
-            try:
-                _train_subprocess(path, self.setup.ladder_dir / LOGS_DIR / f"{name}.log", env)
-            finally:
-                slots.put(env)
-            return name
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            futures = [pool.submit(work, name, path) for name, path in items]
-            for future in concurrent.futures.as_completed(futures):
-                on_done(future.result())
-
-
-def _train_in_process(experiment_path: Path) -> dict[str, Any]:
-    from launch.cmd_train import train_with_law_watch  # JAX is imported only when something trains
-
-    summary = train_with_law_watch(resolve(load_experiment(experiment_path)))
-    if summary["status"] != "complete":
-        raise ScalingError(f"run {summary['run_name']} ended with status {summary['status']!r} at "
-                          f"step {summary['steps']}",
-                          hint="run the same ladder command again to resume it")
-    return summary
-
-
-def _train_subprocess(experiment_path: Path, log_path: Path, env: Mapping[str, str]) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "launch.cli", "train", str(experiment_path)]
-    with log_path.open("a") as handle:
-        handle.write(f"$ {' '.join(command)}  # {dict(env)}\n")
-        handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
-                                env={**os.environ, **env}, check=False)
-    if result.returncode != 0:
-        raise ScalingError(f"'chinchax train {experiment_path}' failed (exit {result.returncode})",
-                          hint=f"see {log_path}; run the ladder again to resume")
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``'s count."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d for d in listed.split(",") if d.strip()]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20,
-                             check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-def device_groups(jobs: int, gpus: Optional[Sequence[str]] = None) -> list[dict[str, str]]:
-    """Environment overrides giving each of ``jobs`` concurrent runs its own devices.
-
-    GPUs are split into ``jobs`` equal, disjoint groups (``CUDA_VISIBLE_DEVICES``).  Without
-    GPUs every job sees the whole host (CPU runs simply share the cores).  A TPU VM's chips
-    belong to one process: run one rung per VM instead (see the module docstring).
-    """
-    gpus = visible_gpus() if gpus is None else list(gpus)
-    if not gpus:
-        return [{} for _ in range(jobs)]
-    if len(gpus) < jobs:
-        raise ScalingError(f"--jobs {jobs} needs at least {jobs} GPUs, {len(gpus)} visible",
-                          hint=f"use --jobs {len(gpus)} or fewer")
-    per_job = len(gpus) // jobs
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[j * per_job:(j + 1) * per_job])}
-            for j in range(jobs)]
-
-
 # ================================================================================ the ladder
 @dataclass
 class LadderOutcome:
@@ -453,8 +297,53 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
     """
     console = console or _console()
     started = time.perf_counter()
-    cfg = setup.ladder
-    plan = design_ladder(cfg, setup.budget_template, setup.data_parallel, setup.experiment.model)
+    outcome, summaries, experiments = _design(setup, console)
+    if dry_run:
+        return outcome
+
+    def done(name: str) -> None:
+        outcome.statuses[name] = "complete"
+        outcome.trained.append(name)
+        if on_rung_done is not None:
+            on_rung_done(name)
+
+    if experiments:
+        how = f"subprocesses, {jobs} at a time" if use_subprocess or jobs > 1 else "in this process"
+        console.print(f"training {len(experiments)} rung(s) ({how})")
+    runner = Runner(setup.ladder_dir, jobs=jobs, use_subprocess=use_subprocess)
+    runner.train(experiments, done)
+    fit_started = time.perf_counter()
+    run_dirs = _finished_rungs(setup, outcome.plan, summaries)
+    outcome.analysis = _fit(setup, outcome.plan, run_dirs, console)
+    fit_seconds = time.perf_counter() - fit_started
+    outcome.prediction = _predict(setup, outcome.analysis, console)
+    target_status = _train_target(setup, outcome, runner, console)
+    target_summary = run_state(setup.target_dir)[1] if target_status == "complete" else None
+    timings = {
+        "this_invocation_s": time.perf_counter() - started, "fit_s": fit_seconds,
+        "rungs_s": sum(float(s.get("wall_time_s") or 0.0) for s in summaries.values()),
+        "target_s": float((target_summary or {}).get("wall_time_s") or 0.0),
+        "trained_now": list(outcome.trained),
+    }
+    _write_json(setup.ladder_dir / TIMINGS_FILE, timings)
+    from scaling.ladder_report import write_report  # matplotlib only when reporting
+
+    outcome.report = write_report(
+        setup.ladder_dir, outcome.plan, outcome.analysis, outcome.prediction, outcome.verification,
+        rung_dirs={rung.name: path for rung, path in zip(outcome.plan.rungs, run_dirs)},
+        target_dir=local_copy(setup.ladder_dir, setup.target_dir, TARGET_NAME)
+        if target_status == "complete" else None,
+        summaries=summaries, timings=timings, name=setup.name)
+    console.print(f"report: {outcome.report}", highlight=False)
+    return outcome
+
+
+def _design(setup: LadderSetup, console: Console
+            ) -> tuple[LadderOutcome, dict[str, dict[str, Any]], list[tuple[str, Path]]]:
+    """Plan the rungs, write plan.json and their experiments, and print the plan; returns the
+    outcome so far, the finished rungs' summaries and the experiments still to train."""
+    plan = design_ladder(setup.ladder, setup.budget_template, setup.data_parallel,
+                         setup.experiment.model)
     setup.ladder_dir.mkdir(parents=True, exist_ok=True)
     _write_json(setup.ladder_dir / PLAN_FILE, {"name": setup.name, "config_file": setup.source,
                                                "rungs_dir": setup.rungs_dir,
@@ -478,71 +367,63 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
         console.print(f"[dim]note: {note}[/dim]", highlight=False)
     console.print(f"plan: {setup.ladder_dir / PLAN_FILE}; experiments: "
                   f"{setup.ladder_dir / EXPERIMENTS_DIR}/<run>.yaml", highlight=False)
-    if dry_run:
-        return outcome
+    return outcome, summaries, experiments
 
-    def done(name: str) -> None:
-        outcome.statuses[name] = "complete"
-        outcome.trained.append(name)
-        if on_rung_done is not None:
-            on_rung_done(name)
 
-    if experiments:
-        console.print(f"training {len(experiments)} rung(s) "
-                      f"({'subprocesses, ' + str(jobs) + ' at a time' if use_subprocess or jobs > 1 else 'in this process'})")
-    runner = Runner(setup, jobs=jobs, use_subprocess=use_subprocess)
-    runner.train(experiments, done)
-
-    fit_started = time.perf_counter()
+def _finished_rungs(setup: LadderSetup, plan: LadderPlan,
+                    summaries: dict[str, dict[str, Any]]) -> list[Path]:
+    """Every rung's local run directory (mirrored when remote); all must be complete."""
     run_dirs = []
     for rung in plan.rungs:
         status, summary = run_state(setup.rung_dir(rung.name))
         if status != "complete":
             raise ScalingError(f"rung {rung.name} is not complete ({status})",
-                              hint="run the ladder again to resume it")
+                               hint="run the ladder again to resume it")
         summaries[rung.name] = summary or {}
-        run_dirs.append(_local_copy(setup, str(setup.rung_dir(rung.name)), rung.name))
+        run_dirs.append(local_copy(setup.ladder_dir, str(setup.rung_dir(rung.name)), rung.name))
+    return run_dirs
+
+
+def _fit(setup: LadderSetup, plan: LadderPlan, run_dirs: Sequence[Path],
+         console: Console) -> LadderAnalysis:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # shown from the reports below
         analysis = analyse_ladder(setup.ladder_dir, plan, setup.budget_template, run_dirs=run_dirs,
                                   data_parallel=setup.data_parallel,
                                   base_model=setup.experiment.model, name=setup.name)
-    outcome.analysis = analysis
-    fit_seconds = time.perf_counter() - fit_started
     _print_fits(console, analysis)
+    return analysis
 
+
+def _predict(setup: LadderSetup, analysis: LadderAnalysis, console: Console) -> dict[str, Any]:
+    """Write prediction.json before the target starts; once it has, read it back unchanged."""
     target_status, _ = run_state(setup.target_dir)
     prediction_path = setup.ladder_dir / PREDICTION_FILE
     if target_status == "new" or not prediction_path.is_file():
         if target_status != "new":
             raise ScalingError(f"the target run {setup.target_dir} has started but "
-                              f"{prediction_path} is missing",
-                              hint="a prediction is only worth something made before the run; "
-                              "delete the target run directory to predict and train it again")
+                               f"{prediction_path} is missing",
+                               hint="a prediction is only worth something made before the run; "
+                               "delete the target run directory to predict and train it again")
         prediction = predict_target(analysis, **_prediction_settings(setup, analysis.target))
         _write_json(prediction_path, prediction)
     else:
         prediction = load_prediction(prediction_path)
-    outcome.prediction = prediction
-    agreement = prediction.get("agreement")
-    if agreement and agreement["disagree"]:
-        console.print(f"[yellow]warning:[/yellow] approaches 2 and 3 disagree on N_opt at the target: "
-                      f"{agreement['n_opt_approach2']:.3g} vs {agreement['n_opt_approach3']:.3g}; the "
-                      f"target is sized by approach {prediction['sizing_approach']}", highlight=False)
-    if prediction.get("sizing_note"):
-        console.print(f"[yellow]warning:[/yellow] {prediction['sizing_note']}", highlight=False)
-    final = prediction["final_loss"]
-    console.print(
-        f"prediction for the target ({plan.target_flops:.3g} FLOPs, {prediction['target']['shape']}, "
-        f"N={prediction['target']['n_params']:,}, D={prediction['target']['tokens']:.3g}): final loss "
-        f"{final['estimate']:.4f} [{final['low']:.4f}, {final['high']:.4f}] "
-        f"({final['level']:.0%}, {final['method']}); written {prediction['written_at_iso']} -> "
-        f"{prediction_path}", highlight=False)
+    _print_prediction(console, prediction, analysis.target_flops, prediction_path)
+    return prediction
 
+
+def _train_target(setup: LadderSetup, outcome: LadderOutcome, runner: Runner,
+                  console: Console) -> str:
+    """Train the target (unless ``ladder.train_target`` is false) and verify it when complete."""
+    analysis, prediction = outcome.analysis, outcome.prediction
+    assert analysis is not None and prediction is not None
+    target_status, _ = run_state(setup.target_dir)
     target_exp = rung_experiment(setup, f"{setup.name}-target", analysis.target, setup.target_dir,
-                                 cfg.seeds[0], prediction_law=str(Path(analysis.law_files[3]).resolve()))
+                                 setup.ladder.seeds[0],
+                                 prediction_law=str(Path(analysis.law_files[3]).resolve()))
     target_path = _write_experiment(setup, TARGET_NAME, target_exp, started=target_status != "new")
-    if target_status != "complete" and cfg.train_target:
+    if target_status != "complete" and setup.ladder.train_target:
         started_file = setup.ladder_dir / TARGET_STARTED_FILE
         if not started_file.is_file():
             _write_json(started_file, {"started_at": time.time(), "prediction_written_at":
@@ -551,9 +432,8 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
         outcome.trained.append(TARGET_NAME)
         target_status = "complete"
     outcome.statuses[TARGET_NAME] = target_status
-
     if target_status == "complete":
-        local_target = _local_copy(setup, setup.target_dir, TARGET_NAME)
+        local_target = local_copy(setup.ladder_dir, setup.target_dir, TARGET_NAME)
         outcome.verification = verify_target(prediction, local_target)
         _write_json(setup.ladder_dir / VERIFICATION_FILE, outcome.verification)
         _print_verification(console, outcome.verification)
@@ -561,24 +441,7 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
         console.print(f"target not trained (ladder.train_target=false): run "
                       f"'chinchax train {target_path}', then this command again to verify",
                       highlight=False)
-
-    target_summary = run_state(setup.target_dir)[1] if target_status == "complete" else None
-    timings = {
-        "this_invocation_s": time.perf_counter() - started, "fit_s": fit_seconds,
-        "rungs_s": sum(float(s.get("wall_time_s") or 0.0) for s in summaries.values()),
-        "target_s": float((target_summary or {}).get("wall_time_s") or 0.0),
-        "trained_now": list(outcome.trained),
-    }
-    _write_json(setup.ladder_dir / TIMINGS_FILE, timings)
-    from scaling.ladder_report import write_report  # matplotlib only when reporting
-
-    rung_dirs = {rung.name: path for rung, path in zip(plan.rungs, run_dirs)}
-    outcome.report = write_report(
-        setup.ladder_dir, plan, analysis, prediction, outcome.verification, rung_dirs=rung_dirs,
-        target_dir=_local_copy(setup, setup.target_dir, TARGET_NAME) if target_status == "complete" else None,
-        summaries=summaries, timings=timings, name=setup.name)
-    console.print(f"report: {outcome.report}", highlight=False)
-    return outcome
+    return target_status
 
 
 def _prediction_settings(setup: LadderSetup, target: RunPlan) -> dict[str, Any]:
@@ -593,8 +456,6 @@ def _prediction_settings(setup: LadderSetup, target: RunPlan) -> dict[str, Any]:
 
 
 def _print_fits(console: Console, analysis: LadderAnalysis) -> None:
-    from launch.cmd_fit import report_table
-
     for approach, report in sorted(analysis.reports.items()):
         console.print(report_table(report))
         for note in report.warnings:
@@ -602,6 +463,24 @@ def _print_fits(console: Console, analysis: LadderAnalysis) -> None:
         console.print(f"law: {analysis.law_files[approach]}", highlight=False)
     for approach, reason in sorted(analysis.skipped.items()):
         console.print(f"[yellow]approach {approach} could not be fitted:[/yellow] {reason}", highlight=False)
+
+
+def _print_prediction(console: Console, prediction: Mapping[str, Any], target_flops: float,
+                      path: Path) -> None:
+    agreement = prediction.get("agreement")
+    if agreement and agreement["disagree"]:
+        console.print(f"[yellow]warning:[/yellow] approaches 2 and 3 disagree on N_opt at the target: "
+                      f"{agreement['n_opt_approach2']:.3g} vs {agreement['n_opt_approach3']:.3g}; the "
+                      f"target is sized by approach {prediction['sizing_approach']}", highlight=False)
+    if prediction.get("sizing_note"):
+        console.print(f"[yellow]warning:[/yellow] {prediction['sizing_note']}", highlight=False)
+    final, target = prediction["final_loss"], prediction["target"]
+    console.print(
+        f"prediction for the target ({target_flops:.3g} FLOPs, {target['shape']}, "
+        f"N={target['n_params']:,}, D={target['tokens']:.3g}): final loss "
+        f"{final['estimate']:.4f} [{final['low']:.4f}, {final['high']:.4f}] "
+        f"({final['level']:.0%}, {final['method']}); written {prediction['written_at_iso']} -> "
+        f"{path}", highlight=False)
 
 
 def _print_verification(console: Console, verification: Mapping[str, Any]) -> None:

@@ -12,40 +12,20 @@ Two laws describe a model of ``N`` parameters trained on ``D`` tokens of a new l
 Both are :class:`scaling.laws.ParametricLaw` values (``gamma`` = 0 for the first), so the
 allocator and ``chinchax allocate --law`` use them as they are.
 
-Published numbers.  The paper's CPT fit is ``E = 1.55``, ``A = 420``, ``alpha = 0.40``,
-``B' = 433.3``, ``beta' = 0.20``, ``gamma = 0.08``, and it states the compute-optimal
-allocations ``N_opt = 0.324 C**0.429`` (from scratch) and ``N_opt = 4.79 C**0.385`` (CPT).
-The from-scratch data coefficients ``B`` and ``beta`` were not found in the text available
-here; they are derived below from the from-scratch allocation, which fixes them once
-``E``, ``A``, ``alpha`` are shared.
+Published numbers: the CPT fit is ``E = 1.55``, ``A = 420``, ``alpha = 0.40``, ``B' = 433.3``,
+``beta' = 0.20``, ``gamma = 0.08``, with allocations ``N_opt = 0.324 C**0.429`` (scratch) and
+``4.79 C**0.385`` (CPT).  The scratch ``B``, ``beta`` are not printed; they follow from the
+scratch allocation once ``E``, ``A``, ``alpha`` are shared.  With ``C = 6ND`` and ``dL/dN = 0``,
+``N_opt = g (C/6)**(beta/s)``, ``s = alpha + beta - gamma``, ``g = (alpha A / ((beta - gamma)
+B))**(1/s)``; inverting ``N_opt = k C**a`` (:func:`data_term_for_allocation`) gives ``beta = a
+(alpha - gamma) / (1 - a)``, ``g = k 6**a``, ``B = alpha A / ((beta - gamma) g**s)``: from
+scratch ``beta = 0.30053``, ``B = 718.54``.  Applied to the CPT allocation the same inverse
+returns ``beta' = 0.2003``, ``B' = 431.6``, within 0.4% of the printed values, which supports
+sharing ``E``, ``A``, ``alpha`` (``E`` enters no allocation, so nothing checks it).
 
-Derivation.  With ``C = 6 N D``, substitute ``D = C / (6 N)`` and set ``dL/dN = 0``:
-``alpha A N**-alpha = (beta - gamma) B (C/6)**-beta N**(beta - gamma)``, so
-
-    N_opt = g (C/6)**(beta / s),   s = alpha + beta - gamma,
-    g = (alpha A / ((beta - gamma) B))**(1 / s).
-
-Matching ``N_opt = k C**a`` term by term gives the inverse (:func:`data_term_for_allocation`):
-
-    beta = a (alpha - gamma) / (1 - a),
-    g = k 6**a,
-    B = alpha A / ((beta - gamma) g**s).
-
-From scratch (``a = 0.429``, ``k = 0.324``, ``gamma = 0``, ``alpha = 0.40``, ``A = 420``):
-``beta = 0.429 * 0.40 / 0.571 = 0.30053``, ``s = 0.70053``, ``g = 0.324 * 6**0.429 =
-0.69883`` and ``B = 168 / (0.30053 * 0.69883**0.70053) = 718.54``.  The same inverse
-applied to the CPT allocation (``a = 0.385``, ``k = 4.79``, ``gamma = 0.08``) returns
-``beta' = 0.2003`` and ``B' = 431.6``, within 0.4% of the printed 0.20 and 433.3: the
-printed coefficients and formulas agree, which supports sharing ``E``, ``A``, ``alpha``.
-``E`` does not enter any allocation, so nothing here checks it.
-
-What the pair implies.  At equal ``N`` and ``D`` the CPT data term is the smaller one
-only while ``D < D_x(N) = (B N**gamma / B')**(1 / (beta - beta'))`` (about 3.6 tokens per
-parameter at 1e8 parameters, 2.2 at 1e9; :func:`crossover_tokens`): beyond it the larger
-from-scratch exponent wins.  So the published pair predicts CPT savings for short
-continual runs and none at compute-optimal lengths (570-2,100 tokens per parameter from
-scratch over 1e18-1e22 FLOPs).  Savings measured on real runs are better taken from the
-runs (:func:`compute_saving` gives the laws' prediction to compare with).
+The CPT data term is the smaller only while ``D < D_x(N) = (B N**gamma / B')**(1 / (beta -
+beta'))`` (:func:`crossover_tokens`; ~3.6 tokens per parameter at 1e8): the published pair
+predicts savings for short continual runs and none at compute-optimal lengths.
 """
 
 from __future__ import annotations

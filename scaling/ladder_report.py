@@ -166,10 +166,23 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
     out = Path(ladder_dir)
     budgets = {r.name: r.budget for r in plan.rungs}
     plots = write_plots(out / PLOTS_DIR, analysis, rung_dirs, budgets, prediction, target_dir)
-    law = analysis.law
-    final = prediction["final_loss"]
-    target = prediction["target"]
     lines = [f"# Scaling ladder `{name}`", ""]
+    lines += _headline(plan, prediction, verification)
+    lines += _rungs_section(plan, summaries)
+    lines += _laws_section(plan, analysis, prediction)
+    lines += _prediction_section(prediction)
+    lines += _sensitivity_section(plan, prediction, verification)
+    lines += _verification_section(plan, prediction, verification)
+    lines += _closing_section(plots, timings, analysis)
+    path = out / REPORT_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _headline(plan: LadderPlan, prediction: Mapping[str, Any],
+              verification: Optional[Mapping[str, Any]]) -> list[str]:
+    final = prediction["final_loss"]
+    lines: list[str] = []
     if verification is not None:
         inside = "inside" if verification["inside"] else "outside"
         lines += [f"**Target at {plan.target_flops:.3g} FLOPs: predicted final loss "
@@ -186,7 +199,11 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
               + (f"{plan.config.center_factor:g} × " if plan.config.center_factor != 1 else "")
               + f"the `{plan.config.law}` optimum × {plan.config.size_spread:g}^[-1, 1]; the target is "
               f"{plan.target_flops / max(plan.budgets):.3g}× the largest rung.", ""]
+    return lines
 
+
+def _rungs_section(plan: LadderPlan, summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines: list[str] = []
     lines += ["## Rungs", ""]
     rows = []
     for rung in plan.rungs:
@@ -201,12 +218,17 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
               "against its budget."]
     if plan.notes:
         lines += ["", "Design notes:", ""] + [f"- {n}" for n in plan.notes]
+    return lines
 
+
+def _laws_section(plan: LadderPlan, analysis: LadderAnalysis,
+                 prediction: Mapping[str, Any]) -> list[str]:
+    law = analysis.law
     evals = ("Only each rung's final eval is fitted (Chinchilla's approach 3)"
              if plan.config.drop_early >= 1.0 else
              f"Evals before {plan.config.drop_early:.0%} of each rung's tokens are dropped "
              "(Hitchhiker's guide)")
-    lines += ["", "## Fitted laws", "", f"{evals}; approach 2 uses each rung's final loss.", ""]
+    lines = ["", "## Fitted laws", "", f"{evals}; approach 2 uses each rung's final loss.", ""]
     lines += ["Approach 3 law (the law file's coefficients):", ""]
     lines += _table(COEFFICIENTS, [tuple(number(getattr(law, k)) for k in COEFFICIENTS)])
     lines += [""]
@@ -226,9 +248,13 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
                      if agreement["disagree"] else ""), ""]
     if prediction.get("sizing_note"):
         lines += [f"Sizing: {prediction['sizing_note']}.", ""]
+    return lines
 
+
+def _prediction_section(prediction: Mapping[str, Any]) -> list[str]:
+    final, target = prediction["final_loss"], prediction["target"]
     written = prediction.get("written_at_iso", "?")
-    lines += ["## Prediction for the target", "",
+    lines = ["## Prediction for the target", "",
               f"Written {written}, before the target's first step "
               "(`prediction.json`).", ""]
     rows = []
@@ -252,7 +278,12 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
         lines += ["", f"The target has {reach['n_ratio']:.3g}× the parameters of the largest rung and "
                   f"{reach['tokens_ratio']:.3g}× the tokens of the longest one "
                   f"({reach['compute_ratio']:.3g}× the largest rung's 6ND)."]
+    return lines
 
+
+def _sensitivity_section(plan: LadderPlan, prediction: Mapping[str, Any],
+                         verification: Optional[Mapping[str, Any]]) -> list[str]:
+    lines: list[str] = []
     sensitivity = prediction.get("sensitivity") or []
     if sensitivity:
         actual = None if verification is None else verification["actual_final_loss"]
@@ -271,7 +302,12 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
                          f"{number(row['alpha'])} / {number(row['beta'])}",
                          number(row["target_loss"]), error))
         lines += _table(("drop early", "points", "E", "α / β", "target loss", "actual vs this"), rows)
+    return lines
 
+
+def _verification_section(plan: LadderPlan, prediction: Mapping[str, Any],
+                           verification: Optional[Mapping[str, Any]]) -> list[str]:
+    lines: list[str] = []
     lines += ["", "## Verification", ""]
     if verification is None:
         lines += ["The target has not been trained yet."]
@@ -295,7 +331,12 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
              f"{row['tokens_per_param']:.1f}", f"{row['ratio']:.3g}") for row in verification["published"]])
         lines += ["", "Published laws were fitted on web text with BPE tokens at 1e18-1e24 FLOPs; a "
                   "byte-level ladder's loss scale (E) differs, the allocation is what compares."]
+    return lines
 
+
+def _closing_section(plots: Mapping[str, Path], timings: Mapping[str, Any],
+                     analysis: LadderAnalysis) -> list[str]:
+    lines: list[str] = []
     lines += ["", "## Plots", ""]
     lines += [f"![{label}]({PLOTS_DIR}/{path.name})" for label, path in plots.items()]
     lines += ["", "The isoFLOP and frontier plots use the papers' compute C = 6ND, which for these "
@@ -309,6 +350,4 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
         ("this invocation", f"{float(timings.get('this_invocation_s', 0)):.0f}"),
     ])
     lines += ["", f"Law files: " + ", ".join(f"`{law_file_name(a)}`" for a in sorted(analysis.law_files)) + "."]
-    path = out / REPORT_FILE
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines

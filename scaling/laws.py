@@ -263,9 +263,3 @@ def get_law(name_or_path: str | Path) -> Law:
 def law_names() -> list[str]:
     """Names of the published laws, for help texts."""
     return sorted(PUBLISHED_LAWS)
-
-
-def frontier_coefficient(law: ParametricLaw) -> float:
-    """Chinchilla's ``G = (alpha A / (beta B))**(1/(alpha+beta))`` (gamma = 0 laws)."""
-    return (law.alpha * law.A / (law.beta * law.B)) ** (1.0 / (law.alpha + law.beta))
-

@@ -17,12 +17,12 @@ from chinchax.errors import ConfigError, ScalingError
 from launch.cmd_ladder import (
     EXPERIMENTS_DIR,
     TARGET_STARTED_FILE,
-    device_groups,
     load_ladder,
     run_ladder,
     run_state,
 )
 from launch.config import load_experiment, resolve
+from launch.ladder_runner import device_groups
 from scaling.allocate import BudgetConfig, plan_run_at_size
 from scaling.flops import count_params, train_flops_per_token
 from scaling.ladder import (LadderConfig, analyse_ladder, design_ladder, fit_rungs, law_file_name, predict_target, published_comparison, verify_target)
@@ -201,7 +201,7 @@ def test_a_sizing_law_that_cannot_size_the_target_yields_to_approach_3(
     """An isoFLOP power law extrapolated from minima at a sweep's edge can ask for an absurd
     model; the ladder then sizes the target with approach 3 and says so, instead of stopping
     after every rung has trained."""
-    import scaling.ladder as ladder_module
+    import scaling.ladder_analysis as ladder_module
 
     cfg = LadderConfig(budgets=[1e11, 3e11, 1e12], sizes_per_budget=5, bootstrap=0,
                        grid="coarse", target_sizing=2)

@@ -1,0 +1,169 @@
+"""Fitting a ladder's finished rungs and sizing the target with the fitted law.
+
+Approaches 2 and 3 run on every eval after the first ``drop_early`` of each run (the
+Hitchhiker's-guide practice), bootstrapped over runs.  A mid-run eval of a cosine schedule sits
+above the loss of a run annealed there, which biases a parametric fit towards slower data
+scaling; :func:`fit_choice_sensitivity` shows how far.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from chinchax.errors import ChinchaxError, ScalingError
+from models.config import ModelConfig
+from scaling.allocate import BudgetConfig, RunPlan, plan_run
+from scaling.fit import FitReport, fit, write_law_file
+from scaling.ladder_config import LAW_FILE, MIN_SIZES_PER_BUDGET, LadderConfig
+from scaling.ladder_design import LadderPlan
+from scaling.laws import ParametricLaw
+from scaling.observations import Observations, load_observations
+
+@dataclass(frozen=True)
+class LadderAnalysis:
+    """The fits of a ladder's rungs (approach → report, law file, or reason skipped) and the
+    target sized by ``sizing_approach`` (approach 3 when the configured one cannot size it)."""
+
+    observations: Observations
+    reports: Dict[int, FitReport]
+    law_files: Dict[int, str]
+    target: RunPlan
+    target_flops: float
+    sizing_approach: int
+    rung_names: tuple[str, ...]
+    skipped: Dict[int, str] = field(default_factory=dict)
+    sizing_note: str = ""
+    sensitivity: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def law(self) -> ParametricLaw:
+        law = self.reports[3].law
+        assert isinstance(law, ParametricLaw)
+        return law
+
+
+def law_file_name(approach: int) -> str:
+    return LAW_FILE if approach == 3 else f"law_approach{approach}.json"
+
+
+def rung_observations(run_dirs: Sequence[str | Path], drop_early: float) -> Observations:
+    """The rungs' evals past the first ``drop_early`` of each run's tokens; 1.0: final evals only."""
+    if drop_early >= 1.0:
+        return load_observations([str(p) for p in run_dirs], drop_early=0.0).final_points()
+    return load_observations([str(p) for p in run_dirs], drop_early=float(drop_early))
+
+
+def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: float,
+              name: str = "ladder") -> tuple[Observations, Dict[int, FitReport], Dict[int, str]]:
+    """Fit every configured approach; only approach 3 must succeed (the others cross-check the
+    allocation, and a failure comes back as approach → reason)."""
+    if len(run_dirs) < MIN_SIZES_PER_BUDGET:
+        raise ScalingError(f"only {len(run_dirs)} finished rung(s) to fit",
+                          hint="run the ladder's rungs first (chinchax ladder CONFIG)")
+    obs = rung_observations(run_dirs, cfg.drop_early)
+    reports: Dict[int, FitReport] = {}
+    skipped: Dict[int, str] = {}
+    for approach in sorted(cfg.approaches):
+        try:
+            reports[approach] = fit(obs, cfg.fit_config(approach, target_flops),
+                                    name=f"{name}-approach{approach}")
+        except (ScalingError, ArithmeticError) as exc:  # e.g. a resample's flat isoFLOP parabola
+            if approach == 3:  # the loss prediction needs it: nothing to go on without
+                raise
+            hint = getattr(exc, "hint", None)
+            skipped[approach] = f"{type(exc).__name__}: {exc}" + (f" ({hint})" if hint else "")
+    return obs, reports, skipped
+
+
+# Approaches 2 and 3 disagreeing on N_opt by more than this factor is worth a warning.
+DISAGREEMENT_FACTOR = 2.0
+
+
+def allocation_agreement(reports: Mapping[int, FitReport]) -> Optional[dict[str, Any]]:
+    """Approaches 2 and 3's ``N_opt`` at the target and whether they differ by more than
+    :data:`DISAGREEMENT_FACTOR` (``None`` without both fits)."""
+    if 2 not in reports or 3 not in reports:
+        return None
+    n2, n3 = float(reports[2].estimates["n_opt"]), float(reports[3].estimates["n_opt"])
+    ratio = n2 / n3
+    return {"n_opt_approach2": n2, "n_opt_approach3": n3, "ratio": ratio,
+            "disagree": not 1.0 / DISAGREEMENT_FACTOR <= ratio <= DISAGREEMENT_FACTOR}
+
+
+def extrapolation(analysis: LadderAnalysis) -> dict[str, float]:
+    """How far the target lies beyond the rungs: its ``N`` and ``D`` over the largest of the
+    rungs' (final points), and its compute over the largest rung's (``6 N D``)."""
+    final = analysis.observations.final_points()
+    target = analysis.target
+    return {"n_ratio": target.n_params / float(final.n_params.max()),
+            "tokens_ratio": target.tokens / float(final.tokens.max()),
+            "compute_ratio": 6.0 * target.n_params * target.tokens / float(final.compute.max())}
+
+
+def fit_choice_sensitivity(run_dirs: Sequence[str | Path], cfg: LadderConfig, target: RunPlan,
+                           target_flops: float) -> tuple[dict[str, Any], ...]:
+    """Approach 3 refitted for each ``drop_early`` in ``cfg.sensitivity``, and its loss at the
+    target: which evals are fitted moves a prediction in a way the bootstrap cannot show."""
+    rows = []
+    for fraction in cfg.sensitivity:
+        try:
+            obs = rung_observations(run_dirs, fraction)
+            config = replace(cfg.fit_config(3, target_flops), bootstrap=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                report = fit(obs, config, name=f"drop-early-{fraction:g}")
+        except (ScalingError, ArithmeticError) as exc:
+            rows.append({"drop_early": float(fraction), "error": str(exc)})
+            continue
+        law = report.law
+        rows.append({"drop_early": float(fraction), "points": len(obs),
+                     **{k: float(getattr(law, k)) for k in ("E", "A", "B", "alpha", "beta")},
+                     "n_opt": float(report.estimates["n_opt"]),
+                     "target_loss": float(law.loss(target.n_params, target.tokens))})
+    return tuple(rows)
+
+
+def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: BudgetConfig, *,
+                   run_dirs: Sequence[str | Path], data_parallel: int = 1,
+                   base_model: Optional[ModelConfig] = None, name: str = "ladder",
+                   settings: Optional[Mapping[str, Any]] = None) -> LadderAnalysis:
+    """Fit the finished rungs, write the law files into ``ladder_dir``, and size the target.
+
+    ``run_dirs`` are the rungs' (local) run directories; the run id of each is its directory
+    name, which the bootstrap resamples.  ``settings`` is recorded in the law files.
+    """
+    out = Path(ladder_dir)
+    cfg = plan.config
+    obs, reports, skipped = fit_rungs(run_dirs, cfg, plan.target_flops, name=name)
+    sizing = cfg.target_sizing if cfg.target_sizing in reports else 3  # approach 3 always fits
+    law_files: Dict[int, str] = {}
+    context = {"ladder": name, "rungs": [Path(p).name for p in run_dirs],
+               "drop_early": cfg.drop_early, **dict(settings or {})}
+    for approach, report in reports.items():
+        law_files[approach] = str(write_law_file(report, out / law_file_name(approach), context))
+    # Approach 3 stands behind the configured sizing law: an isoFLOP power law extrapolated
+    # from minima at the edge of the sweep can ask for an absurd size, while the parametric
+    # fit still gives a usable optimum.
+    failures: list[str] = []
+    for approach in dict.fromkeys((sizing, 3)):
+        try:
+            target = plan_run(replace(budget_template, flops=plan.target_flops,
+                                      law=law_files[approach]),
+                              data_parallel=data_parallel, base_model=base_model)
+            break
+        except ChinchaxError as exc:
+            failures.append(f"approach {approach}'s law cannot size the target ({exc})")
+            hint = exc.hint or "inspect the law files and the isoFLOP plot"
+    else:
+        raise ScalingError(f"at {plan.target_flops:.3g} FLOPs: " + "; ".join(failures),
+                          hint=hint) from None
+    sizing_note = f"{failures[0]}; approach 3 sized it instead" if failures else ""
+    sizing = approach
+    return LadderAnalysis(observations=obs, reports=reports, law_files=law_files, target=target,
+                          target_flops=plan.target_flops, sizing_approach=sizing,
+                          sizing_note=sizing_note,
+                          rung_names=tuple(Path(p).name for p in run_dirs), skipped=skipped,
+                          sensitivity=fit_choice_sensitivity(run_dirs, cfg, target, plan.target_flops))
