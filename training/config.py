@@ -81,6 +81,7 @@ class RunConfig:
     init: InitConfig = field(default_factory=InitConfig)  # start from another run's parameters
     seed: int = 0
     plan: Optional[dict] = None  # the allocator's plan (budget, law, predicted loss), if any
+    runtime: Optional[dict] = None  # XLA flags and allocator launch/ set (a record, not read)
 
     @property
     def steps(self) -> int:
