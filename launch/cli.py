@@ -1,64 +1,65 @@
-"""``chinchax`` command line: one sub-command per module, errors as one line plus a hint."""
+"""``chinchax`` command line: one sub-command per module, every error one line plus a hint."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from chinchax.errors import ChinchaxError
-
-
-# Each module exposes ``register(subparsers)`` which adds its sub-command(s) and sets
-# ``func`` on the parser to a callable taking the parsed namespace and returning an exit code.
-COMMAND_MODULES = (
-    "launch.cmd_allocate",
-    "launch.cmd_train",
-    "launch.cmd_fit",
-    "launch.cmd_ladder",
-    "launch.cmd_tpu",
-    "launch.multihost_local",
-    "launch.cmd_compile",
-    "launch.cmd_grow",
-)
+from launch.args import Parser
+from launch.runtime_env import reexec_with_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Imported here, after a possible re-execution (main), not twice.  Each module's
+    # ``register(subparsers)`` adds its sub-command(s) and sets ``func`` (namespace -> exit
+    # code); heavy imports (JAX) belong inside the commands, so ``--help`` starts fast.
+    from launch import (cmd_allocate, cmd_compile, cmd_fit, cmd_grow, cmd_ladder, cmd_tpu, cmd_train,
+                        multihost_local)
+
+    parser = Parser(
         prog="chinchax",
         description="Turn a compute budget into a trained language model, and runs into scaling laws.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # a sub-command not installed in this build
-            raise
+    for module in (cmd_allocate, cmd_train, cmd_fit, cmd_ladder, cmd_tpu, multihost_local, cmd_compile,
+                   cmd_grow):
         module.register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _error(command: str, message: str, hint: Optional[str]) -> None:
+    print(f"chinchax {command}: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:  # the real command line: maybe come back once under a faster allocator
+        reexec_with_allocator(sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
-    except ChinchaxError as exc:
-        if args.debug:
-            raise
-        print(f"chinchax {args.command}: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ChinchaxError as exc:
+        if args.debug:
+            raise
+        _error(args.command, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.hint)
+        return 2
+    except Exception as exc:  # a bug or an unforeseen failure: one line, the traceback on request
+        if args.debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        _error(args.command, f"unexpected {type(exc).__name__}: {first}",
+               "run again with --debug (chinchax --debug ...) for the traceback, and report it")
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import yaml
 
 from chinchax.errors import LaunchError
 from launch import tpu
+from launch.args import add_config_arguments
 from launch.gcloud import Gcloud, RetryPolicy
 
 
@@ -71,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = actions.add_parser("run", help="run `chinchax train CONFIG [overrides]` on every worker")
     _common(run)
     _remote_dir(run)
-    run.add_argument("config", help="experiment YAML (copied to the workers first if it exists here)")
-    run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for `chinchax train`")
+    add_config_arguments(run, config_help="experiment YAML (copied to the workers first if it exists here)",
+                         overrides_help="dotted overrides, as for `chinchax train`")
     run.add_argument("--run-dir", help="run directory, e.g. gs://BUCKET/runs/NAME (same as run_dir=...)")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                      help="environment variable for the training processes (repeatable)")

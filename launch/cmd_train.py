@@ -48,13 +48,18 @@ def run(args: argparse.Namespace) -> int:
             print(run_config_to_yaml(resolve(experiment)), end="")
             return 0
 
+        from launch.runtime_env import apply_runtime
+
+        apply_runtime(experiment.runtime)  # XLA flags and memory share, before JAX starts
         import jax  # JAX is imported only when training
 
         from launch.distributed import initialize_distributed
+        from launch.memory import check_memory
 
         info = initialize_distributed(experiment.distributed)  # before any JAX computation
         logging.getLogger("chinchax.train").info(info.describe())
         run_cfg = resolve(experiment, data_parallel=data_parallel_size(experiment.mesh, jax.device_count()))
+        check_memory(run_cfg)  # one line before compile, not RESOURCE_EXHAUSTED after it
         return _report(train_with_law_watch(run_cfg, force=args.force, guard=guard))
 
 

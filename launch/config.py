@@ -10,6 +10,8 @@ translates their exceptions into one-line :class:`ConfigError` messages.
 from __future__ import annotations
 
 import dataclasses
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,6 +24,7 @@ from chinchax.errors import ChinchaxError, ConfigError
 from models.config import ModelConfig
 
 from launch.distributed import DistributedConfig
+from launch.runtime_env import RuntimeConfig, runtime_record
 from models.sharding import MeshConfig
 from scaling.allocate import BudgetConfig, plan_run
 from scaling.prediction import PredictionConfig
@@ -31,6 +34,7 @@ from training.data import DataConfig, vocab_size
 from training.optim import OptimConfig
 
 RESOLVED_CONFIG_NAME = "config.yaml"
+MAX_SEED = 2**32 - 1
 
 # With a budget: section the allocator chooses these; a model: section may set only the rest
 # (dtypes, remat, attention implementation, scanning).
@@ -59,20 +63,64 @@ class ExperimentConfig:
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     init: InitConfig = field(default_factory=InitConfig)  # init.from_run: continue from a run
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # XLA flags, GPU memory share
+
+    def __post_init__(self) -> None:
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}"[:200],
+                              hint="use e.g. seed: 0 (one seed per run of a sweep)")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: nested aliases expand exponentially (billion laughs)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "found an alias (*name); aliases are not "
+                                              "supported", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """``text`` as YAML without aliases, or one :class:`ConfigError` naming ``what`` and where."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{what} is not valid YAML{where}: {problem}",
+                          hint="check brackets, quotes and 'key: value' syntax there; anchors and "
+                          "aliases (&a, *a) are not supported") from None
+    except RecursionError:
+        raise ConfigError(f"{what} nests too deeply", hint="flatten it") from None
+
+
+def read_text(path: Path, what: str = "config file") -> str:
+    """A UTF-8 text file, or one :class:`ConfigError` (missing, unreadable, binary)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist",
+                          hint="pass a YAML file such as configs/cpu_tiny.yaml") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}",
+                          hint="pass a readable YAML file, not a directory or device") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})",
+                          hint="is it a binary file? save the config as UTF-8 YAML") from None
+    if "\x00" in text:
+        raise ConfigError(f"{what} {path} holds NUL bytes: it is not a text file",
+                          hint="pass a YAML file such as configs/cpu_tiny.yaml")
+    return text
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``, or one :class:`ConfigError` naming what is wrong with it."""
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist",
-                          hint="pass a YAML file such as configs/cpu_tiny.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}",
-                          hint="check indentation and 'key: value' syntax there") from None
+    data = parse_yaml(read_text(path), f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -81,22 +129,39 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _section_names() -> frozenset[str]:
+    """Keys of :class:`ExperimentConfig` that hold a section (a dataclass), not a value."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    return frozenset(name for name, hint in hints.items()
+                     if any(dataclasses.is_dataclass(t) for t in (hint, *typing.get_args(hint))))
+
+
+def _check_section(key: str, value: Any, where: str) -> None:
+    if key in _section_names() and value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key} must be a section of keys, not {type(value).__name__} {value!r}"[:200],
+                          hint=f"write e.g. {key}.KEY=VALUE, or {key}: {{KEY: VALUE}} in the file")
+
+
 def _parse_overrides(overrides: Sequence[str]) -> list[str]:
     for item in overrides:
-        if "=" not in item or item.startswith("="):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value",
                               hint="write dotted keys, e.g. train.steps=300 model.d_model=256")
+        parsed = parse_yaml(value, f"override {item!r}"[:120])
+        _check_section(key.strip(), parsed, f"override {item!r}"[:120])
     return list(overrides)
 
 
 def config_error(exc: OmegaConfBaseException) -> ConfigError:
     """An OmegaConf validation error as one line (the key, the problem) plus a hint."""
-    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
-    message = str(getattr(exc, "msg", exc)).splitlines()[0]
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    message = (str(getattr(exc, "msg", None) or exc).splitlines() or ["invalid value"])[0][:300]
+    where = f"{key}: " if key else ""
     if "Did you mean" in message:
         head, _, suggestion = message.partition("Did you mean")
-        return ConfigError(f"{key}: {head.strip()}", hint=f"did you mean{suggestion}")
-    return ConfigError(f"{key}: {message}", hint="see configs/*.yaml for valid keys and types")
+        return ConfigError(f"{where}{head.strip()}", hint=f"did you mean{suggestion}")
+    return ConfigError(f"{where}{message}", hint="see configs/*.yaml for valid keys and types")
 
 
 def _to_object(merged: Any) -> ExperimentConfig:
@@ -130,18 +195,33 @@ def load_experiment(source: str | Path | dict[str, Any], overrides: Sequence[str
     (dtypes, remat, attention implementation, scanning); the allocator picks the shape.
     """
     data = source if isinstance(source, dict) else read_yaml(Path(source))
-    _check_budget_model_fields(data, _parse_overrides(overrides))
+    for key, value in data.items():
+        _check_section(str(key), value, "config")
+    overrides = _parse_overrides(overrides)
+    _check_budget_model_fields(data, overrides)
     schema = OmegaConf.structured(ExperimentConfig)
     OmegaConf.set_readonly(schema, False)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.create(data))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_parse_overrides(overrides)))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as exc:
         raise config_error(exc) from None
+    except yaml.YAMLError:
+        raise ConfigError(f"an override in {list(overrides)} is not valid YAML"[:200],
+                          hint="quote values fully, e.g. budget.head_dims=[32,64]") from None
     except TypeError as exc:  # e.g. a dotted key into one item of a list
         raise ConfigError(f"override cannot be applied: {exc}",
                           hint="override a whole list at once, e.g. data.mixture='[{...}, {...}]'") from None
-    return _to_object(merged)
+    experiment = _to_object(merged)
+    _check_paths(experiment)
+    return experiment
+
+
+def _check_paths(exp: ExperimentConfig) -> None:
+    cache = exp.data.cache_dir
+    if cache and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
+        raise ConfigError(f"data.cache_dir={cache} is a file, not a directory",
+                          hint="point data.cache_dir at a directory (it is created if missing)")
 
 
 def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
@@ -182,7 +262,8 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
         return RunConfig(name=exp.name, run_dir=run_dir, model=model, train=exp.train,
                          data=exp.data, optim=exp.optim, mesh=exp.mesh,
                          checkpoint=exp.checkpoint, prediction=exp.prediction, init=exp.init,
-                         seed=exp.seed, plan=plan_for(model, exp.train.seq_len))
+                         seed=exp.seed, plan=plan_for(model, exp.train.seq_len),
+                         runtime=runtime_record(exp.runtime, os.environ))
 
     budget = dataclasses.replace(exp.budget, seq_len=exp.train.seq_len, vocab_size=vocab)
     if exp.train.global_batch is not None and budget.global_batch is None:
@@ -199,7 +280,8 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
     return RunConfig(name=exp.name, run_dir=run_dir, model=plan.model, train=train, data=exp.data,
                      optim=optim, mesh=exp.mesh, checkpoint=exp.checkpoint, prediction=prediction,
                      init=exp.init, seed=exp.seed,
-                     plan=plan_for(plan.model, train.seq_len, plan.to_dict()))
+                     plan=plan_for(plan.model, train.seq_len, plan.to_dict()),
+                     runtime=runtime_record(exp.runtime, os.environ))
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:

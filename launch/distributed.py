@@ -198,6 +198,31 @@ def slurm_local_device_ids(env: Mapping[str, str], device_files: Sequence[str]) 
     return None
 
 
+def _explicit_plan(cfg: DistributedConfig, env: Mapping[str, str], ids: Optional[Tuple[int, ...]],
+                   cpu_devices: Optional[int]) -> Optional[StartupPlan]:
+    """The plan when a coordinator, count or id is given (config first, then ``CHINCHAX_*``)."""
+    coordinator = cfg.coordinator_address or env.get(ENV_COORDINATOR) or None
+    num = cfg.num_processes if cfg.num_processes is not None else _env_int(env, ENV_NUM_PROCESSES)
+    pid = cfg.process_id if cfg.process_id is not None else _env_int(env, ENV_PROCESS_ID)
+    if coordinator is None and num is None and pid is None:
+        return None
+    missing = [name for name, value in (("coordinator address", coordinator),
+                                        ("number of processes", num), ("process id", pid))
+               if value is None]
+    if missing:
+        raise LaunchError(f"explicit multi-process start-up lacks the {' and '.join(missing)}",
+                          hint=_TRIO_HINT)
+    assert coordinator is not None and num is not None and pid is not None
+    check_coordinator_address(coordinator, "coordinator address")
+    if num < 1 or not 0 <= pid < num:
+        raise LaunchError(f"process id {pid} is outside 0..{num - 1} for {num} processes",
+                          hint="give each process a distinct id from 0 to num_processes - 1")
+    if num > 1:
+        return StartupPlan("explicit", f"coordinator {coordinator}, process {pid} of {num}",
+                           coordinator, num, pid, ids, cpu_devices)
+    return StartupPlan("single", "explicit settings name one process", cpu_devices=cpu_devices)
+
+
 def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: int = 0,
                  gpu_device_files: Sequence[str] = ()) -> StartupPlan:
     """Decide how this process starts, from ``cfg``, the environment and attached hardware.
@@ -215,25 +240,9 @@ def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: i
     if cfg.enabled == "off":
         return StartupPlan("single", "distributed.enabled=off", cpu_devices=cpu_devices)
 
-    coordinator = cfg.coordinator_address or env.get(ENV_COORDINATOR) or None
-    num = cfg.num_processes if cfg.num_processes is not None else _env_int(env, ENV_NUM_PROCESSES)
-    pid = cfg.process_id if cfg.process_id is not None else _env_int(env, ENV_PROCESS_ID)
-    if coordinator is not None or num is not None or pid is not None:
-        missing = [name for name, value in (("coordinator address", coordinator),
-                                            ("number of processes", num), ("process id", pid))
-                   if value is None]
-        if missing:
-            raise LaunchError(f"explicit multi-process start-up lacks the {' and '.join(missing)}",
-                                   hint=_TRIO_HINT)
-        assert coordinator is not None and num is not None and pid is not None
-        check_coordinator_address(coordinator, "coordinator address")
-        if num < 1 or not 0 <= pid < num:
-            raise LaunchError(f"process id {pid} is outside 0..{num - 1} for {num} processes",
-                                   hint="give each process a distinct id from 0 to num_processes - 1")
-        if num > 1:
-            return StartupPlan("explicit", f"coordinator {coordinator}, process {pid} of {num}",
-                               coordinator, num, pid, ids, cpu_devices)
-        return StartupPlan("single", "explicit settings name one process", cpu_devices=cpu_devices)
+    explicit = _explicit_plan(cfg, env, ids, cpu_devices)
+    if explicit is not None:
+        return explicit
 
     tpu_reason = tpu_env_reason(env)
     if tpu_reason is None and tpu_chips > 0:
@@ -350,9 +359,3 @@ def initialize_distributed(cfg: Optional[DistributedConfig] = None,
     log.info("%s", _STARTED.describe())
     return _STARTED
 
-
-def is_lead_process() -> bool:
-    """True on process 0: the one that writes summaries, plots and other single-copy files."""
-    import jax
-
-    return jax.process_index() == 0

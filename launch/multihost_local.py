@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, IO, List, Mapping, Optional, Sequence
 
 from chinchax.errors import LaunchError
+from launch.args import add_config_arguments
 from launch.distributed import ENV_COORDINATOR, ENV_CPU_DEVICES, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 
@@ -219,8 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start N `chinchax train` processes on 127.0.0.1 that form one JAX job (CPU "
         "devices, gloo collectives), as the hosts of a pod would. Logs: RUN_DIR/logs/process-<i>.log.")
     parser.add_argument("num_processes", type=int, help="number of processes, e.g. 2")
-    parser.add_argument("config", help="experiment YAML, e.g. configs/cpu_tiny.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for train")
+    add_config_arguments(parser, overrides_help="dotted overrides, as for train")
     parser.add_argument("--run-dir", help="run directory (default: from the config)")
     parser.add_argument("--cpu-devices", type=int, default=2, help="CPU devices per process (default 2)")
     parser.add_argument("--timeout", type=float, default=1800.0,

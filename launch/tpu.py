@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,19 +156,31 @@ def ssh_one_command(target: TpuTarget, command: str, node: Optional[str] = None,
             f"--command={command}"]
 
 
+def remote_word(path: str, *, glob_name: bool = False) -> str:
+    """``path`` quoted for the remote shell: scp's legacy protocol expands remote paths there.
+
+    ``glob_name`` keeps a wildcard file name (``worker-*.log``) live; its directory is quoted."""
+    if glob_name and "/" in path:
+        directory, name = path.rsplit("/", 1)
+        if re.fullmatch(r"[A-Za-z0-9_.*-]+", name):
+            return f"{shlex.quote(directory)}/{name}"
+    return shlex.quote(path)
+
+
 def scp_to_all_command(target: TpuTarget, local_path: str, remote_path: str) -> List[str]:
     """Copy one local file to the same path on every worker."""
+    remote = f"{target.name}:{remote_word(remote_path)}"
     if target.slices == 1:
-        return [*TPUS, "tpu-vm", "scp", local_path, f"{target.name}:{remote_path}", *target.location,
-                "--worker=all"]
-    return [*TPUS, "queued-resources", "scp", local_path, f"{target.name}:{remote_path}", *target.location,
+        return [*TPUS, "tpu-vm", "scp", local_path, remote, *target.location, "--worker=all"]
+    return [*TPUS, "queued-resources", "scp", local_path, remote, *target.location,
             "--node=all", "--worker=all"]
 
 
 def scp_from_worker_command(target: TpuTarget, node: str, worker: int, remote_path: str,
                             local_dir: str) -> List[str]:
     """Copy ``remote_path`` (a remote glob is fine) from one worker into ``local_dir``."""
-    return [*TPUS, "tpu-vm", "scp", f"{node}:{remote_path}", local_dir, *target.location, f"--worker={worker}"]
+    remote = f"{node}:{remote_word(remote_path, glob_name=True)}"
+    return [*TPUS, "tpu-vm", "scp", remote, local_dir, *target.location, f"--worker={worker}"]
 
 
 def describe_command(target: TpuTarget, node: str) -> List[str]:

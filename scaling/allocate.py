@@ -41,9 +41,9 @@ larger than ``budget.flops``; the batch and learning-rate rules follow that trai
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Optional, Union
 
 from chinchax.errors import ScalingError
 from models.config import ModelConfig
@@ -54,7 +54,8 @@ from scaling.flops import (
     forward_flops_per_sequence,
     train_flops_per_token,
 )
-from scaling.inference import OBJECTIVES, InferenceTradeoff, inference_tradeoff
+from scaling.inference import (InferenceTradeoff, check_inference_tokens, check_objective,
+                               inference_tradeoff)
 from scaling.laws import Allocation, Law, ParametricLaw, get_law
 from scaling.shapes import ShapeSpace, search_shape
 
@@ -68,44 +69,18 @@ MAX_PARAM_OVERSHOOT = 2.0
 
 
 @dataclass(frozen=True)
-class BudgetConfig:
-    """What a ``budget:`` section of an experiment says: compute, law and shape constraints.
+class BudgetConfig(ShapeSpace):
+    """A ``budget:`` section: compute, law and run rules on top of the shape constraints.
 
-    Aspect-ratio bounds: Chinchilla's Table A9 shapes span ``d_model / n_layers`` from 40 to
-    110, GPT-3 and Llama sit near 100–130, and Kaplan et al. found the loss within a few
-    percent across roughly 20–200; the default ``[32, 256]`` admits all of these while still
-    excluding degenerate very deep-and-narrow or one-layer-wide shapes.  Inside the bounds the
-    search prefers the Table A9 trend (``target_aspect`` ``None``; see :mod:`scaling.shapes`).
-
-    ``min_layers``/``max_layers`` bound the depth (equal values fix it: a width-only family,
-    e.g. for toy ladders where one layer more changes what a model can represent).
-    ``global_batch`` (sequences) and ``learning_rate`` override DeepSeek LLM's fits.
-    ``gqa_ratio`` is query heads per key/value head (1: multi-head attention).  ``min_steps``
-    is the shortest run accepted: fewer steps mean the budget is too small for the smallest
-    allowed model.
-
-    ``inference_tokens`` is how many tokens the model will serve over its life (0: ignore
-    inference).  ``objective`` is ``train`` (Chinchilla's allocation; the plan reports the
-    inference cost) or ``total`` (the least training + inference compute that reaches the
-    loss of Chinchilla's optimum; needs a parametric law).  See the module docstring.
+    The shape fields come from :class:`ShapeSpace` (inherited, so OmegaConf sees them).
+    ``global_batch`` (sequences) and ``learning_rate`` override DeepSeek LLM's fits;
+    ``min_steps`` is the shortest run accepted.  ``inference_tokens``/``objective``: see the
+    module docstring.
     """
 
     flops: float = 1e19
     law: str = "chinchilla"
     seq_len: int = 2048
-    vocab_size: int = 32000
-    multiple_of: int = 128
-    head_dims: List[int] = field(default_factory=lambda: [64, 128])
-    min_aspect: float = 32.0
-    max_aspect: float = 256.0
-    target_aspect: Optional[float] = None
-    mlp: str = "swiglu"
-    ff_ratio: Optional[float] = None
-    gqa_ratio: int = 1
-    tie_embeddings: bool = False
-    use_bias: bool = False
-    min_layers: int = 1
-    max_layers: int = 128
     global_batch: Optional[int] = None
     learning_rate: Optional[float] = None
     min_steps: int = 10
@@ -115,38 +90,24 @@ class BudgetConfig:
 
     def __post_init__(self) -> None:
         _check_flops(self.flops)
-        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len <= 0:
-            raise ScalingError(f"budget.seq_len must be a positive integer, got {self.seq_len!r}",
-                                  hint="set budget.seq_len (the training sequence length), e.g. 2048")
+        for name in ("seq_len", "min_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ScalingError(f"budget.{name} must be a positive integer, got {value!r}",
+                                   hint=f"set budget.{name}, e.g. {getattr(BudgetConfig, name)}")
         if self.global_batch is not None and self.global_batch <= 0:
             raise ScalingError(f"budget.global_batch must be positive, got {self.global_batch}",
-                                  hint="leave it unset to use the compute-optimal batch")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ScalingError(f"budget.learning_rate must be positive, got {self.learning_rate}",
-                                  hint="leave it unset to use the compute-optimal learning rate")
-        if self.min_steps < 1:
-            raise ScalingError(f"budget.min_steps must be at least 1, got {self.min_steps}",
-                                  hint="use e.g. 10")
+                               hint="leave it unset to use the compute-optimal batch")
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate)
+                                                   and self.learning_rate > 0):
+            raise ScalingError(f"budget.learning_rate must be positive and finite, got {self.learning_rate}",
+                               hint="leave it unset to use the compute-optimal learning rate")
         if not 0 < self.tolerance < 1:
             raise ScalingError(f"budget.tolerance must be in (0, 1), got {self.tolerance}",
-                                  hint="use e.g. 0.01 for 1%")
-        t = self.inference_tokens
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ScalingError(
-                f"budget.inference_tokens must be a finite number >= 0, got {t!r}",
-                hint="set it to the tokens the model will serve over its life, or 0 to ignore inference")
-        if self.objective not in OBJECTIVES:
-            raise ScalingError(
-                f"budget.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}",
-                hint="'train' keeps Chinchilla's allocation; 'total' also counts inference compute")
-        self.shape_space()  # validates the shape constraints early
-
-    def shape_space(self) -> ShapeSpace:
-        """The shape constraints as the search in :mod:`scaling.shapes` takes them: every
-        :class:`ShapeSpace` field, read from the field of the same name here (a constraint
-        added there must be added here, or this fails loudly)."""
-        values = {f.name: getattr(self, f.name) for f in fields(ShapeSpace)}
-        return ShapeSpace(**{**values, "head_dims": tuple(self.head_dims)})
+                               hint="use e.g. 0.01 for 1%")
+        check_inference_tokens(self.inference_tokens)
+        check_objective(self.objective)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -299,13 +260,8 @@ def plan_run_at_size(budget: BudgetConfig, n_params: float, *, data_parallel: in
     return replace(plan, requested_n_params=float(n_params))
 
 
-def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target_params: float, *,
-                     data_parallel: int, base_model: Optional[ModelConfig],
-                     tradeoff: Optional[InferenceTradeoff], wanted: str) -> RunPlan:
-    """Shape nearest ``target_params``, then tokens, batch and steps spending ``optimum.flops``."""
-    train_target = optimum.flops
-    model = search_shape(target_params, budget.shape_space(), base_model)
-    n_params = count_params(model)
+def _check_size(budget: BudgetConfig, train_target: float, target_params: float, n_params: int,
+                wanted: str) -> None:
     if n_params > MAX_PARAM_OVERSHOOT * target_params:
         raise ScalingError(
             f"budget of {train_target:.3g} FLOPs is too small for the smallest allowed model: "
@@ -318,6 +274,16 @@ def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target
             f"than the largest allowed shape ({n_params:,}; max_layers={budget.max_layers}, "
             f"max_aspect={budget.max_aspect:g})",
             hint="raise max_layers or max_aspect, or lower the budget")
+
+
+def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target_params: float, *,
+                     data_parallel: int, base_model: Optional[ModelConfig],
+                     tradeoff: Optional[InferenceTradeoff], wanted: str) -> RunPlan:
+    """Shape nearest ``target_params``, then tokens, batch and steps spending ``optimum.flops``."""
+    train_target = optimum.flops
+    model = search_shape(target_params, budget, base_model)
+    n_params = count_params(model)
+    _check_size(budget, train_target, target_params, n_params, wanted)
     per_token = train_flops_per_token(model, budget.seq_len)
     target_tokens = train_target / per_token
     fixed = budget.global_batch is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from chinchax.errors import ScalingError
 
@@ -24,6 +25,7 @@ DEEPSEEK_BATCH_COEF = 0.2920
 DEEPSEEK_BATCH_EXPONENT = 0.3271
 DEEPSEEK_LR_COEF = 0.3118
 DEEPSEEK_LR_EXPONENT = -0.1250
+MAX_BATCH_CANDIDATES = 20_000
 
 
 def _check_flops(flops: float) -> None:
@@ -103,7 +105,12 @@ def fit_steps(
     first = plan(preferred_batch)
     if fixed_batch or good(first):
         return first
-    candidates = [plan(b) for b in range(multiple, 2 * preferred_batch + 1, multiple)]
+    batches: Sequence[int] = range(multiple, 2 * preferred_batch + 1, multiple)
+    if len(batches) > MAX_BATCH_CANDIDATES:  # a geometric sample keeps huge batches instant
+        top = len(batches)
+        batches = sorted({multiple * round(top ** (i / MAX_BATCH_CANDIDATES))
+                          for i in range(MAX_BATCH_CANDIDATES + 1)})
+    candidates = [plan(b) for b in batches]
     return min(
         candidates,
         key=lambda p: (not good(p), p.steps < min_steps, abs(p.relative_error(target_tokens)),

@@ -135,7 +135,7 @@ def check_inference_tokens(tokens: Any) -> float:
     if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not math.isfinite(tokens) \
             or tokens < 0:
         raise ScalingError(
-            f"inference tokens must be a finite number >= 0, got {tokens!r}",
+            f"inference tokens (budget.inference_tokens) must be a finite number >= 0, got {tokens!r}",
             hint="pass the tokens the model will serve over its life, e.g. --inference-tokens 1e12 "
             "(0: training compute only)")
     return float(tokens)
@@ -143,7 +143,7 @@ def check_inference_tokens(tokens: Any) -> float:
 
 def check_objective(objective: Any) -> str:
     if objective not in OBJECTIVES:
-        raise ScalingError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}",
+        raise ScalingError(f"objective (budget.objective) must be one of {', '.join(OBJECTIVES)}, got {objective!r}",
                               hint="'train' keeps Chinchilla's allocation; 'total' also counts "
                               "inference compute")
     return str(objective)

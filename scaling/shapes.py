@@ -52,6 +52,10 @@ MAX_D_MODEL = 1 << 17
 _OVERSHOOT_STOP = 4.0
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def preferred_aspect(n_params: float) -> float:
     """Chinchilla-like ``d_model / n_layers`` for a model of ``n_params`` (Table A9 trend)."""
     return ASPECT_COEF * float(n_params) ** ASPECT_EXPONENT
@@ -86,28 +90,31 @@ class ShapeSpace:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ScalingError(f"budget.{name} must be a positive integer, got {value!r}",
-                                      hint=f"set budget.{name} to e.g. {getattr(ShapeSpace, name)}")
+                                   hint=f"set budget.{name} to e.g. {getattr(ShapeSpace, name)}")
         if not self.head_dims or any(
             isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in self.head_dims
         ):
             raise ScalingError(f"budget.head_dims must be positive integers, got {self.head_dims!r}",
-                                  hint="use e.g. [64, 128] (or [16, 32] for tiny CPU models)")
+                               hint="use e.g. [64, 128] (or [16, 32] for tiny CPU models)")
+        object.__setattr__(self, "head_dims", tuple(self.head_dims))
         if self.min_layers > self.max_layers:
             raise ScalingError(
                 f"budget.min_layers={self.min_layers} exceeds budget.max_layers={self.max_layers}",
                 hint="set min_layers <= max_layers (equal values fix the depth)")
-        if not 0 < self.min_aspect <= self.max_aspect:
+        if not (_finite(self.min_aspect) and _finite(self.max_aspect)
+                and 0 < self.min_aspect <= self.max_aspect):
             raise ScalingError(
-                f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty or not positive",
+                f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty, not positive "
+                "or not finite",
                 hint="d_model / n_layers bounds need 0 < min_aspect <= max_aspect, e.g. 32 and 256")
         for name in ("target_aspect", "ff_ratio"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ScalingError(f"budget.{name} must be positive, got {value!r}",
-                                      hint=f"leave budget.{name} unset for the default")
+            if value is not None and not (_finite(value) and value > 0):
+                raise ScalingError(f"budget.{name} must be positive and finite, got {value!r}",
+                                   hint=f"leave budget.{name} unset for the default")
         if self.mlp not in MLP_KINDS:
             raise ScalingError(f"budget.mlp={self.mlp!r} is not one of {', '.join(MLP_KINDS)}",
-                                  hint=f"use one of: {', '.join(MLP_KINDS)}")
+                               hint=f"use one of: {', '.join(MLP_KINDS)}")
 
     @property
     def resolved_ff_ratio(self) -> float:

@@ -235,7 +235,7 @@ def test_budget_config_is_an_omegaconf_structured_config() -> None:
     merged = OmegaConf.merge(schema, OmegaConf.create({"flops": 3e13, "head_dims": [32]}))
     budget = OmegaConf.to_object(merged)
     assert isinstance(budget, BudgetConfig)
-    assert budget.flops == 3e13 and budget.head_dims == [32]
+    assert budget.flops == 3e13 and list(budget.head_dims) == [32]
 
 
 # ---------------------------------------------------------------- bad budgets

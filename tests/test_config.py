@@ -64,6 +64,20 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         (["optim.schedule=linear"], "schedule", ""),
         (["trian.steps=3"], "trian", "did you mean"),
         (["steps"], "not of the form key=value", ""),
+        (["budget.head_dims=[32,64"], "not valid YAML", ""),
+        (["train=5"], "train must be a section", ""),
+        (["seed=100000000000000000000"], "seed must be an integer in 0..4294967295", ""),
+        (["seed=-1"], "seed must be", ""),
+        (["optim.eps=inf"], "optim.eps must be positive and finite", ""),
+        (["optim.learning_rate=.nan"], "optim.learning_rate", ""),
+        (["optim.weight_decay=inf"], "optim.weight_decay", ""),
+        (["optim.clip_norm=-1"], "optim.clip_norm", ""),
+        (["budget.learning_rate=inf"], "budget.learning_rate", ""),
+        (["budget.ff_ratio=inf"], "budget.ff_ratio", ""),
+        (["budget.max_aspect=inf"], "aspect range", ""),
+        (["name=*alias"], "alias", ""),
+        (["runtime.gpu_memory_fraction=1.5"], "gpu_memory_fraction", ""),
+        (["runtime.xla_flags=[not-a-flag]"], "xla_flags", ""),
     ],
 )
 def test_bad_overrides_are_one_line_errors(
@@ -92,6 +106,67 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFix
         assert main(["train", str(path)]) == 2
         err = capsys.readouterr().err
         assert message in err.splitlines()[0] and "Traceback" not in err
+
+
+def test_unreadable_and_hostile_files_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = {
+        "latin1.yaml": ("name: caf\xe9\n".encode("latin-1"), "not UTF-8"),
+        "binary.yaml": (bytes(range(256)), "not UTF-8"),
+        "nul.yaml": (b"name: a\x00b\n", "NUL"),
+        "budget5.yaml": (b"budget: 5\n", "budget must be a section"),
+        "train_list.yaml": (b"train: [1, 2]\n", "train must be a section"),
+        "merge.yaml": (b"base: &b {steps: 1}\ntrain:\n  <<: *b\n", "alias"),
+    }
+    laughs = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    cases["laughs.yaml"] = (("\n".join(laughs) + "\n").encode(), "alias")
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        assert main(["train", str(tmp_path / name), "--print-config"]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err.splitlines()[0] and "Traceback" not in err, (name, err)
+        assert len(err.strip().splitlines()) <= 2
+    assert main(["train", str(tmp_path), "--print-config"]) == 2  # a directory without config.yaml
+    assert "config.yaml" in capsys.readouterr().err
+    cache_file = tmp_path / "cache"
+    cache_file.write_text("")
+    config = str(REPO / "configs" / "cpu_tiny.yaml")
+    assert main(["train", config, f"data.cache_dir={cache_file}", "--print-config"]) == 2
+    assert "data.cache_dir" in capsys.readouterr().err.splitlines()[0]
+
+
+def test_unexpected_exceptions_are_one_line_and_interrupts_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from launch import cmd_allocate
+
+    def boom(args: object) -> int:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(cmd_allocate, "run", boom)
+    assert main(["allocate", "--flops", "1e19"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "chinchax allocate: error: unexpected RuntimeError: disk on fire"
+    assert "--debug" in err[1] and len(err) == 2
+    with pytest.raises(RuntimeError):
+        main(["--debug", "allocate", "--flops", "1e19"])
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmd_allocate, "run", interrupted)
+    assert main(["allocate", "--flops", "1e19"]) == 130
+
+
+def test_overrides_may_follow_flags() -> None:
+    from launch.cli import build_parser
+
+    args = build_parser().parse_args(["local", "2", "c.yaml", "a=1", "--cpu-devices", "3", "b=2"])
+    assert (args.config, args.overrides, args.cpu_devices) == ("c.yaml", ["a=1", "b=2"], 3)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["allocate", "--flops", "1e19", "stray=1"])
 
 
 def test_explicit_model_needs_steps_and_batch() -> None:

@@ -246,7 +246,7 @@ def test_process_env_sets_the_job_and_drops_forced_device_counts():
 
 WORKER = textwrap.dedent("""
     import json, sys
-    from launch.distributed import DistributedConfig, initialize_distributed, is_lead_process
+    from launch.distributed import DistributedConfig, initialize_distributed
     info = initialize_distributed(DistributedConfig(initialization_timeout=20))
     again = initialize_distributed()
     import jax, numpy as np
@@ -256,7 +256,7 @@ WORKER = textwrap.dedent("""
     x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
     psum = jax.jit(jax.shard_map(lambda a: jax.lax.psum(a, "data"), mesh=mesh, in_specs=P("data"), out_specs=P()))
     total = float(np.asarray(psum(x).addressable_data(0))[0])
-    print(json.dumps({**info.__dict__, "same": again is info, "lead": is_lead_process(), "psum": total}))
+    print(json.dumps({**info.__dict__, "same": again is info, "lead": jax.process_index() == 0, "psum": total}))
 """)
 
 

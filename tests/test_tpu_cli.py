@@ -472,3 +472,31 @@ def test_format_command_round_trips_through_the_shell():
     ]
     assert shlex.split(format_command(argv)) == argv
     assert "--command='cd x" in format_command(argv)
+
+
+def _remote_shell_words(word: str, cwd: Path) -> List[str]:
+    """What a POSIX shell on the worker makes of one remote path (scp's legacy protocol)."""
+    out = subprocess.run(["sh", "-c", f"for w in {word}; do printf '%s\\n' \"$w\"; done"],
+                         capture_output=True, text=True, cwd=cwd)
+    return out.stdout.splitlines()
+
+
+def test_scp_remote_paths_are_quoted_for_the_remote_shell(fake_gcloud, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "$(touch PWNED).yaml"
+    config.write_text("name: exp\nrun_dir: gs://bucket/runs/exp\n")
+    chinchax_tpu("run", "my-tpu", str(config), "--remote-dir", "c; touch PWNED2", "--zone", "z")
+    scp, _ssh = fake_gcloud()
+    remote = scp[5].split(":", 1)[1]
+    assert _remote_shell_words(remote, tmp_path) == ["c; touch PWNED2/.run-configs/$(touch PWNED).yaml"]
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+
+
+def test_log_glob_stays_a_glob_with_its_directory_quoted(tmp_path):
+    word = tpu.remote_word(tpu.remote_logs_glob("a dir; touch PWNED"), glob_name=True)
+    logs = tmp_path / "a dir; touch PWNED" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "worker-h0.log").write_text("x")
+    assert _remote_shell_words(word, tmp_path) == ["a dir; touch PWNED/logs/worker-h0.log"]
+    assert not (tmp_path / "PWNED").exists()
+    assert tpu.remote_word("chinchax/logs/worker-*.log", glob_name=True) == "chinchax/logs/worker-*.log"

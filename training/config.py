@@ -159,6 +159,7 @@ class RunConfig:
     init: InitConfig = field(default_factory=InitConfig)  # start from another run's parameters
     seed: int = 0
     plan: Optional[RunPlan] = None  # counts (N, FLOPs per token) and the allocator's plan, if any
+    runtime: Optional[dict] = None  # XLA flags and allocator launch/ set (a record, not read)
 
     @property
     def steps(self) -> int:

@@ -14,6 +14,7 @@ exactly at update ``warmup - 1``, and the last update of the run uses the final 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -67,29 +68,32 @@ class OptimConfig:
             raise TrainingError(
                 f"optim.wsd_decay_shape={self.wsd_decay_shape!r} is not one of "
                 f"{', '.join(WSD_DECAY_SHAPES)}", hint=f"use one of: {', '.join(WSD_DECAY_SHAPES)}")
-        if not self.learning_rate > 0:
-            raise TrainingError(f"optim.learning_rate must be positive, got {self.learning_rate}",
-                             hint="set optim.learning_rate to a value like 3e-3")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise TrainingError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}",
-                             hint="set optim.warmup_steps to 0 or more, or leave it unset "
-                             "to use optim.warmup_fraction")
+        _check_positive("learning_rate", self.learning_rate, "a value like 3e-3")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps < 2**31:
+            raise TrainingError(f"optim.warmup_steps must lie in 0..2**31-1, got {self.warmup_steps}",
+                                hint="set optim.warmup_steps to 0 or more, or leave it unset "
+                                "to use optim.warmup_fraction")
         _check_fraction("warmup_fraction", self.warmup_fraction, allow_one=False)
         _check_fraction("decay_fraction", self.decay_fraction, allow_one=True)
         _check_fraction("min_lr_ratio", self.min_lr_ratio, allow_one=True)
         for name in ("b1", "b2"):
             _check_fraction(name, getattr(self, name), allow_one=False)
-        if not self.eps > 0:
-            raise TrainingError(f"optim.eps must be positive, got {self.eps}", hint="use 1e-8")
-        if self.weight_decay < 0:
-            raise TrainingError(f"optim.weight_decay must be >= 0, got {self.weight_decay}",
-                             hint="use 0 for no decay, or a value like 0.1")
-        if self.clip_norm is not None and self.clip_norm < 0:
-            raise TrainingError(f"optim.clip_norm must be >= 0, got {self.clip_norm}",
-                             hint="use 1.0, or 0 / null to turn clipping off")
-        if self.z_loss < 0:
-            raise TrainingError(f"optim.z_loss must be >= 0, got {self.z_loss}",
-                             hint="use 0 to turn it off, or a small weight like 1e-4")
+        _check_positive("eps", self.eps, "1e-8")
+        _check_non_negative("weight_decay", self.weight_decay, "0 for no decay, or a value like 0.1")
+        if self.clip_norm is not None:
+            _check_non_negative("clip_norm", self.clip_norm, "1.0, or 0 / null to turn clipping off")
+        _check_non_negative("z_loss", self.z_loss, "0 to turn it off, or a small weight like 1e-4")
+
+
+def _check_positive(name: str, value: float, example: str) -> None:
+    if not (math.isfinite(value) and value > 0):  # NaN and inf fail too
+        raise TrainingError(f"optim.{name} must be positive and finite, got {value}",
+                            hint=f"use {example}")
+
+
+def _check_non_negative(name: str, value: float, example: str) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise TrainingError(f"optim.{name} must be finite and >= 0, got {value}", hint=f"use {example}")
 
 
 def _check_fraction(name: str, value: float, *, allow_one: bool) -> None:
@@ -97,7 +101,7 @@ def _check_fraction(name: str, value: float, *, allow_one: bool) -> None:
     if not (0 <= value and upper_ok):
         bound = "[0, 1]" if allow_one else "[0, 1)"
         raise TrainingError(f"optim.{name} must lie in {bound}, got {value}",
-                         hint=f"set optim.{name} to a fraction in {bound}")
+                            hint=f"set optim.{name} to a fraction in {bound}")
 
 
 def warmup_updates(cfg: OptimConfig, total_updates: int) -> int:

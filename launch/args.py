@@ -1,0 +1,39 @@
+"""Command-line pieces shared by the sub-commands: ``CONFIG [key=value ...]`` with overrides
+accepted anywhere, also after flags (``chinchax train c.yaml --print-config train.steps=5``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional, Sequence
+
+_INTERMIXED = "_chinchax_intermixed"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that parses intermixed when :func:`add_config_arguments` asked.
+
+    Sub-parsers are built by ``add_parser`` from the parent's class, so setting this class on
+    the top-level parser reaches every sub-command.
+    """
+
+    _parsing_intermixed = False
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                         namespace: Optional[argparse.Namespace] = None) -> Any:
+        if not getattr(self, _INTERMIXED, False) or self._parsing_intermixed:
+            return super().parse_known_args(args, namespace)
+        self._parsing_intermixed = True  # parse_known_intermixed_args calls us back
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing_intermixed = False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *,
+                         config_help: str = "experiment YAML, e.g. configs/cpu_tiny.yaml",
+                         overrides_help: str = "dotted overrides, e.g. train.steps=300 model.d_model=256",
+                         ) -> None:
+    """``config`` and ``overrides`` positionals; the overrides may follow the flags."""
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+    setattr(parser, _INTERMIXED, True)
