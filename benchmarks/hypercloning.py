@@ -168,7 +168,7 @@ def plot(path: Path, curves: dict[str, dict[str, np.ndarray]], small_flops: floa
     plt.close(fig)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps: a smoke check")
     parser.add_argument("--small-steps", type=int, default=None)
@@ -182,17 +182,13 @@ def main() -> int:
     args.small_steps = args.small_steps or (60 if args.quick else 150)
     args.wide_steps = args.wide_steps or (80 if args.quick else 200)
     args.eval_every = args.eval_every or (10 if args.quick else 20)
-    stem = "hypercloning_quick" if args.quick else "hypercloning"
+    return args
 
-    root = args.keep or Path(tempfile.mkdtemp(prefix="chinchax-hypercloning-"))
-    root.mkdir(parents=True, exist_ok=True)
-    share_compilations(root / "jax-cache")
+
+def run_all(root: Path, wide: dict[str, int], args: argparse.Namespace, console: Console,
+            started: float) -> dict[str, dict[str, Any]]:
+    """The small, scratch and both grown runs, in that order; their summaries."""
     log = io.StringIO()
-    console = Console(width=150)
-    started = time.time()
-    wide = {**SMALL, "d_model": 2 * SMALL["d_model"], "n_heads": 2 * SMALL["n_heads"],
-            "d_ff": 2 * SMALL["d_ff"]}
-
     summaries: dict[str, dict[str, Any]] = {}
     summaries["small"] = run(experiment("small", root, SMALL, args.small_steps, args), log)
     console.print(f"small: {summaries['small']['final_eval_loss']:.4f} after "
@@ -209,8 +205,12 @@ def main() -> int:
             raise SystemExit(f"chinchax grow failed:\n{log.getvalue()[-2000:]}")
         summaries[name] = run(str(root / name / "experiment.yaml"), log)
         console.print(f"{name}: {summaries[name]['final_eval_loss']:.4f} ({time.time() - started:.0f} s)")
+    return summaries
 
-    curves = {name: eval_curve(root / name) for name in summaries}
+
+def collect(root: Path, summaries: dict[str, dict[str, Any]],
+            curves: dict[str, dict[str, np.ndarray]], args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON report: each run's numbers and curve, the grown runs against scratch."""
     scratch, small = summaries["scratch"], summaries["small"]
     results: dict[str, Any] = {"runs": {}, "settings": {k: v for k, v in vars(args).items()
                                                         if k != "keep"}}
@@ -227,28 +227,52 @@ def main() -> int:
     results["paper_speedup"] = PAPER_SPEEDUP
     results["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                           "load_average": list(os.getloadavg())}
-    results["wall_time_s"] = time.time() - started
+    return results
 
+
+def _fmt(value: Optional[float], spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _times(value: Optional[float]) -> str:
+    return _fmt(value, ".2f") + (" x" if value else "")
+
+
+def print_results(results: dict[str, Any], wide: dict[str, int], target: float,
+                  console: Console) -> None:
     table = Table(title=f"HyperCloning 2x: {SMALL['d_model']} -> {wide['d_model']} wide, "
-                  f"target = scratch final loss {scratch['final_eval_loss']:.4f}")
+                  f"target = scratch final loss {target:.4f}")
     for column in ("run", "params", "tokens", "FLOPs", "final loss", "tokens to target",
                    "FLOPs to target", "speed-up", "incl. small", "copy gap"):
         table.add_column(column, justify="right")
-
-    def fmt(value: Optional[float], spec: str = ".3g") -> str:
-        return "-" if value is None else format(value, spec)
-
     for name, entry in results["runs"].items():
-        table.add_row(name, f"{entry['n_params']:,}", fmt(entry["tokens"]), fmt(entry["flops"]),
-                      fmt(entry["final_eval_loss"], ".4f"),
-                      fmt(entry.get("tokens_to_target", entry["tokens"] if name == "scratch" else None)),
-                      fmt(entry.get("flops_to_target", entry["flops"] if name == "scratch" else None)),
-                      fmt(entry.get("speedup_flops"), ".2f") + (" x" if entry.get("speedup_flops") else ""),
-                      fmt(entry.get("speedup_flops_with_small"), ".2f")
-                      + (" x" if entry.get("speedup_flops_with_small") else ""),
-                      fmt(entry.get("copy_gap_up_kernel"), ".2g"))
+        table.add_row(name, f"{entry['n_params']:,}", _fmt(entry["tokens"]), _fmt(entry["flops"]),
+                      _fmt(entry["final_eval_loss"], ".4f"),
+                      _fmt(entry.get("tokens_to_target", entry["tokens"] if name == "scratch" else None)),
+                      _fmt(entry.get("flops_to_target", entry["flops"] if name == "scratch" else None)),
+                      _times(entry.get("speedup_flops")),
+                      _times(entry.get("speedup_flops_with_small")),
+                      _fmt(entry.get("copy_gap_up_kernel"), ".2g"))
     console.print(table)
     console.print(f"paper: {PAPER_SPEEDUP[0]}-{PAPER_SPEEDUP[1]}x; wall {results['wall_time_s']:.0f} s")
+
+
+def main() -> int:
+    args = parse_args()
+    stem = "hypercloning_quick" if args.quick else "hypercloning"
+    root = args.keep or Path(tempfile.mkdtemp(prefix="chinchax-hypercloning-"))
+    root.mkdir(parents=True, exist_ok=True)
+    share_compilations(root / "jax-cache")
+    console = Console(width=150)
+    started = time.time()
+    wide = {**SMALL, "d_model": 2 * SMALL["d_model"], "n_heads": 2 * SMALL["n_heads"],
+            "d_ff": 2 * SMALL["d_ff"]}
+    summaries = run_all(root, wide, args, console, started)
+    curves = {name: eval_curve(root / name) for name in summaries}
+    results = collect(root, summaries, curves, args)
+    results["wall_time_s"] = time.time() - started
+    scratch, small = summaries["scratch"], summaries["small"]
+    print_results(results, wide, float(scratch["final_eval_loss"]), console)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))

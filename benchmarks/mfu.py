@@ -31,42 +31,33 @@ bounds what fits; the JSON records it and ``XLA_FLAGS``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import importlib.metadata
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
-import numpy as np
-from jax.sharding import NamedSharding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common import write_report  # noqa: E402
+from device_stats import (compiled_memory, device_memory, environment,  # noqa: E402,F401
+                          host_callbacks_in, is_out_of_memory)
+from mfu_table import print_table, table_rows, wide_console  # noqa: E402,F401
+from trainer_step import (BenchmarkError, TrainerStep, build_trainer_step,  # noqa: E402,F401
+                          random_batch, time_steps)
 
 from chinchax.errors import ChinchaxError
 from models.config import ModelConfig
-
-from models.sharding import MeshConfig, activation_sharding, batch_sharding, make_mesh
+from models.sharding import activation_sharding
 from scaling.flops import count_params, executed_flops_per_token
-from training.config import RunConfig, TrainConfig
 from training.metrics import mfu
-from training.optim import OptimConfig
-from training.peaks import peak_flops_per_device
-from training.state import initial_train_state, jit_train_step
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-
-
-class BenchmarkError(ChinchaxError, ValueError):
-    """A benchmark setting that cannot run (unknown preset or shape, bad count)."""
 
 
 # --------------------------------------------------------------------------- shapes and presets
@@ -173,102 +164,7 @@ def select_shapes(preset: Preset, names: Optional[Sequence[str]] = None, *,
     return out
 
 
-# --------------------------------------------------------------------------- the trainer's step
-
-
-@dataclass
-class TrainerStep:
-    """The jitted train step with its state and batch sharding, as the trainer has them."""
-
-    step: Any
-    state: Dict[str, Any]
-    data_sharding: NamedSharding
-    mesh: Any
-    rules: List[List[str]]
-
-
-def build_trainer_step(model_cfg: ModelConfig, devices: Sequence[Any], *,
-                       optim: Optional[OptimConfig] = None, global_batch: int = 1,
-                       seq_len: int = 256, total_steps: int = 100, seed: int = 0) -> TrainerStep:
-    """The train step of ``training/trainer.py`` for ``model_cfg`` on ``devices`` (FSDP over all).
-
-    The trainer's own builders (``training.state``): parameters created in their shards,
-    optimiser state in the parameters' shardings, ``make_train_step`` jitted with the state's
-    shardings in and out and the state donated.  Lower and call it inside
-    ``activation_sharding(result.mesh, result.rules)``, as the trainer does.
-    """
-    mesh_cfg = MeshConfig(data=1, fsdp=-1, tensor=1)
-    mesh = make_mesh(mesh_cfg, list(devices))
-    run = RunConfig(name="benchmark", run_dir="", model=model_cfg,
-                    train=TrainConfig(steps=total_steps, global_batch=global_batch, seq_len=seq_len),
-                    optim=optim or OptimConfig(), mesh=mesh_cfg, seed=seed)
-    graphdef, state, tx = initial_train_state(run, mesh)
-    data_sharding = batch_sharding(mesh, mesh_cfg.rules)
-    step = jit_train_step(run, graphdef, tx, state, mesh, data_sharding)
-    return TrainerStep(step, state, data_sharding, mesh, mesh_cfg.rules)
-
-
-def random_batch(vocab_size: int, batch: int, seq_len: int, sharding: NamedSharding,
-                 seed: int = 0) -> Dict[str, jax.Array]:
-    """Uniform random ``inputs``/``targets`` tokens, placed with the batch sharding."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, vocab_size, (batch, seq_len + 1), dtype=np.int32)
-    return {"inputs": jax.device_put(tokens[:, :-1], sharding),
-            "targets": jax.device_put(tokens[:, 1:], sharding)}
-
-
 # --------------------------------------------------------------------------- timing
-
-
-def time_steps(run_step: Any, state: Any, batch: Any, *, steps: int, repeats: int) -> Tuple[Any, Any, List[float]]:
-    """Seconds per step of each repeat (``steps`` dispatches, then one device sync)."""
-    per_step = []
-    metrics = None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = run_step(state, batch)
-        jax.block_until_ready((state, metrics))
-        per_step.append((time.perf_counter() - started) / steps)
-    return state, metrics, per_step
-
-
-def compiled_memory(compiled: Any) -> Dict[str, Optional[int]]:
-    """XLA's per-device memory estimate of a compiled program (None fields where absent)."""
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 -- some backends have no analysis
-        stats = None
-    if stats is None:
-        return {"arguments": None, "outputs": None, "aliased": None, "temporaries": None,
-                "total": None}
-    sizes = {"arguments": int(stats.argument_size_in_bytes), "outputs": int(stats.output_size_in_bytes),
-             "aliased": int(stats.alias_size_in_bytes), "temporaries": int(stats.temp_size_in_bytes)}
-    sizes["total"] = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"]
-                      + sizes["temporaries"] + int(stats.generated_code_size_in_bytes))
-    return sizes
-
-
-def device_memory(device: Any) -> Dict[str, Optional[int]]:
-    """Peak and limit from ``device.memory_stats()`` (GPU/TPU); None on CPU."""
-    try:
-        stats = device.memory_stats() or {}
-    except Exception:  # noqa: BLE001 -- unsupported on some backends
-        stats = {}
-    return {"peak_bytes_in_use": stats.get("peak_bytes_in_use"),
-            "bytes_in_use": stats.get("bytes_in_use"), "bytes_limit": stats.get("bytes_limit")}
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    text = str(exc)
-    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() or "OOM" in text
-
-
-def host_callbacks_in(hlo_text: str) -> int:
-    """Host round-trips compiled into a program (Python callbacks, infeed/outfeed)."""
-    markers = ("xla_python_cpu_callback", "xla_python_gpu_callback", "xla_ffi_python",
-               "infeed", "outfeed", "host_callback")
-    return sum(hlo_text.count(m) for m in markers)
 
 
 def measure_once(shape: BenchShape, model_cfg: ModelConfig, devices: Sequence[Any], *,
@@ -346,32 +242,6 @@ def measure_shape(shape: BenchShape, devices: Sequence[Any], *, warmup: int, ste
 # --------------------------------------------------------------------------- report
 
 
-def _versions() -> Dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = "absent"
-    return out
-
-
-def environment(devices: Sequence[Any]) -> Dict[str, Any]:
-    """Device, software, host load and the XLA settings a result depends on."""
-    kind = devices[0].device_kind
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": {"platform": devices[0].platform, "device_kind": kind, "n_devices": len(devices),
-                   "peak_flops_per_device": peak_flops_per_device(kind)},
-        "software": _versions(),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                 "load_average": list(os.getloadavg())},
-        "env": {name: os.environ.get(name) for name in
-                ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
-                 "JAX_PLATFORMS")},
-    }
-
-
 def run_sweep(preset_name: str, *, shapes: Optional[Sequence[str]] = None,
               n_devices: Optional[int] = None, batch: Optional[int] = None,
               remat: Optional[str] = None, attention: Optional[str] = None,
@@ -407,65 +277,6 @@ def run_sweep(preset_name: str, *, shapes: Optional[Sequence[str]] = None,
         gc.collect()
     report["host"]["load_average_after"] = list(os.getloadavg())
     return report
-
-
-def _si(value: Optional[float], unit: str) -> str:
-    if value is None:
-        return "—"
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {prefix}{unit}"
-    return f"{value:.2f} {unit}"
-
-
-def _bytes(value: Optional[int]) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
-
-
-def wide_console() -> Any:
-    """A rich console that does not squeeze tables to 80 columns when output is piped."""
-    from rich.console import Console
-
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
-
-
-def table_rows(report: Dict[str, Any]) -> List[List[str]]:
-    """One printable row per shape (the README table has the same columns)."""
-    rows = []
-    for r in report["results"]:
-        if r["status"] != "ok":
-            rows.append([r["shape"], f"{r['n_params'] / 1e6:.1f}M", "—", "out of memory"] + ["—"] * 7)
-            continue
-        peak = r["device_memory"]["peak_bytes_in_use"]
-        memory = _bytes(peak) if peak is not None else f"≈{_bytes(r['compiled_memory']['total'])} (XLA)"
-        pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-        rows.append([r["shape"], f"{r['n_params'] / 1e6:.1f}M",
-                     f"{r['global_batch']}×{r['seq_len']}", r["remat"],
-                     f"{r['compile_time_s']:.1f} s", f"{1e3 * r['step_time_s']:.1f} ms",
-                     f"{r['tokens_per_s']:,.0f}", _si(r["achieved_flops_per_s"], "FLOP/s"),
-                     pct(r["mfu"]), pct(r["mfu_causal"]), memory])
-    return rows
-
-
-HEADERS = ["shape", "params", "batch×seq", "remat", "compile", "step", "tokens/s",
-           "model FLOP/s", "MFU", "MFU causal", "memory"]
-
-
-def print_table(report: Dict[str, Any]) -> None:
-    from rich.table import Table
-
-    device = report["device"]
-    table = Table(title=f"MFU sweep '{report['preset']}' on {device['n_devices']}× "
-                        f"{device['device_kind']} (jax {report['software']['jax']}, "
-                        f"{report['date']}, load {report['host']['load_average'][0]:.1f})")
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header in ("shape", "remat") else "right")
-    for row in table_rows(report):
-        table.add_row(*row)
-    wide_console().print(table)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

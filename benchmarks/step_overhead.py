@@ -44,8 +44,9 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common import write_report  # noqa: E402
-from mfu import (BenchmarkError, build_trainer_step, environment, random_batch,  # noqa: E402
-                 wide_console)
+from device_stats import environment  # noqa: E402
+from mfu_table import wide_console  # noqa: E402
+from trainer_step import BenchmarkError, build_trainer_step, random_batch  # noqa: E402
 
 from models.config import ModelConfig
 from models.sharding import activation_sharding
@@ -199,6 +200,43 @@ def compare_programs(ours: Any, plain: Any) -> Dict[str, Any]:
             "ops_only_in_plain": dict(plain_ops - ours_ops)}
 
 
+def _compile_both(ours: Any, plain_step: Any, plain_state: Any, batch: Any) -> Tuple[Any, Any, Dict[str, float]]:
+    """Both steps compiled for ``batch``, and how long each compile took."""
+    started = time.perf_counter()
+    our_step = ours.step.lower(ours.state, batch).compile()
+    our_compile = time.perf_counter() - started
+    started = time.perf_counter()
+    plain_compiled = plain_step.lower(*plain_state, batch).compile()
+    return our_step, plain_compiled, {"ours": our_compile,
+                                      "plain": time.perf_counter() - started}
+
+
+def _alternate(runs: Dict[str, Callable], states: Dict[str, Any], *, warmup: int, steps: int,
+               repeats: int) -> Dict[str, List[float]]:
+    """Seconds per step of each side, repeat by repeat, ours and the plain step in turn."""
+    for _ in range(warmup - 1):
+        for side in runs:
+            states[side], _ = runs[side](states[side])
+    jax.block_until_ready(states)
+    times: Dict[str, List[float]] = {side: [] for side in runs}
+    for _ in range(repeats):
+        for side, run in runs.items():
+            state = states[side]
+            started = time.perf_counter()
+            for _ in range(steps):
+                state, out = run(state)
+            jax.block_until_ready((state, out))
+            times[side].append((time.perf_counter() - started) / steps)
+            states[side] = state
+    return times
+
+
+def _side(compile_time: float, times: List[float], tokens: int) -> Dict[str, Any]:
+    median = statistics.median(times)
+    return {"compile_time_s": compile_time, "step_time_s": median, "step_time_min_s": min(times),
+            "step_times_s": times, "tokens_per_s": tokens / median}
+
+
 def compare_shape(shape: OverheadShape, device: Any, *, warmup: int, steps: int,
                   repeats: int) -> Dict[str, Any]:
     """Same-math check, then alternating timings of ours and the plain step."""
@@ -210,65 +248,38 @@ def compare_shape(shape: OverheadShape, device: Any, *, warmup: int, steps: int,
     plain_params = jax.device_put(jax.device_get(nnx.to_pure_dict(ours.state["params"])), device)
     tx = plain_optimizer(OPTIM)
     plain_state = (plain_params, tx.init(plain_params))
-    plain_step = make_plain_step(cfg, tx)
 
     with activation_sharding(ours.mesh, ours.rules):
         batch = random_batch(cfg.vocab_size, shape.batch, shape.seq_len, ours.data_sharding)
-        started = time.perf_counter()
-        our_step = ours.step.lower(ours.state, batch).compile()
-        our_compile = time.perf_counter() - started
-        started = time.perf_counter()
-        plain_compiled = plain_step.lower(*plain_state, batch).compile()
-        plain_compile = time.perf_counter() - started
+        our_step, plain_compiled, compile_times = _compile_both(
+            ours, make_plain_step(cfg, tx), plain_state, batch)
         programs = compare_programs(our_step, plain_compiled)
-
-        def run_ours(state: Any) -> Any:
-            return our_step(state, batch)
 
         def run_plain(state: Any) -> Any:
             p, o, loss = plain_compiled(*state, batch)
             return (p, o), loss
 
+        runs = {"ours": lambda state: our_step(state, batch), "plain": run_plain}
         # One update each from the same parameters: the same computation, or no comparison.
-        our_state, metrics = run_ours(ours.state)
-        plain_state, plain_loss = run_plain(plain_state)
+        states = {"ours": ours.state, "plain": plain_state}
+        states["ours"], metrics = runs["ours"](states["ours"])
+        states["plain"], plain_loss = runs["plain"](states["plain"])
         same = {"loss_ours": float(metrics["loss"]), "loss_plain": float(plain_loss),
                 "params_max_abs_diff_after_one_update": _max_abs_diff(
-                    nnx.to_pure_dict(our_state["params"]), plain_state[0])}
+                    nnx.to_pure_dict(states["ours"]["params"]), states["plain"][0])}
         same["loss_abs_diff"] = abs(same["loss_ours"] - same["loss_plain"])
+        times = _alternate(runs, states, warmup=warmup, steps=steps, repeats=repeats)
 
-        for _ in range(warmup - 1):
-            our_state, metrics = run_ours(our_state)
-            plain_state, plain_loss = run_plain(plain_state)
-        jax.block_until_ready((our_state, plain_state))
-        our_times: List[float] = []
-        plain_times: List[float] = []
-        for _ in range(repeats):
-            for run, times in ((run_ours, our_times), (run_plain, plain_times)):
-                state = our_state if run is run_ours else plain_state
-                started = time.perf_counter()
-                for _ in range(steps):
-                    state, out = run(state)
-                jax.block_until_ready((state, out))
-                times.append((time.perf_counter() - started) / steps)
-                if run is run_ours:
-                    our_state = state
-                else:
-                    plain_state = state
-
-    ours_median, plain_median = statistics.median(our_times), statistics.median(plain_times)
+    our_times, plain_times = times["ours"], times["plain"]
     ratios = [a / b for a, b in zip(our_times, plain_times)]  # back-to-back pairs
     tokens = shape.batch * shape.seq_len
+    ours_side = _side(compile_times["ours"], our_times, tokens)
+    plain_side = _side(compile_times["plain"], plain_times, tokens)
     return {
         "shape": shape.name, "model": cfg.to_dict(), "seq_len": shape.seq_len,
         "batch": shape.batch, "tokens_per_step": tokens, "same_math": same,
-        "ours": {"compile_time_s": our_compile, "step_time_s": ours_median,
-                 "step_time_min_s": min(our_times), "step_times_s": our_times,
-                 "tokens_per_s": tokens / ours_median},
-        "plain": {"compile_time_s": plain_compile, "step_time_s": plain_median,
-                  "step_time_min_s": min(plain_times), "step_times_s": plain_times,
-                  "tokens_per_s": tokens / plain_median},
-        "ratio": ours_median / plain_median,
+        "ours": ours_side, "plain": plain_side,
+        "ratio": ours_side["step_time_s"] / plain_side["step_time_s"],
         "ratio_min": min(our_times) / min(plain_times),
         "ratio_per_repeat": ratios,
         "ratio_geometric_mean": math.exp(statistics.fmean(math.log(r) for r in ratios)),

@@ -21,7 +21,6 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from chinchax.errors import ModelError
-from models.config import ModelConfig
 
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -225,25 +224,6 @@ def vocab_is_sharded(mesh: Mesh, rules: Rules) -> bool:
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     """Sharding of ``[B, T]`` token batches."""
     return NamedSharding(mesh, logical_to_mesh_spec(("batch", "seq"), rules))
-
-
-def create_sharded_model(cfg: ModelConfig, mesh: Mesh, rules: Rules, seed: int = 0) -> nnx.Module:
-    """Build the transformer with each parameter created directly in its shards.
-
-    The initialiser is traced abstractly once to learn shapes and logical names, then run
-    under ``jax.jit`` with ``out_shardings``, so no device ever holds the whole model.
-    Random values equal those of an unsharded ``Transformer(cfg, rngs=nnx.Rngs(seed))``.
-    """
-    from models.transformer import Transformer
-
-    def init() -> nnx.State:
-        return nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)))
-
-    graphdef, abstract_state = nnx.split(
-        nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)))
-    )
-    state = jax.jit(init, out_shardings=state_shardings(abstract_state, mesh, rules))()
-    return nnx.merge(graphdef, state)
 
 
 _ACTIVE: contextvars.ContextVar[Optional[Tuple[Mesh, Tuple[Tuple[str, str], ...]]]] = (

@@ -32,7 +32,8 @@ from models.attention import splash_attention
 from models.config import ModelConfig
 
 from models.loss import chunked_token_losses, loss_fn, token_losses
-from models.sharding import MeshConfig, activation_sharding, create_sharded_model, make_mesh
+from models.build import create_sharded_model
+from models.sharding import MeshConfig, activation_sharding, make_mesh
 from scaling.flops import executed_flops_per_token
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -19,7 +19,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from chinchax.errors import ModelError
 from models.config import ModelConfig
 from models.loss import cross_entropy, loss_fn, vocab_parallel_cross_entropy
-from models.sharding import (DEFAULT_RULES, MeshConfig, activation_sharding, batch_sharding, constrain, create_sharded_model, logical_to_mesh_spec, make_mesh, state_shardings)
+from models.build import create_sharded_model
+from models.sharding import (DEFAULT_RULES, MeshConfig, activation_sharding, batch_sharding, constrain, logical_to_mesh_spec, make_mesh, state_shardings)
 from models.transformer import Transformer
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)

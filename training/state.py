@@ -18,7 +18,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models.sharding import create_sharded_model, state_shardings, vocab_is_sharded
+from models.build import create_sharded_model
+from models.sharding import state_shardings, vocab_is_sharded
 from models.transformer import Transformer
 from training.config import RunConfig
 from training.optim import make_optimizer

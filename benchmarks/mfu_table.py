@@ -1,0 +1,67 @@
+"""The MFU sweep as a console table (the README table has the same columns)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+
+def _si(value: Optional[float], unit: str) -> str:
+    if value is None:
+        return "—"
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.2f} {unit}"
+
+
+def _bytes(value: Optional[int]) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
+
+
+def wide_console() -> Any:
+    """A rich console that does not squeeze tables to 80 columns when output is piped."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def table_rows(report: Dict[str, Any]) -> List[List[str]]:
+    """One printable row per shape."""
+    rows = []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            rows.append([r["shape"], f"{r['n_params'] / 1e6:.1f}M", "—", "out of memory"] + ["—"] * 7)
+            continue
+        peak = r["device_memory"]["peak_bytes_in_use"]
+        memory = _bytes(peak) if peak is not None else f"≈{_bytes(r['compiled_memory']['total'])} (XLA)"
+        rows.append([r["shape"], f"{r['n_params'] / 1e6:.1f}M",
+                     f"{r['global_batch']}×{r['seq_len']}", r["remat"],
+                     f"{r['compile_time_s']:.1f} s", f"{1e3 * r['step_time_s']:.1f} ms",
+                     f"{r['tokens_per_s']:,.0f}", _si(r["achieved_flops_per_s"], "FLOP/s"),
+                     _pct(r["mfu"]), _pct(r["mfu_causal"]), memory])
+    return rows
+
+
+HEADERS = ["shape", "params", "batch×seq", "remat", "compile", "step", "tokens/s",
+           "model FLOP/s", "MFU", "MFU causal", "memory"]
+
+
+def print_table(report: Dict[str, Any]) -> None:
+    from rich.table import Table
+
+    device = report["device"]
+    table = Table(title=f"MFU sweep '{report['preset']}' on {device['n_devices']}× "
+                        f"{device['device_kind']} (jax {report['software']['jax']}, "
+                        f"{report['date']}, load {report['host']['load_average'][0]:.1f})")
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header in ("shape", "remat") else "right")
+    for row in table_rows(report):
+        table.add_row(*row)
+    wide_console().print(table)
