@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "launch.multihost_local",
     "launch.cmd_compile",
     "launch.cmd_grow",
+    "launch.cmd_sample",
+    "launch.cmd_export",
 )
 
 
