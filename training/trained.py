@@ -1,0 +1,87 @@
+"""A run's trained model, read back from its checkpoint onto a mesh (for sampling and export).
+
+The checkpoint is restored with the trainer's own state tree
+(:func:`training.state.abstract_train_state`) through :class:`training.checkpoint.Checkpointer`,
+so the parameters come back exactly as the trainer saved them, laid out by the run's mesh
+rules on the devices at hand (whatever mesh wrote them).  The optimiser moments are read with
+them and dropped: orbax restores a complete tree, and a partial one would need a second,
+hand-kept description of the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from etils import epath
+from flax import nnx
+from jax.sharding import Mesh
+
+from chinchax.errors import CheckpointError
+from models.decode import SamplingConfig, decode_rules, generate
+from models.sharding import activation_sharding, make_mesh
+from models.transformer import Transformer
+from training.checkpoint import CheckpointConfig, Checkpointer
+from training.config import RunConfig
+from training.state import abstract_train_state
+from training.tokenizer import load_tokenizer
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass
+class TrainedModel:
+    """The model with restored parameters, the mesh they live on, and the step they are from."""
+
+    model: Transformer
+    mesh: Mesh
+    step: int
+
+
+def checkpoint_dir(run_dir: epath.PathLike) -> epath.Path:
+    """``run_dir/checkpoints``, refusing a run directory that has none."""
+    directory = epath.Path(run_dir) / CHECKPOINTS_DIR
+    if not directory.exists():
+        raise CheckpointError(f"{run_dir} has no {CHECKPOINTS_DIR}/ folder",
+                              hint="point at a run directory written by chinchax train (it "
+                              "saves checkpoints every checkpoint.every_steps and at the end)")
+    return directory
+
+
+def load_trained_model(cfg: RunConfig, run_dir: Optional[epath.PathLike] = None,
+                       step: Optional[int] = None, mesh: Optional[Mesh] = None) -> TrainedModel:
+    """Restore ``step`` (None: the newest) of the run ``cfg`` describes onto ``mesh`` (default:
+    the run's mesh section over the devices here)."""
+    directory = checkpoint_dir(run_dir if run_dir is not None else cfg.run_dir)
+    mesh = make_mesh(cfg.mesh) if mesh is None else mesh
+    graphdef, abstract, _ = abstract_train_state(cfg, mesh)
+    reader = Checkpointer(directory, CheckpointConfig(async_save=False))
+    try:
+        if reader.latest_step() is None:
+            raise CheckpointError(f"{directory} holds no finished checkpoint",
+                                  hint="let the run save at least once (checkpoint.every_steps, "
+                                  "or the end of the run), then try again")
+        restored = reader.restore(step, abstract, fallback=False)
+    finally:
+        reader.close()
+    state = restored.state
+    model = nnx.merge(graphdef, state["params"], state["rest"])
+    return TrainedModel(model=model, mesh=mesh, step=int(restored.step))
+
+
+def complete(trained: TrainedModel, cfg: RunConfig, prompt: str, sampling: SamplingConfig) -> str:
+    """The text the model writes after ``prompt`` (up to its first end-of-document token).
+
+    Runs on the run's mesh with its parameter shardings; the batch of one prompt is replicated
+    (:func:`models.decode.decode_rules`).  An empty prompt starts a new document.
+    """
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.eod_id]
+    with activation_sharding(trained.mesh, decode_rules(cfg.mesh.rules)):
+        new_ids = generate(trained.model, np.asarray([ids], np.int32), sampling,
+                           vocab_limit=tokenizer.vocab_size)
+    new = [int(i) for i in np.asarray(new_ids)[0]]
+    if tokenizer.eod_id in new:
+        new = new[:new.index(tokenizer.eod_id)]
+    return tokenizer.decode(new)
