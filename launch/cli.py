@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "launch.multihost_local",
     "launch.cmd_compile",
     "launch.cmd_grow",
+    "launch.cmd_tokenize",
 )
 
 

@@ -560,3 +560,19 @@ def test_to_global_batch_shards_rows_over_data_and_fsdp() -> None:
     assert only_data["targets"].addressable_shards[0].data.shape == (8, 5)
     with pytest.raises(DataError, match="does not split"):
         to_global_batch({"inputs": np.zeros((6, 5), np.int32)}, mesh)
+
+
+def test_a_tfds_dataset_prepared_as_tfrecord_says_how_to_prepare_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow_datasets as tfds
+
+    from training.sources.tfds_source import tfds_documents
+
+    def tfrecord_only(*args, **kwargs):  # what tfds raises for a TFRecord build
+        raise NotImplementedError("Random access data source for file format TFRECORD is not supported. "
+                                  "Possible root causes:\n* ...")
+
+    monkeypatch.setattr(tfds, "data_source", tfrecord_only)
+    with pytest.raises(DataError) as caught:
+        list(tfds_documents("lm1b", split="train", data_dir="/data/tfds", feature="text", download=False))
+    assert "\n" not in str(caught.value) and "TFRecord" in str(caught.value)
+    assert "tfds build lm1b --file_format=array_record --data_dir=/data/tfds" in caught.value.hint

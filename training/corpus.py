@@ -22,12 +22,12 @@ import numpy as np
 
 from chinchax.errors import DataError
 from training.data_config import DataConfig, SourceConfig
-from training.sources import embedded, prose, synthetic, text, tfds_source
+from training.sources import embedded, hf, prose, synthetic, text, tfds_source
 from training.tokenizer import Tokenizer, load_tokenizer
 
 CACHE_FORMAT = 1  # bump when the cached layout or a source's document list changes
 SOURCE_MODULES: Dict[str, ModuleType] = {
-    "embedded": embedded, "prose": prose, "synthetic": synthetic, "text": text, "tfds": tfds_source,
+    "embedded": embedded, "prose": prose, "synthetic": synthetic, "text": text, "tfds": tfds_source, "hf": hf,
 }
 
 

@@ -15,10 +15,9 @@ import numpy as np
 
 from chinchax.errors import DataError
 from training.batch_iterator import Batch, BatchIterator, interleave_proportions
-from training.corpus import load_corpus
 from training.data_config import (DataConfig, MixtureSource, NamedSource, SourceConfig, check, data_sources,
                                   primary_source, split_seed, trained_sources)
-from training.data_stats import (corpus_summary, describe, loss_floor_nats, token_frequencies,
+from training.data_stats import (corpus_summary, data_fingerprint, describe, loss_floor_nats, token_frequencies,
                                  unigram_entropy_nats, vocab_size)
 from training.packing import (PackedSequences, check_shape, eval_batches, split_documents, split_stream,
                               train_sequences)
@@ -28,7 +27,7 @@ __all__ = [
     "PackedSequences", "data_sources", "primary_source", "build_train_iterator", "build_eval_batches",
     "build_eval_sets", "train_sequences", "split_documents", "split_stream", "to_global_batch",
     "vocab_size", "unigram_entropy_nats", "token_frequencies", "stream_identity", "loss_floor_nats",
-    "corpus_summary", "describe",
+    "corpus_summary", "describe", "data_fingerprint",
 ]
 
 
@@ -36,7 +35,7 @@ def stream_identity(cfg: DataConfig, seq_len: int) -> Dict[str, Any]:
     """What names a single source's training stream: a saved position is valid only for a
     stream with the same identity."""
     return {
-        "corpus": load_corpus(cfg).fingerprint,
+        "corpus": data_fingerprint(cfg),
         "seq_len": seq_len,
         "seed": cfg.seed,
         "split_seed": split_seed(cfg),

@@ -9,6 +9,7 @@ import numpy as np
 from chinchax.errors import DataError
 from training.corpus import load_corpus
 from training.data_config import TRAINED_ROLES, DataConfig, check, data_sources
+from training import shards
 from training.packing import document_split
 from training.sources import synthetic
 from training.tokenizer import BYTE_TOKENIZER, load_tokenizer
@@ -24,14 +25,26 @@ def token_frequencies(cfg: DataConfig) -> np.ndarray:
     if cfg.mixture:
         raise DataError("token_frequencies() takes a single source, not a mixture",
                         hint="pass data_sources(cfg)[i].config for each source")
-    corpus = load_corpus(cfg)
-    counts = np.bincount(np.asarray(corpus.tokens, dtype=np.int64), minlength=corpus.vocab_size)
+    if cfg.source == "shards":
+        counts = shards.token_counts(cfg)
+    else:
+        corpus = load_corpus(cfg)
+        counts = np.bincount(np.asarray(corpus.tokens, dtype=np.int64), minlength=corpus.vocab_size)
     return counts / counts.sum()
+
+
+def data_fingerprint(cfg: DataConfig) -> str:
+    """The identity of a single source's tokens: the corpus digest, or the shards manifest's."""
+    if cfg.source == "shards":
+        return str(shards.read_manifest(str(cfg.path))["fingerprint"])
+    return load_corpus(cfg).fingerprint
 
 
 def unigram_entropy_nats(cfg: DataConfig) -> float:
     """Entropy of the token frequencies in nats per token: the loss of the best model that
     ignores context.  For a mixture, of the trained sources' frequencies mixed by weight."""
+    if cfg.source == "shards" and not cfg.mixture:
+        return float(shards.read_manifest(str(cfg.path))["unigram_entropy_nats"])
     if not cfg.mixture:
         return load_corpus(cfg).unigram_entropy_nats
     trained = [s for s in data_sources(cfg) if s.role in TRAINED_ROLES]
@@ -70,6 +83,8 @@ def corpus_summary(cfg: DataConfig) -> Dict[str, Any]:
     summary with its ``name``, ``role`` and normalised ``weight`` (0 for ``eval``)."""
     if cfg.mixture:
         return _mixture_summary(cfg)
+    if cfg.source == "shards":
+        return shards.shards_summary(cfg)
     corpus = load_corpus(cfg)
     train_documents, validation_documents = document_split(cfg)
     lengths = np.diff(corpus.offsets)
