@@ -9,6 +9,7 @@ takes one corpus or several alike.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Mapping
 
 import numpy as np
@@ -21,6 +22,8 @@ from training.data_stats import (corpus_summary, data_fingerprint, describe, los
                                  unigram_entropy_nats, vocab_size)
 from training.packing import (PackedSequences, check_shape, eval_batches, split_documents, split_stream,
                               train_sequences)
+
+log = logging.getLogger("training.data")
 
 __all__ = [
     "DataConfig", "SourceConfig", "MixtureSource", "NamedSource", "DataError", "BatchIterator",
@@ -59,6 +62,9 @@ def build_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch: int, pr
         kwargs = {"names": [s.name for s in sources], "proportions": proportions, "seq_len": seq_len}
     else:
         identity = stream_identity(cfg, seq_len)
+    local = global_batch // max(process_count, 1)
+    log.info("data: process %d of %d reads rows %d-%d of every global batch of %d", process_index,
+             process_count, process_index * local, (process_index + 1) * local - 1, global_batch)
     return BatchIterator(elements, global_batch=global_batch, process_index=process_index,
                          process_count=process_count, identity=identity, num_threads=cfg.num_threads,
                          prefetch_batches=cfg.prefetch_batches, **kwargs)
