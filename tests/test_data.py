@@ -576,3 +576,16 @@ def test_a_tfds_dataset_prepared_as_tfrecord_says_how_to_prepare_it(monkeypatch:
         list(tfds_documents("lm1b", split="train", data_dir="/data/tfds", feature="text", download=False))
     assert "\n" not in str(caught.value) and "TFRecord" in str(caught.value)
     assert "tfds build lm1b --file_format=array_record --data_dir=/data/tfds" in caught.value.hint
+
+
+def test_eval_bytes_per_token_turns_a_loss_into_bits_per_byte(tmp_path: Path) -> None:
+    from training.data import bits_per_byte, data_identity, eval_bytes_per_token
+
+    corpus = lettered_corpus(tmp_path / "docs", 10, length=300)
+    cfg = DataConfig(source="text", path=str(corpus), cache_dir=str(tmp_path / "cache"), validation_fraction=0.2)
+    # byte tokens: each validation document is 300 bytes and 301 tokens (its end-of-document id)
+    assert eval_bytes_per_token(cfg) == {"text": pytest.approx(300 / 301)}
+    assert bits_per_byte(math.log(2.0), 0.5) == pytest.approx(2.0)
+    identity = data_identity(cfg)
+    assert identity["tokenizer"] == "byte" and identity["vocab_size"] == 257
+    assert identity["fingerprint"] == corpus_summary(cfg)["fingerprint"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -52,6 +55,44 @@ def unigram_entropy_nats(cfg: DataConfig) -> float:
     mixed = sum((s.weight / total) * token_frequencies(s.config) for s in trained)
     present = mixed[mixed > 0]
     return float(-(present * np.log(present)).sum())
+
+
+def eval_bytes_per_token(cfg: DataConfig) -> Dict[str, float]:
+    """Text bytes per token of each source's validation split (end-of-document ids counted
+    as tokens), keyed like :func:`training.data.build_eval_sets`: the eval loss in bits per
+    byte is ``bits_per_byte(loss, bytes_per_token)``, comparable across tokenizers."""
+    result = {}
+    for source in data_sources(cfg):
+        single = source.config
+        if single.source == "shards":
+            validation = shards.read_manifest(str(single.path))["splits"]["validation"]
+            text, tokens = validation["text_bytes"], validation["tokens"]
+        else:
+            corpus = load_corpus(single)
+            _, documents = document_split(single)
+            text = int(corpus.document_bytes[documents].sum())
+            tokens = int(np.diff(corpus.offsets)[documents].sum())
+        check(tokens > 0, f"source {source.name!r} has no validation tokens",
+              "set data.validation_fraction > 0, e.g. 0.05")
+        result[source.name] = text / tokens
+    return result
+
+
+def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
+    """A loss in nats per token as bits per byte of text."""
+    return loss_nats / (math.log(2.0) * bytes_per_token)
+
+
+def data_identity(cfg: DataConfig) -> Dict[str, Any]:
+    """What a law or run summary records about its data: tokenizer, each source's
+    fingerprint and weight, and one fingerprint over them."""
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    sources = [{"name": s.name, "role": s.role, "weight": s.weight, "source": s.config.source,
+                "fingerprint": data_fingerprint(s.config)} for s in data_sources(cfg)]
+    digest = hashlib.sha256(json.dumps([tokenizer.fingerprint, sources], sort_keys=True).encode())
+    return {"tokenizer": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+            "fingerprint": sources[0]["fingerprint"] if not cfg.mixture else digest.hexdigest()[:16],
+            "sources": sources}
 
 
 def loss_floor_nats(cfg: DataConfig, *, seq_len: int) -> Optional[float]:
