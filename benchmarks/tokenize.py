@@ -45,8 +45,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 def write_text(path: Path, megabytes: float) -> int:
     """Standard library sources, repeated to ``megabytes``; returns the bytes written."""
-    root = embedded.stdlib_root()
-    sources = [(root / name).read_text(errors="replace") for name, _ in embedded.embedded_files(root)]
+    sources = [data.decode("utf-8", errors="replace") for data in embedded.documents(None, path.parent)]
     written, target = 0, int(megabytes * 1e6)
     with open(path, "w") as out:
         while written < target:
