@@ -166,3 +166,13 @@ def test_a_missing_column_and_an_unfinished_folder_are_one_line_errors(inputs: P
     with pytest.raises(DataError) as caught:
         corpus_summary(DataConfig(source="shards", path=str(tmp_path / "o")))
     assert "chinchax tokenize" in caught.value.hint
+
+
+def test_hosts_share_a_job_and_the_last_one_writes_the_manifest(shards: Path, tmp_path: Path) -> None:
+    job = TokenizeJob(**{**job_of(shards).__dict__, "out": str(tmp_path / "hosts")})
+    assert run_tokenize(job, host_index=1, host_count=2, progress=False) is None  # shard 1 only
+    assert sorted(p.name for p in Path(job.out).glob("shard-*.json")) == [done_file(1)]
+    manifest = run_tokenize(job, host_index=0, host_count=2, progress=False)  # shards 0 and 2
+    assert manifest["fingerprint"] == json.loads((shards / MANIFEST).read_text())["fingerprint"]
+    with pytest.raises(DataError, match="host-index"):
+        run_tokenize(job, host_index=2, host_count=2, progress=False)
