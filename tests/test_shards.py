@@ -154,6 +154,10 @@ def test_hf_source_reads_a_save_to_disk_folder_and_tokenize_takes_it_too(tmp_pat
                      cache_dir=str(tmp_path / "cache"))
     summary = corpus_summary(cfg)
     assert summary["documents"] == 40 and summary["tokens"] == sum(len(t) + 1 for t in texts)
+    jsonl = DataConfig(source="hf", path=str(tmp_path / "rows.jsonl"), text_feature="body",
+                       cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    assert corpus_summary(jsonl)["fingerprint"] == summary["fingerprint"]  # same rows, same tokens
     job = TokenizeJob(inputs=(str(tmp_path / "saved"),), out=str(tmp_path / "out"), column="body", num_shards=2)
     manifest = run_tokenize(job, progress=False)
     assert sum(manifest["splits"][s]["tokens"] for s in ("train", "validation")) == summary["tokens"]

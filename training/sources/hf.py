@@ -3,7 +3,7 @@ Parquet files, or a dataset named on the Hub (where the network allows)."""
 
 from __future__ import annotations
 
-import hashlib
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -35,7 +35,7 @@ def is_saved_dataset(path: str) -> bool:
 
 
 def load_hf_dataset(name: Optional[str], *, path: Optional[str] = None, glob: Optional[str] = None,
-                    config: Optional[str] = None, split: str = "train") -> Any:
+                    config: Optional[str] = None, split: str = "train", cache_dir: Optional[str] = None) -> Any:
     """One split of a Hugging Face dataset: ``path`` a ``save_to_disk`` folder or local
     files (``glob`` too), else ``name`` on the Hub."""
     datasets = _datasets()
@@ -45,8 +45,8 @@ def load_hf_dataset(name: Optional[str], *, path: Optional[str] = None, glob: Op
         if path or glob:
             files = list(resolve_text_files(path, glob))
             kind = "parquet" if all(f.endswith(PARQUET_SUFFIXES) for f in files) else "json"
-            return datasets.load_dataset(kind, data_files=files, split=split)
-        return datasets.load_dataset(name, config, split=split)
+            return datasets.load_dataset(kind, data_files=files, split=split, cache_dir=cache_dir)
+        return datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
     except DataError:
         raise
     except Exception as exc:  # datasets raises many kinds: missing, offline, bad split
@@ -66,21 +66,22 @@ def hf_documents(dataset: Any, column: str, max_documents: int = 0) -> Iterator[
                 yield as_bytes(value)
 
 
-def _dataset(cfg: Any) -> Any:
-    return load_hf_dataset(cfg.hf_name, path=cfg.path, glob=cfg.glob, config=cfg.hf_config, split=cfg.hf_split)
-
-
 def documents(cfg: Any, cache_dir: Path) -> Iterator[bytes]:
-    return hf_documents(_dataset(cfg), cfg.text_feature, cfg.max_documents)
+    dataset = load_hf_dataset(cfg.hf_name, path=cfg.path, glob=cfg.glob, config=cfg.hf_config,
+                              split=cfg.hf_split, cache_dir=str(cache_dir / "huggingface"))
+    return hf_documents(dataset, cfg.text_feature, cfg.max_documents)
 
 
 def cache_parts(cfg: Any) -> Tuple[str, Dict[str, object]]:
-    """The dataset's own fingerprint (``datasets`` hashes content and transforms)."""
-    dataset = _dataset(cfg)
-    fingerprint = getattr(dataset, "_fingerprint", None) or hashlib.sha256(repr(dataset).encode()).hexdigest()
+    """Local data by its files' names, sizes and times; a Hub dataset by name only (delete
+    its cache entry to pick up a new revision)."""
+    files = []
+    if cfg.path or cfg.glob:
+        for name in resolve_text_files(cfg.path, cfg.glob):
+            stat = os.stat(name)
+            files.append([name, stat.st_size, stat.st_mtime_ns])
     safe = "".join(c if c.isalnum() else "_" for c in str(cfg.hf_name or Path(str(cfg.path)).name))[:40]
-    return f"hf-{safe}", {"hf": [cfg.hf_name, cfg.path, cfg.glob, cfg.hf_config, cfg.hf_split,
-                                 cfg.text_feature, fingerprint]}
+    return f"hf-{safe}", {"hf": [cfg.hf_name, cfg.hf_config, cfg.hf_split, cfg.text_feature, files]}
 
 
 def description(cfg: Any) -> str:
