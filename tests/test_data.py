@@ -98,15 +98,54 @@ def test_config_is_frozen() -> None:
 # --- the embedded corpus ------------------------------------------------------------------
 
 
-def test_embedded_corpus_is_a_deterministic_few_mb_subset_of_the_stdlib() -> None:
-    first, second = embedded.embedded_files(), embedded.embedded_files()
-    assert first == second and first == sorted(first)
-    total = sum(size for _, size in first)
-    assert 1_000_000 < total <= embedded.EMBEDDED_MAX_BYTES
-    assert all(name.endswith(".py") for name, _ in first)
-    assert not any(
-        part in embedded.EMBEDDED_EXCLUDED_DIRS for name, _ in first for part in name.split("/")
-    )
+def test_embedded_corpus_is_a_packaged_few_mb_subset_of_the_stdlib() -> None:
+    files = embedded.embedded_files()
+    assert files == sorted(files)
+    assert 1_000_000 < sum(size for _, size in files) <= embedded.EMBEDDED_MAX_BYTES
+    assert all(name.endswith(".py") for name, _ in files)
+    assert not any(part in embedded.EMBEDDED_EXCLUDED_DIRS for name, _ in files for part in name.split("/"))
+    assert embedded.ARCHIVE.stat().st_size < 2_000_000  # shipped in the package
+
+
+def test_embedded_corpus_is_the_same_bytes_under_every_supported_python(tmp_path: Path) -> None:
+    """Built (tokenized into a fresh cache) here, and its digest read by each CPython
+    3.10-3.13 this machine has: one fingerprint for all."""
+    import subprocess
+    import sys
+
+    cfg = DataConfig(cache_dir=str(tmp_path))
+    built = corpus_lib.load_corpus(cfg)
+    expected = np.concatenate([np.append(np.frombuffer(data, np.uint8).astype(np.int64), EOD)
+                               for data in embedded.documents(cfg, tmp_path)])
+    np.testing.assert_array_equal(np.asarray(built.tokens, np.int64), expected)
+    assert embedded.embedded_fingerprint() == embedded.EMBEDDED_SHA256
+    pythons = [sys.executable] + sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.1[0-3].*/bin/python"))
+    script = "from training.sources.embedded import embedded_fingerprint; print(embedded_fingerprint())"
+    root = Path(__file__).resolve().parent.parent
+    for python in pythons:
+        found = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=root,
+                               env={"PYTHONPATH": str(root)}, timeout=120)
+        assert found.stdout.strip() == embedded.EMBEDDED_SHA256, (python, found.stderr[-300:])
+
+
+def test_a_changed_embedded_archive_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    changed = tmp_path / "corpus.tar.gz"
+    with tarfile.open(fileobj=(buffer := io.BytesIO()), mode="w") as tar:
+        info = tarfile.TarInfo("files/a.py")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"x=1"))
+    changed.write_bytes(gzip.compress(buffer.getvalue()))
+    monkeypatch.setattr(embedded, "ARCHIVE", changed)
+    embedded._documents.cache_clear()
+    try:
+        with pytest.raises(DataError, match="digest"):
+            embedded.embedded_files()
+    finally:
+        embedded._documents.cache_clear()
 
 
 def test_embedded_corpus_is_built_once_then_read_from_the_cache(
@@ -560,3 +599,32 @@ def test_to_global_batch_shards_rows_over_data_and_fsdp() -> None:
     assert only_data["targets"].addressable_shards[0].data.shape == (8, 5)
     with pytest.raises(DataError, match="does not split"):
         to_global_batch({"inputs": np.zeros((6, 5), np.int32)}, mesh)
+
+
+def test_a_tfds_dataset_prepared_as_tfrecord_says_how_to_prepare_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow_datasets as tfds
+
+    from training.sources.tfds_source import tfds_documents
+
+    def tfrecord_only(*args, **kwargs):  # what tfds raises for a TFRecord build
+        raise NotImplementedError("Random access data source for file format TFRECORD is not supported. "
+                                  "Possible root causes:\n* ...")
+
+    monkeypatch.setattr(tfds, "data_source", tfrecord_only)
+    with pytest.raises(DataError) as caught:
+        list(tfds_documents("lm1b", split="train", data_dir="/data/tfds", feature="text", download=False))
+    assert "\n" not in str(caught.value) and "TFRecord" in str(caught.value)
+    assert "tfds build lm1b --file_format=array_record --data_dir=/data/tfds" in caught.value.hint
+
+
+def test_eval_bytes_per_token_turns_a_loss_into_bits_per_byte(tmp_path: Path) -> None:
+    from training.data import bits_per_byte, data_identity, eval_bytes_per_token
+
+    corpus = lettered_corpus(tmp_path / "docs", 10, length=300)
+    cfg = DataConfig(source="text", path=str(corpus), cache_dir=str(tmp_path / "cache"), validation_fraction=0.2)
+    # byte tokens: each validation document is 300 bytes and 301 tokens (its end-of-document id)
+    assert eval_bytes_per_token(cfg) == {"text": pytest.approx(300 / 301)}
+    assert bits_per_byte(math.log(2.0), 0.5) == pytest.approx(2.0)
+    identity = data_identity(cfg)
+    assert identity["tokenizer"] == "byte" and identity["vocab_size"] == 257
+    assert identity["fingerprint"] == corpus_summary(cfg)["fingerprint"]

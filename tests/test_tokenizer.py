@@ -78,3 +78,44 @@ def test_sentencepiece_model_encodes_decodes_and_reserves_an_end_of_document_id(
     assert tokenizer.eod_id not in ids.tolist()
     assert tokenizer.decode(list(ids) + [tokenizer.eod_id]) == "the lazy dog"
     assert tokenizer.fingerprint.startswith("spm-") and tokenizer.fingerprint != "byte"
+
+
+def _train_hf_tokenizer(folder: Path, eos: str | None) -> Path:
+    """A small BPE ``tokenizer.json`` trained here (nothing downloads)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    model = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    model.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = tokenizers.decoders.ByteLevel()
+    specials = ["<unk>"] + ([eos] if eos else [])
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    lines = [f"the quick brown fox {i} jumps over the lazy dog" for i in range(200)]
+    model.train_from_iterator(lines, trainer=trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+def test_tokenizer_json_encodes_decodes_and_adds_an_end_of_document_id(tmp_path: Path) -> None:
+    path = _train_hf_tokenizer(tmp_path / "plain", eos=None)
+    tokenizer = load_tokenizer(str(path))
+    assert tokenizer.eod_id == tokenizer.vocab_size - 1  # no end token in the vocabulary: one more id
+    ids = tokenizer.encode("the lazy dog")
+    assert ids.dtype == np.int32 and 0 < ids.size < len("the lazy dog")
+    assert tokenizer.decode(list(ids) + [tokenizer.eod_id]) == "the lazy dog"
+    assert tokenizer.fingerprint.startswith("hf-")
+
+
+def test_hugging_face_folder_uses_its_eos_token(tmp_path: Path) -> None:
+    path = _train_hf_tokenizer(tmp_path / "folder", eos="</s>")
+    (path.parent / "tokenizer_config.json").write_text('{"eos_token": {"content": "</s>"}}')
+    tokenizer = load_tokenizer(str(path.parent))
+    assert tokenizer.eod_id < tokenizer.vocab_size
+    assert tokenizer.decode([tokenizer.eod_id]) == ""
+    assert tokenizer.fingerprint == load_tokenizer(str(path)).fingerprint
+
+
+def test_a_folder_without_a_tokenizer_is_a_data_error_with_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as caught:
+        load_tokenizer(str(tmp_path))
+    assert "tokenizer.json" in str(caught.value) and "byte" in caught.value.hint

@@ -22,12 +22,12 @@ import numpy as np
 
 from chinchax.errors import DataError
 from training.data_config import DataConfig, SourceConfig
-from training.sources import embedded, prose, synthetic, text, tfds_source
+from training.sources import embedded, hf, prose, synthetic, text, tfds_source
 from training.tokenizer import Tokenizer, load_tokenizer
 
-CACHE_FORMAT = 1  # bump when the cached layout or a source's document list changes
+CACHE_FORMAT = 2  # bump when the cached layout or a source's document list changes
 SOURCE_MODULES: Dict[str, ModuleType] = {
-    "embedded": embedded, "prose": prose, "synthetic": synthetic, "text": text, "tfds": tfds_source,
+    "embedded": embedded, "prose": prose, "synthetic": synthetic, "text": text, "tfds": tfds_source, "hf": hf,
 }
 
 
@@ -44,6 +44,7 @@ class TokenizedCorpus:
     description: str
     unigram_entropy_nats: float
     build_seconds: float
+    document_bytes: np.ndarray  # [num_documents], int64: each document's text bytes (for bits per byte)
 
     @property
     def num_documents(self) -> int:
@@ -68,9 +69,10 @@ def unigram_entropy_nats(tokens: np.ndarray, vocab_size: int) -> float:
     return float(-(probabilities * np.log(probabilities)).sum())
 
 
-def _tokenize(cfg: SourceConfig, tokenizer: Tokenizer, cache_dir: Path) -> Tuple[np.ndarray, np.ndarray]:
+def _tokenize(cfg: SourceConfig, tokenizer: Tokenizer, cache_dir: Path) -> Tuple[np.ndarray, ...]:
     pieces: List[np.ndarray] = []
     lengths: List[int] = []
+    text_bytes: List[int] = []
     eod = np.array([tokenizer.eod_id], dtype=np.int32)
     for document in SOURCE_MODULES[cfg.source].documents(cfg, cache_dir):
         if cfg.max_documents and len(lengths) >= cfg.max_documents:
@@ -80,13 +82,14 @@ def _tokenize(cfg: SourceConfig, tokenizer: Tokenizer, cache_dir: Path) -> Tuple
             continue  # an empty document would add nothing but a separator
         pieces.extend((ids, eod))
         lengths.append(int(ids.size) + 1)
+        text_bytes.append(len(document))
     if not lengths:
         raise DataError(f"the {cfg.source} corpus is empty (no non-empty documents)",
                         hint="point the data source at documents with text in them")
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     tokens = np.concatenate(pieces).astype(dtype)
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    return tokens, offsets
+    return tokens, offsets, np.asarray(text_bytes, dtype=np.int64)
 
 
 def _write_entry(entry: Path, arrays: Dict[str, np.ndarray], meta: dict) -> None:
@@ -109,7 +112,7 @@ def _write_entry(entry: Path, arrays: Dict[str, np.ndarray], meta: dict) -> None
 
 def _build(cfg: SourceConfig, tokenizer: Tokenizer, cache_dir: Path, entry: Path) -> None:
     started = time.perf_counter()
-    tokens, offsets = _tokenize(cfg, tokenizer, cache_dir)
+    tokens, offsets, document_bytes = _tokenize(cfg, tokenizer, cache_dir)
     digest = hashlib.sha256(np.ascontiguousarray(tokens))
     digest.update(np.ascontiguousarray(offsets))
     meta = {
@@ -123,7 +126,7 @@ def _build(cfg: SourceConfig, tokenizer: Tokenizer, cache_dir: Path, entry: Path
         "unigram_entropy_nats": unigram_entropy_nats(tokens, tokenizer.vocab_size),
         "build_seconds": round(time.perf_counter() - started, 3),
     }
-    _write_entry(entry, {"tokens": tokens, "offsets": offsets}, meta)
+    _write_entry(entry, {"tokens": tokens, "offsets": offsets, "document_bytes": document_bytes}, meta)
 
 
 def _entry(cfg: SourceConfig, tokenizer: Tokenizer, cache_dir: Path) -> Path:
@@ -156,6 +159,7 @@ def load_corpus(cfg: DataConfig) -> TokenizedCorpus:
         description=str(meta["description"]),
         unigram_entropy_nats=float(meta["unigram_entropy_nats"]),
         build_seconds=float(meta["build_seconds"]),
+        document_bytes=np.load(entry / "document_bytes.npy"),
     )
     _LOADED[str(entry)] = corpus
     return corpus

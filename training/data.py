@@ -9,26 +9,30 @@ takes one corpus or several alike.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
 from chinchax.errors import DataError
 from training.batch_iterator import Batch, BatchIterator, interleave_proportions
-from training.corpus import load_corpus
 from training.data_config import (DataConfig, MixtureSource, NamedSource, SourceConfig, check, data_sources,
                                   primary_source, split_seed, trained_sources)
-from training.data_stats import (corpus_summary, describe, loss_floor_nats, token_frequencies,
-                                 unigram_entropy_nats, vocab_size)
+from training.data_stats import (bits_per_byte, corpus_summary, data_fingerprint, data_identity, describe,
+                                 eval_bytes_per_token, loss_floor_nats, token_frequencies, unigram_entropy_nats,
+                                 vocab_size)
 from training.packing import (PackedSequences, check_shape, eval_batches, split_documents, split_stream,
                               train_sequences)
+
+log = logging.getLogger("training.data")
 
 __all__ = [
     "DataConfig", "SourceConfig", "MixtureSource", "NamedSource", "DataError", "BatchIterator",
     "PackedSequences", "data_sources", "primary_source", "build_train_iterator", "build_eval_batches",
     "build_eval_sets", "train_sequences", "split_documents", "split_stream", "to_global_batch",
     "vocab_size", "unigram_entropy_nats", "token_frequencies", "stream_identity", "loss_floor_nats",
-    "corpus_summary", "describe",
+    "corpus_summary", "describe", "data_fingerprint",
+    "data_identity", "eval_bytes_per_token", "bits_per_byte",
 ]
 
 
@@ -36,7 +40,7 @@ def stream_identity(cfg: DataConfig, seq_len: int) -> Dict[str, Any]:
     """What names a single source's training stream: a saved position is valid only for a
     stream with the same identity."""
     return {
-        "corpus": load_corpus(cfg).fingerprint,
+        "corpus": data_fingerprint(cfg),
         "seq_len": seq_len,
         "seed": cfg.seed,
         "split_seed": split_seed(cfg),
@@ -60,6 +64,9 @@ def build_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch: int, pr
         kwargs = {"names": [s.name for s in sources], "proportions": proportions, "seq_len": seq_len}
     else:
         identity = stream_identity(cfg, seq_len)
+    local = global_batch // max(process_count, 1)
+    log.info("data: process %d of %d reads rows %d-%d of every global batch of %d", process_index,
+             process_count, process_index * local, (process_index + 1) * local - 1, global_batch)
     return BatchIterator(elements, global_batch=global_batch, process_index=process_index,
                          process_count=process_count, identity=identity, num_threads=cfg.num_threads,
                          prefetch_batches=cfg.prefetch_batches, **kwargs)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Sequence
 
 from chinchax.errors import DataError
-from training.tokenizer import BYTE_TOKENIZER
+from training.tokenizer import BYTE_TOKENIZER, TOKENIZER_KINDS
 
-SOURCES = ("embedded", "prose", "synthetic", "text", "tfds")
+SOURCES = ("embedded", "prose", "synthetic", "text", "tfds", "hf", "shards")
 # train: the data to learn; replay: original pre-training data mixed back in against
 # forgetting; eval: held-out loss only.
 ROLES = ("train", "replay", "eval")
@@ -38,8 +38,9 @@ def did_you_mean(value: str, choices: Sequence[str]) -> str:
 class SourceConfig:
     """One corpus, and how its documents are split and its sequences ordered."""
 
-    source: str = "embedded"  # embedded | prose | synthetic | text | tfds
-    # text: a file or directory, and/or a glob (``**`` recurses)
+    source: str = "embedded"  # embedded | prose | synthetic | text | tfds | hf | shards
+    # text, hf: a file or directory, and/or a glob (``**`` recurses); hf: or a save_to_disk
+    # folder; shards: the folder `chinchax tokenize` wrote (its manifest.json)
     path: Optional[str] = None
     glob: Optional[str] = None
     document_separator: str = ""  # text: split files into documents at this string ("" = one per file)
@@ -48,7 +49,11 @@ class SourceConfig:
     tfds_split: str = "train"
     tfds_data_dir: Optional[str] = None  # None: TFDS's default (~/tensorflow_datasets)
     tfds_download: bool = True  # let TFDS download and prepare a dataset that is missing
-    text_feature: str = "text"  # tfds: the feature holding the text ("a/b" for nested)
+    text_feature: str = "text"  # tfds, hf: the feature/column holding the text ("a/b" for nested tfds)
+    # hf: a dataset on the Hugging Face Hub (unless path/glob name local data)
+    hf_name: Optional[str] = None
+    hf_config: Optional[str] = None
+    hf_split: str = "train"
     max_documents: int = 0  # read at most this many documents (0 = all)
     # split and order
     validation_fraction: float = 0.05
@@ -81,6 +86,10 @@ def check_source(cfg: SourceConfig, where: str) -> None:
           f"set {where}.path (a file or directory) or {where}.glob (e.g. 'corpus/**/*.txt')")
     check(cfg.source != "tfds" or bool(cfg.tfds_name), f"{where}.source=tfds needs a dataset name",
           f"set {where}.tfds_name (e.g. 'lm1b' or 'wikipedia/20230601.en')")
+    check(cfg.source != "hf" or bool(cfg.hf_name or cfg.path or cfg.glob), f"{where}.source=hf needs a dataset",
+          f"set {where}.hf_name (a Hub dataset) or {where}.path (a save_to_disk folder, JSONL or Parquet files)")
+    check(cfg.source != "shards" or bool(cfg.path), f"{where}.source=shards needs the shards folder",
+          f"set {where}.path to the folder `chinchax tokenize` wrote (it holds manifest.json)")
     check(0.0 <= cfg.validation_fraction < 1.0,
           f"{where}.validation_fraction={cfg.validation_fraction} is not in [0, 1)",
           "use a small fraction such as 0.05")
@@ -141,7 +150,7 @@ class DataConfig(SourceConfig):
     """A run's data: the corpus fields above, or ``mixture`` (then those are not read).
     Tokenizer, cache and reading settings are shared: a model has one vocabulary."""
 
-    tokenizer: str = BYTE_TOKENIZER  # "byte" or the path of a SentencePiece .model file
+    tokenizer: str = BYTE_TOKENIZER  # "byte", a SentencePiece .model, a tokenizer.json or an HF tokenizer folder
     cache_dir: Optional[str] = None  # None: ~/.cache/chinchax (or $XDG_CACHE_HOME/chinchax)
     num_threads: int = 2  # grain read threads (threads, not processes)
     prefetch_batches: int = 4
@@ -149,7 +158,7 @@ class DataConfig(SourceConfig):
 
     def __post_init__(self) -> None:
         check_source(self, "data")
-        check(bool(self.tokenizer), "data.tokenizer is empty", "use 'byte' or a SentencePiece .model path")
+        check(bool(self.tokenizer), "data.tokenizer is empty", f"use {TOKENIZER_KINDS}")
         check(self.num_threads >= 0, "data.num_threads is negative", "use 0 (no threads) or more")
         check(self.prefetch_batches >= 0, "data.prefetch_batches is negative", "use 0 or more")
         entries = [MixtureSource(**e) if isinstance(e, Mapping) else e for e in self.mixture]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -9,6 +12,7 @@ import numpy as np
 from chinchax.errors import DataError
 from training.corpus import load_corpus
 from training.data_config import TRAINED_ROLES, DataConfig, check, data_sources
+from training import shards
 from training.packing import document_split
 from training.sources import synthetic
 from training.tokenizer import BYTE_TOKENIZER, load_tokenizer
@@ -24,14 +28,26 @@ def token_frequencies(cfg: DataConfig) -> np.ndarray:
     if cfg.mixture:
         raise DataError("token_frequencies() takes a single source, not a mixture",
                         hint="pass data_sources(cfg)[i].config for each source")
-    corpus = load_corpus(cfg)
-    counts = np.bincount(np.asarray(corpus.tokens, dtype=np.int64), minlength=corpus.vocab_size)
+    if cfg.source == "shards":
+        counts = shards.token_counts(cfg)
+    else:
+        corpus = load_corpus(cfg)
+        counts = np.bincount(np.asarray(corpus.tokens, dtype=np.int64), minlength=corpus.vocab_size)
     return counts / counts.sum()
+
+
+def data_fingerprint(cfg: DataConfig) -> str:
+    """The identity of a single source's tokens: the corpus digest, or the shards manifest's."""
+    if cfg.source == "shards":
+        return str(shards.read_manifest(str(cfg.path))["fingerprint"])
+    return load_corpus(cfg).fingerprint
 
 
 def unigram_entropy_nats(cfg: DataConfig) -> float:
     """Entropy of the token frequencies in nats per token: the loss of the best model that
     ignores context.  For a mixture, of the trained sources' frequencies mixed by weight."""
+    if cfg.source == "shards" and not cfg.mixture:
+        return float(shards.read_manifest(str(cfg.path))["unigram_entropy_nats"])
     if not cfg.mixture:
         return load_corpus(cfg).unigram_entropy_nats
     trained = [s for s in data_sources(cfg) if s.role in TRAINED_ROLES]
@@ -39,6 +55,44 @@ def unigram_entropy_nats(cfg: DataConfig) -> float:
     mixed = sum((s.weight / total) * token_frequencies(s.config) for s in trained)
     present = mixed[mixed > 0]
     return float(-(present * np.log(present)).sum())
+
+
+def eval_bytes_per_token(cfg: DataConfig) -> Dict[str, float]:
+    """Text bytes per token of each source's validation split (end-of-document ids counted
+    as tokens), keyed like :func:`training.data.build_eval_sets`: the eval loss in bits per
+    byte is ``bits_per_byte(loss, bytes_per_token)``, comparable across tokenizers."""
+    result = {}
+    for source in data_sources(cfg):
+        single = source.config
+        if single.source == "shards":
+            validation = shards.read_manifest(str(single.path))["splits"]["validation"]
+            text, tokens = validation["text_bytes"], validation["tokens"]
+        else:
+            corpus = load_corpus(single)
+            _, documents = document_split(single)
+            text = int(corpus.document_bytes[documents].sum())
+            tokens = int(np.diff(corpus.offsets)[documents].sum())
+        check(tokens > 0, f"source {source.name!r} has no validation tokens",
+              "set data.validation_fraction > 0, e.g. 0.05")
+        result[source.name] = text / tokens
+    return result
+
+
+def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
+    """A loss in nats per token as bits per byte of text."""
+    return loss_nats / (math.log(2.0) * bytes_per_token)
+
+
+def data_identity(cfg: DataConfig) -> Dict[str, Any]:
+    """What a law or run summary records about its data: tokenizer, each source's
+    fingerprint and weight, and one fingerprint over them."""
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    sources = [{"name": s.name, "role": s.role, "weight": s.weight, "source": s.config.source,
+                "fingerprint": data_fingerprint(s.config)} for s in data_sources(cfg)]
+    digest = hashlib.sha256(json.dumps([tokenizer.fingerprint, sources], sort_keys=True).encode())
+    return {"tokenizer": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+            "fingerprint": sources[0]["fingerprint"] if not cfg.mixture else digest.hexdigest()[:16],
+            "sources": sources}
 
 
 def loss_floor_nats(cfg: DataConfig, *, seq_len: int) -> Optional[float]:
@@ -70,6 +124,8 @@ def corpus_summary(cfg: DataConfig) -> Dict[str, Any]:
     summary with its ``name``, ``role`` and normalised ``weight`` (0 for ``eval``)."""
     if cfg.mixture:
         return _mixture_summary(cfg)
+    if cfg.source == "shards":
+        return shards.shards_summary(cfg)
     corpus = load_corpus(cfg)
     train_documents, validation_documents = document_split(cfg)
     lengths = np.diff(corpus.offsets)

@@ -9,7 +9,7 @@ to end and cut into ``seq_len + 1`` tokens overlapping by one (inputs ``[:-1]``,
 from __future__ import annotations
 
 import logging
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import grain
 import numpy as np
@@ -18,6 +18,7 @@ from chinchax.errors import DataError
 from training.batch_iterator import Batch, inputs_and_targets, interleave_proportions
 from training.corpus import TokenizedCorpus, load_corpus
 from training.data_config import DataConfig, check, split_seed, trained_sources
+from training.shards import ShardSequences, shard_sequences
 
 log = logging.getLogger("training.data")
 
@@ -53,8 +54,12 @@ class PackedSequences:
         self.stream = stream
         self.seq_len = seq_len
 
+    @property
+    def num_tokens(self) -> int:
+        return int(self.stream.shape[0])
+
     def __len__(self) -> int:
-        return max(0, (int(self.stream.shape[0]) - 1) // self.seq_len)
+        return max(0, (self.num_tokens - 1) // self.seq_len)
 
     def __getitem__(self, index: int) -> np.ndarray:
         start = int(index) * self.seq_len
@@ -84,15 +89,18 @@ def too_few(split: str, tokens: int, sequences: int, seq_len: int, batch: int) -
     )
 
 
-def split_sequences(cfg: DataConfig, split: str, seq_len: int) -> PackedSequences:
-    """A single source's ``train`` or ``validation`` split as packed sequences."""
+def split_sequences(cfg: DataConfig, split: str, seq_len: int) -> Union[PackedSequences, ShardSequences]:
+    """A single source's ``train`` or ``validation`` split as packed sequences (shards were
+    split when tokenized)."""
+    if cfg.source == "shards":
+        return shard_sequences(cfg, split, seq_len)
     train, validation = document_split(cfg)
     return PackedSequences(split_stream(load_corpus(cfg), train if split == "train" else validation), seq_len)
 
 
-def _endless(source: PackedSequences, seed: int) -> "grain.MapDataset":
+def _endless(source: Union[PackedSequences, ShardSequences], seed: int) -> "grain.MapDataset":
     if len(source) == 0:
-        raise too_few("train", int(source.stream.shape[0]), 0, source.seq_len, 1)
+        raise too_few("train", source.num_tokens, 0, source.seq_len, 1)
     return grain.MapDataset.source(source).shuffle(seed=seed).repeat()
 
 
@@ -106,7 +114,7 @@ def train_sequences(cfg: DataConfig, *, seq_len: int, min_sequences: int = 1) ->
     for source in sources:
         packed = split_sequences(source.config, "train", seq_len)
         if not cfg.mixture and len(packed) < min_sequences:
-            raise too_few("train", int(packed.stream.shape[0]), len(packed), seq_len, min_sequences)
+            raise too_few("train", packed.num_tokens, len(packed), seq_len, min_sequences)
         streams.append(_endless(packed, source.config.seed))
     if len(streams) == 1:
         return streams[0]
@@ -118,12 +126,12 @@ def eval_batches(cfg: DataConfig, *, seq_len: int, batch_size: int, num_batches:
     """A seeded sample of a single source's validation sequences, the same on every call
     and host count; each host gets its contiguous block of rows."""
     validation = split_sequences(cfg, "validation", seq_len)
-    if validation.stream.shape[0] == 0:
+    if validation.num_tokens == 0:
         raise DataError("there is no validation split (data.validation_fraction=0)",
                         hint="set data.validation_fraction > 0, e.g. 0.05")
     available = len(validation) // batch_size
     if available == 0:
-        raise too_few("validation", int(validation.stream.shape[0]), len(validation), seq_len, batch_size)
+        raise too_few("validation", validation.num_tokens, len(validation), seq_len, batch_size)
     if available < num_batches:
         log.warning("validation split holds %d batch(es) of %d x %d tokens; evaluating on those, not %d",
                     available, batch_size, seq_len, num_batches)

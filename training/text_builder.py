@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob as globlib
 import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Sequence, Tuple
 
 import tensorflow_datasets as tfds
 from etils import epath
 
 from chinchax.errors import DataError
+from training.sources.files import resolve_text_files  # noqa: F401 -- re-exported
 
 
 log = logging.getLogger(__name__)
@@ -93,43 +93,6 @@ with tfds.core.registered.skip_registration():
                     if piece.strip():
                         key = f"{file_index:09d}-{piece_index:09d}"
                         yield key, {"text": piece, "path": name}
-
-
-def resolve_text_files(path: Optional[str] = None, pattern: Optional[str] = None) -> Tuple[str, ...]:
-    """The sorted, absolute list of files named by a file, a directory, and/or a glob.
-
-    A directory means every regular, non-hidden file below it.  ``**`` in a glob recurses.
-    """
-    found: set[str] = set()
-    if path:
-        root = Path(path).expanduser()
-        if root.is_file():
-            found.add(str(root.resolve()))
-        elif root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                found.update(
-                    str((Path(dirpath) / f).resolve()) for f in filenames if not f.startswith(".")
-                )
-        else:
-            raise DataError(
-                f"text path {str(root)!r} does not exist",
-                hint="set data.path to an existing file or directory, or use data.glob",
-            )
-    if pattern:
-        matches = [m for m in globlib.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(m)]
-        if not matches:
-            raise DataError(
-                f"text glob {pattern!r} matches no files",
-                hint="check the pattern (quote it in the shell; use ** to recurse)",
-            )
-        found.update(str(Path(m).resolve()) for m in matches)
-    if not found:
-        raise DataError(
-            "the text source has no files",
-            hint="set data.path (a file or directory) or data.glob to some text files",
-        )
-    return tuple(sorted(found))
 
 
 def config_name(files: Sequence[str], document_separator: str = "") -> str:

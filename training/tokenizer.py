@@ -1,21 +1,18 @@
-"""Tokenizers: bytes by default, a SentencePiece model when one is given.
+"""Tokenizers: bytes by default; a SentencePiece model, a ``tokenizer.json`` or a Hugging
+Face tokenizer folder when the config names one.
 
-The byte tokenizer needs no file and no training, so every corpus (source code, prose,
-the synthetic language) is readable out of the box and a loss in nats per token is a loss
-per byte.  Ids 0..255 are the bytes themselves and id 256 ends a document, so the
-vocabulary has 257 entries.  A SentencePiece ``.model`` file replaces it when the config
-names one; ``sentencepiece`` is imported only then, so it is not a dependency of the
-default path.
-
-``DataError`` lives here because this is the lowest module of the data layer: the corpus,
-the TFDS builder and the pipeline all raise it, and ``training.data`` re-exports it.
+The byte tokenizer needs no file, so every corpus is readable out of the box and a loss in
+nats per token is a loss per byte: ids 0..255 are the bytes, 256 ends a document.  The
+optional packages (``sentencepiece``, ``tokenizers``; extras ``[spm]``, ``[hf]``) are
+imported only when a config names such a tokenizer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Protocol, Sequence, Union
+from typing import Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -23,6 +20,9 @@ from chinchax.errors import DataError
 
 
 BYTE_TOKENIZER = "byte"
+TOKENIZER_KINDS = "'byte', a SentencePiece .model file, a tokenizer.json, or a Hugging Face tokenizer folder"
+# End-of-document candidates when a tokenizer.json has no tokenizer_config.json beside it.
+EOD_TOKENS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]")
 
 Text = Union[str, bytes]
 
@@ -81,7 +81,7 @@ class SentencePieceTokenizer:
         except ImportError as exc:
             raise DataError(
                 "the tokenizer is a SentencePiece model but the sentencepiece package is not installed",
-                hint="pip install sentencepiece (or set data.tokenizer=byte)",
+                hint="pip install 'chinchax[spm]' (or pip install sentencepiece, or set data.tokenizer=byte)",
             ) from exc
         try:
             self._processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
@@ -111,12 +111,70 @@ class SentencePieceTokenizer:
 
 
 def load_tokenizer(spec: str = BYTE_TOKENIZER) -> Tokenizer:
-    """``"byte"`` or the path of a SentencePiece ``.model`` file."""
+    """``"byte"``, a SentencePiece ``.model`` file, a ``tokenizer.json``, or a folder
+    holding either (a Hugging Face tokenizer folder)."""
     if spec == BYTE_TOKENIZER:
         return ByteTokenizer()
     if not spec:
-        raise DataError(
-            "the tokenizer is empty",
-            hint="set data.tokenizer to 'byte' or to the path of a SentencePiece .model file",
-        )
+        raise DataError("the tokenizer is empty", hint=f"set data.tokenizer to {TOKENIZER_KINDS}")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return HFTokenizer(str(path / "tokenizer.json"))
+        if (path / "tokenizer.model").is_file():
+            return SentencePieceTokenizer(str(path / "tokenizer.model"))
+        raise DataError(f"tokenizer folder {str(path)!r} holds no tokenizer.json or tokenizer.model",
+                        hint=f"set data.tokenizer to {TOKENIZER_KINDS}")
+    if path.suffix == ".json":
+        return HFTokenizer(str(path))
     return SentencePieceTokenizer(spec)
+
+
+def _eos_token(tokenizer_json: Path) -> Optional[str]:
+    """The ``eos_token`` a Hugging Face folder's ``tokenizer_config.json`` names, if any."""
+    config = tokenizer_json.parent / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    eos = json.loads(config.read_text()).get("eos_token")
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizers`` model (``tokenizer.json``), special tokens not added.
+
+    The end-of-document id is the folder's ``eos_token``, else a usual end token of the
+    vocabulary (:data:`EOD_TOKENS`), else one extra id after the vocabulary.
+    """
+
+    def __init__(self, json_path: str) -> None:
+        path = Path(json_path).expanduser()
+        if not path.is_file():
+            raise DataError(f"tokenizer file {str(path)!r} does not exist", hint=f"set data.tokenizer to {TOKENIZER_KINDS}")
+        try:
+            import tokenizers  # noqa: PLC0415 -- optional dependency, only for this path
+        except ImportError as exc:
+            raise DataError("the tokenizer is a tokenizer.json but the tokenizers package is not installed",
+                            hint="pip install 'chinchax[hf]' (or pip install tokenizers)") from exc
+        try:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises bare Exception subclasses from Rust
+            raise DataError(f"cannot load tokenizer {str(path)!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                            hint="point data.tokenizer at a tokenizer.json saved by the tokenizers library") from exc
+        size = int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+        candidates = [t for t in (_eos_token(path), *EOD_TOKENS) if t]
+        found = [self._tokenizer.token_to_id(t) for t in candidates]
+        eod = next((int(i) for i in found if i is not None), None)
+        self.eod_id = size if eod is None else eod
+        self.vocab_size = size + 1 if eod is None else size
+        self.fingerprint = "hf-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self.path = str(path)
+
+    def encode(self, text: Text) -> np.ndarray:
+        string = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        return np.asarray(self._tokenizer.encode(string, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode([int(i) for i in ids if int(i) != self.eod_id]))
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"

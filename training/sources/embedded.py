@@ -1,18 +1,31 @@
-"""The default corpus: a deterministic few-MB subset of the Python standard library's own
-``.py`` files, present wherever Python is, so the default run needs no download."""
+"""The default corpus: a few MB of the Python standard library's own ``.py`` files, shipped
+inside the package (``embedded_corpus.tar.gz``), so the default run needs no download and
+sees the same bytes under every Python.
+
+The files were chosen from CPython 3.11.7's ``Lib/`` by :func:`select_stdlib_files` (in the
+order of a hash of each path, so the subset samples the whole library evenly) and packed by
+:func:`write_archive`; the archive also carries the PSF licence they are distributed under.
+Building the corpus checks the bytes against :data:`EMBEDDED_SHA256`.
+"""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
-import platform
 import sys
 import sysconfig
+import tarfile
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 from chinchax.errors import DataError
 
+ARCHIVE = Path(__file__).with_name("embedded_corpus.tar.gz")
+EMBEDDED_PYTHON = "3.11.7"  # whose standard library the packaged files come from
+EMBEDDED_SHA256 = "848dabead52e5abdeb3320e5f6eaaf35a68112491b0fa2ac1560f073534a5cf4"
 EMBEDDED_MAX_BYTES = 4_000_000
 EMBEDDED_MAX_FILE_BYTES = 400_000  # one huge generated file would dominate the corpus
 # Not representative source code: tests, bundled packages, codec tables, generated docs, demos.
@@ -20,6 +33,7 @@ EMBEDDED_EXCLUDED_DIRS = frozenset({
     "site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "lib2to3",
     "turtledemo", "pydoc_data", "encodings", "ensurepip", "__pycache__", "__phello__",
 })
+_FILES = "files/"  # archive members holding documents; LICENSE.txt sits beside them
 
 
 def stdlib_root() -> Path:
@@ -44,36 +58,81 @@ def _candidates(root: Path) -> List[Tuple[str, str, int]]:
     return found
 
 
-def embedded_files(root: Optional[Path] = None) -> List[Tuple[str, int]]:
-    """The corpus's files as ``(relative path, size)``, sorted by path.  Chosen in the order
-    of a hash of each path, so the subset samples the whole library evenly."""
-    root = stdlib_root() if root is None else root
+def select_stdlib_files(root: Path) -> List[Tuple[str, int]]:
+    """A standard library's files for the corpus as ``(relative path, size)``, by path."""
     chosen: List[Tuple[str, int]] = []
     total = 0
     for _, relative, size in sorted(_candidates(root)):
-        if total + size > EMBEDDED_MAX_BYTES:
-            continue
-        chosen.append((relative, size))
-        total += size
-    if not chosen:
-        raise DataError(
-            f"no Python source files found under {str(root)!r} for the embedded corpus",
-            hint="this Python ships without its .py sources; use data.source=synthetic or text",
-        )
+        if total + size <= EMBEDDED_MAX_BYTES:
+            chosen.append((relative, size))
+            total += size
     return sorted(chosen)
 
 
+def write_archive(root: Path, out: Path) -> str:
+    """Pack the selection from ``root`` reproducibly (fixed times and owners); its digest."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in [("LICENSE.txt", root / "LICENSE.txt")] + [
+            (_FILES + relative, root / relative) for relative, _ in select_stdlib_files(root)
+        ]:
+            data = path.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    out.write_bytes(gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0))
+    return _digest(_read_archive(out))
+
+
+def _read_archive(path: Path) -> List[Tuple[str, bytes]]:
+    if not path.is_file():
+        raise DataError(f"the packaged embedded corpus {str(path)!r} is missing",
+                        hint="reinstall chinchax (the archive ships inside the package)")
+    with tarfile.open(path, mode="r:gz") as tar:
+        members = sorted((m for m in tar.getmembers() if m.name.startswith(_FILES)), key=lambda m: m.name)
+        return [(m.name[len(_FILES):], tar.extractfile(m).read()) for m in members]
+
+
+def _digest(documents: List[Tuple[str, bytes]]) -> str:
+    digest = hashlib.sha256()
+    for name, data in documents:
+        digest.update(f"{name}\0{len(data)}\0".encode("utf-8") + data)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _documents() -> Tuple[Tuple[str, bytes], ...]:
+    documents = _read_archive(ARCHIVE)
+    found = _digest(documents)
+    if found != EMBEDDED_SHA256:
+        raise DataError(f"the packaged embedded corpus has digest {found[:16]}, not {EMBEDDED_SHA256[:16]}",
+                        hint="reinstall chinchax; the archive is damaged or was changed")
+    return tuple(documents)
+
+
+def embedded_fingerprint() -> str:
+    """The checked digest of the embedded corpus's bytes: the same under every Python."""
+    _documents()
+    return EMBEDDED_SHA256
+
+
+def embedded_files() -> List[Tuple[str, int]]:
+    """The corpus's files as ``(relative path, size)``, sorted by path."""
+    return [(name, len(data)) for name, data in _documents()]
+
+
 def documents(cfg: Any, cache_dir: Path) -> Iterator[bytes]:
-    root = stdlib_root()
-    for relative, _ in embedded_files(root):
-        yield (root / relative).read_bytes()
+    for _, data in _documents():
+        yield data
 
 
 def cache_parts(cfg: Any) -> Tuple[str, Dict[str, object]]:
-    root = stdlib_root()
-    files = [(relative, size, os.stat(root / relative).st_mtime_ns) for relative, size in embedded_files(root)]
-    return "embedded", {"python": f"{sys.implementation.name}-{platform.python_version()}", "files": files}
+    return "embedded", {"embedded": EMBEDDED_SHA256}
 
 
 def description(cfg: Any) -> str:
-    return f"Python {platform.python_version()} standard library sources"
+    return f"Python {EMBEDDED_PYTHON} standard library sources (packaged)"
+
+
+if __name__ == "__main__":  # python -m training.sources.embedded LIB_DIR: rebuild the archive
+    print(write_archive(Path(sys.argv[1]) if len(sys.argv) > 1 else stdlib_root(), ARCHIVE))

@@ -51,6 +51,12 @@ def _open(name: str, split: str, data_dir: Optional[str], download: bool) -> Any
                         hint="check the name against tfds.list_builders() (or `tfds build --help`); "
                         "for local files use data.source=text") from exc
     except Exception as exc:  # tfds raises many kinds for unprepared data, bad splits, offline
+        if "TFRECORD" in str(exc).upper():
+            raise DataError(
+                f"TFDS dataset {name!r} is prepared as TFRecord, which chinchax reads only as ArrayRecord",
+                hint=f"prepare it as ArrayRecord: tfds build {name.split('/')[0]} --file_format=array_record"
+                + (f" --data_dir={data_dir}" if data_dir else ""),
+            ) from exc
         raise DataError(
             f"cannot open TFDS dataset {name!r} split {split!r}: {first_line(exc)}",
             hint="prepare it first (`tfds build NAME --file_format=array_record`), point "
