@@ -102,11 +102,11 @@ class ShapeSpace:
                 f"budget.min_layers={self.min_layers} exceeds budget.max_layers={self.max_layers}",
                 hint="set min_layers <= max_layers (equal values fix the depth)")
         if not (_finite(self.min_aspect) and _finite(self.max_aspect)
-                and 0 < self.min_aspect <= self.max_aspect):
+                and 1 <= self.min_aspect <= self.max_aspect):
             raise ScalingError(
-                f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty, not positive "
+                f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty, below 1 "
                 "or not finite",
-                hint="d_model / n_layers bounds need 0 < min_aspect <= max_aspect, e.g. 32 and 256")
+                hint="d_model / n_layers bounds need 1 <= min_aspect <= max_aspect, e.g. 32 and 256")
         for name in ("target_aspect", "ff_ratio"):
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):
