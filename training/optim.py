@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
-
-import jax
-import optax
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from chinchax.errors import TrainingError
+
+if TYPE_CHECKING:  # JAX and optax load when an optimiser is built, not with the config
+    import optax
 
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -120,6 +120,8 @@ def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
       stable phase can be branched into shorter runs by decaying early.
     * ``constant``: linear warmup, then the peak.
     """
+    import optax
+
     if total_updates < 1:
         raise TrainingError(f"the run has {total_updates} optimiser updates; it needs at least one",
                          hint="raise train.steps")
@@ -203,6 +205,8 @@ def should_decay(path: Sequence[Any], leaf: Any,
 
 def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> Any:
     """A pytree of booleans shaped like ``params``: True where weight decay applies."""
+    import jax
+
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: should_decay(path, leaf, stacked_axis_names), params)
 
@@ -215,6 +219,8 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any = None) -> op
     ``params`` is accepted so callers can pass the tree the optimiser will see; the mask is
     computed from the tree given to ``init`` / ``update``, so any tree of the same structure works.
     """
+    import optax
+
     del params  # the mask is a function of the tree passed to init/update
     schedule = make_schedule(cfg, total_steps)
     parts = []
