@@ -255,6 +255,16 @@ def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
     return data * fsdp * mesh.dcn_data * mesh.dcn_fsdp
 
 
+def _check_budget_echoes(budget: BudgetConfig, seq_len: int, vocab: int) -> None:
+    """budget.seq_len and budget.vocab_size come from train: and the tokenizer; a different
+    value set by hand would be ignored, so it is refused."""
+    for key, value, source in (("seq_len", seq_len, "train.seq_len"), ("vocab_size", vocab, "the tokenizer")):
+        given = getattr(budget, key)
+        if given != getattr(BudgetConfig, key) and given != value:
+            raise ConfigError(f"budget.{key}={given} would be ignored: it comes from {source} ({value})",
+                              hint=f"remove budget.{key}" + (", set train.seq_len" if key == "seq_len" else ""))
+
+
 def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunConfig:
     """Turn an experiment into a run: the allocator fills shape, batch, steps, learning rate.
 
@@ -282,6 +292,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
                          checkpoint=exp.checkpoint, prediction=exp.prediction, init=exp.init,
                          seed=exp.seed, runtime=runtime_record(exp.runtime, os.environ))
 
+    _check_budget_echoes(exp.budget, exp.train.seq_len, vocab)
     budget = dataclasses.replace(exp.budget, seq_len=exp.train.seq_len, vocab_size=vocab)
     if exp.train.global_batch is not None and budget.global_batch is None:
         budget = dataclasses.replace(budget, global_batch=exp.train.global_batch)

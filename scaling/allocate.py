@@ -99,8 +99,8 @@ class BudgetConfig(ShapeSpace):
             raise ScalingError(f"budget.global_batch must be positive, got {self.global_batch}",
                                hint="leave it unset to use the compute-optimal batch")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate)
-                                                   and self.learning_rate > 0):
-            raise ScalingError(f"budget.learning_rate must be positive and finite, got {self.learning_rate}",
+                                                   and 0 < self.learning_rate <= 10):
+            raise ScalingError(f"budget.learning_rate must lie in (0, 10], got {self.learning_rate}",
                                hint="leave it unset to use the compute-optimal learning rate")
         if not 0 < self.tolerance < 1:
             raise ScalingError(f"budget.tolerance must be in (0, 1), got {self.tolerance}",
