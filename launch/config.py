@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,14 +143,29 @@ def _check_section(key: str, value: Any, where: str) -> None:
                           hint=f"write e.g. {key}.KEY=VALUE, or {key}: {{KEY: VALUE}} in the file")
 
 
+def _check_numbers(tree: Any, where: str) -> None:
+    """Integers beyond a float's range: OmegaConf would fail converting them, without a key."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _check_numbers(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(tree, list):
+        for value in tree:
+            _check_numbers(value, where)
+    elif isinstance(tree, int) and not isinstance(tree, bool) and abs(tree) > sys.float_info.max:
+        raise ConfigError(f"{where}: the number {str(tree)[:12]}... ({len(str(abs(tree)))} digits) is too large",
+                          hint="write a number below 1e308, e.g. 1e21 for FLOPs")
+
+
 def _parse_overrides(overrides: Sequence[str]) -> list[str]:
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise ConfigError(f"override {item!r} is not of the form key=value",
+            raise ConfigError(f"override {item!r} is not of the form key=value"[:200],
                               hint="write dotted keys, e.g. train.steps=300 model.d_model=256")
-        parsed = parse_yaml(value, f"override {item!r}"[:120])
-        _check_section(key.strip(), parsed, f"override {item!r}"[:120])
+        where = f"override {item!r}"[:120]
+        parsed = parse_yaml(value, where)
+        _check_section(key.strip(), parsed, where)
+        _check_numbers(parsed, key.strip())
     return list(overrides)
 
 
@@ -197,6 +213,7 @@ def load_experiment(source: str | Path | dict[str, Any], overrides: Sequence[str
     data = source if isinstance(source, dict) else read_yaml(Path(source))
     for key, value in data.items():
         _check_section(str(key), value, "config")
+    _check_numbers(data, "")
     overrides = _parse_overrides(overrides)
     _check_budget_model_fields(data, overrides)
     schema = OmegaConf.structured(ExperimentConfig)
@@ -237,6 +254,16 @@ def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
     return data * fsdp * mesh.dcn_data * mesh.dcn_fsdp
 
 
+def _check_budget_echoes(budget: BudgetConfig, seq_len: int, vocab: int) -> None:
+    """budget.seq_len and budget.vocab_size come from train: and the tokenizer; a different
+    value set by hand would be ignored, so it is refused."""
+    for key, value, source in (("seq_len", seq_len, "train.seq_len"), ("vocab_size", vocab, "the tokenizer")):
+        given = getattr(budget, key)
+        if given != getattr(BudgetConfig, key) and given != value:
+            raise ConfigError(f"budget.{key}={given} would be ignored: it comes from {source} ({value})",
+                              hint=f"remove budget.{key}" + (", set train.seq_len" if key == "seq_len" else ""))
+
+
 def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunConfig:
     """Turn an experiment into a run: the allocator fills shape, batch, steps, learning rate.
 
@@ -265,6 +292,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
                          seed=exp.seed, plan=plan_for(model, exp.train.seq_len),
                          runtime=runtime_record(exp.runtime, os.environ))
 
+    _check_budget_echoes(exp.budget, exp.train.seq_len, vocab)
     budget = dataclasses.replace(exp.budget, seq_len=exp.train.seq_len, vocab_size=vocab)
     if exp.train.global_batch is not None and budget.global_batch is None:
         budget = dataclasses.replace(budget, global_batch=exp.train.global_batch)

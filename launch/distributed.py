@@ -31,6 +31,9 @@ ENV_PROCESS_ID = "CHINCHAX_PROCESS_ID"
 ENV_CPU_DEVICES = "CHINCHAX_CPU_DEVICES"
 
 ENABLED_CHOICES = ("auto", "on", "off")
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_PROCESSES = 1 << 20
+MAX_CPU_DEVICES = 4096
 MODES = ("single", "explicit", "tpu", "slurm", "mpi")
 
 # JAX's own SLURM detection needs all of these (SLURM_STEP_NODELIST exists only inside an
@@ -74,10 +77,14 @@ class DistributedConfig:
         if self.enabled not in ENABLED_CHOICES:
             raise LaunchError(f"distributed.enabled={self.enabled!r} is not one of {ENABLED_CHOICES}",
                                    hint="use auto (default), on or off")
-        if self.initialization_timeout <= 0:
+        if not 0 < self.initialization_timeout <= MAX_TIMEOUT_S:
             raise LaunchError(
-                f"distributed.initialization_timeout={self.initialization_timeout} must be positive",
+                f"distributed.initialization_timeout={self.initialization_timeout} must lie in 1..{MAX_TIMEOUT_S}",
                 hint="seconds to wait for all processes, e.g. 300; raise it for cold TPU pods")
+        for name, limit in (("num_processes", MAX_PROCESSES), ("cpu_devices_per_process", MAX_CPU_DEVICES)):
+            if (getattr(self, name) or 0) > limit:
+                raise LaunchError(f"distributed.{name}={getattr(self, name)} exceeds {limit}",
+                                  hint=f"set distributed.{name} to a real count, or leave it unset")
         if self.coordinator_address is not None:
             check_coordinator_address(self.coordinator_address, "distributed.coordinator_address")
         if self.num_processes is not None and self.num_processes < 1:

@@ -75,8 +75,8 @@ def check_fits(run: RunConfig, n_devices: int, capacity: Optional[int]) -> Memor
     if capacity is not None and need.total_bytes > capacity:
         raise ConfigError(
             f"the model needs at least {need.total_bytes / GIB:.3g} GiB per device "
-            f"({need.state_bytes / GIB:.3g} parameters and optimiser, "
-            f"{need.activation_bytes / GIB:.3g} activations); a device has {capacity / GIB:.3g} GiB",
+            f"({need.state_bytes / GIB:.3g} GiB parameters and optimiser, "
+            f"{need.activation_bytes / GIB:.3g} GiB activations); a device has {capacity / GIB:.3g} GiB",
             hint="shrink model.vocab_size, d_model or n_layers, raise train.grad_accum_steps, "
             "or shard over more devices (mesh.fsdp)")
     return need

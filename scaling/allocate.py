@@ -1,41 +1,19 @@
 """Budget to run, before the run: FLOPs and a law in; a model shape, tokens, batch, steps out.
 
-Three steps, each a small pure function:
+1. :func:`allocate`: the law's ``(N_opt, D_opt)`` under ``C = 6 N D`` (``N`` with embeddings,
+   as Chinchilla counts).
+2. :func:`scaling.shapes.search_shape`: the hardware-friendly shape nearest ``N_opt``.
+3. Tokens from the *exact* counter (:mod:`scaling.flops`), not ``6 N``, split into DeepSeek's
+   ``B_opt`` batch times steps, so the run spends the budget within 1% as the trainer counts it
+   (small models with long sequences and large vocabularies thus see fewer tokens than ``D_opt``).
 
-1. :func:`allocate` asks the law for the compute-optimal ``(N_opt, D_opt)`` under the papers'
-   ``C = 6 N D`` convention (``N`` counts all parameters, embeddings included, as Chinchilla
-   does).
-2. :func:`scaling.shapes.search_shape` turns ``N_opt`` into a hardware-friendly shape whose
-   exact parameter count is near it.
-3. The token count is then set from the *exact* counter of :mod:`scaling.flops`, not from
-   ``6 N``: ``tokens = C / train_flops_per_token(model)``, split into a global batch (DeepSeek
-   LLM's ``B_opt``, :mod:`scaling.batch`) times steps, so the counter × tokens trained lands
-   within ``tolerance`` (1%) of the budget.  The run therefore spends exactly what was asked,
-   measured the way the trainer measures it; for small models with long sequences and large
-   vocabularies the exact count is well above ``6 N``, so they train on fewer tokens than
-   ``D_opt``.
+Table A3: the ``chinchilla-unrounded`` law matches it within 5% in ``N`` up to 67B parameters
+but only 5.7–7.3% from 175B up (the table's rows follow ``N = 1.223 (C/6)**0.4586``; the
+coefficients give exponent 0.4565); the rounded law allocates 18–30% fewer parameters.
 
-**Table A3 caveat.**  Chinchilla's Table A3 (approach 3) is reproduced by the
-``chinchilla-unrounded`` law to within 5% in ``N`` and ``D`` for the rows up to 67B parameters
-(N 1–4% low), but only to 5.7–7.3% in ``N`` (6–11% in ``D``) for the rows from 175B up.  The
-table's rows lie on ``N = 1.223 (C/6)**0.4586`` to within 0.1% (apart from the 67B and 280B
-rows, which are internally inconsistent by ~4%: their ``C`` is not ``6 N D``), whereas the
-unrounded coefficients give an exponent ``β/(α+β) = 0.4565`` and the rounded ones 0.4516; the
-0.002 gap in exponent compounds to the ~7% seen at 1e28 FLOPs.  The rounded ``chinchilla``
-law, as printed in the paper, allocates 18–30% fewer parameters than the table.  ``D`` does
-not match better than ``N``: with ``C`` fixed, ``D = C / 6N`` mirrors the error in ``N``.
-
-**IsoFLOP rungs.**  :func:`plan_run_at_size` replaces step 1 by a requested ``N`` (a size
-around the optimum, as a scaling ladder sweeps them) and keeps steps 2 and 3, so every rung of
-a sweep spends its budget as exactly as a compute-optimal run does.
-
-**Inference.**  ``budget.inference_tokens`` (``T``, tokens the model will serve) and
-``budget.objective`` extend step 1 (:mod:`scaling.inference`).  With ``objective="train"``
-(the default) the allocation stays Chinchilla's and the plan only reports what serving ``T``
-tokens will cost.  With ``objective="total"`` and ``T > 0`` the plan is for the smallest total
-compute ``6 N D + 2 N T`` that reaches the loss of Chinchilla's optimum at ``budget.flops``: a
-smaller model trained on more tokens, so the run's *training* compute (``target_flops``) is
-larger than ``budget.flops``; the batch and learning-rate rules follow that training compute.
+:func:`plan_run_at_size` replaces step 1 by a requested ``N`` (one isoFLOP rung).
+``inference_tokens`` with ``objective="total"`` plans the least training + inference compute
+that reaches Chinchilla's loss (:mod:`scaling.inference`): a smaller model on more tokens.
 """
 
 from __future__ import annotations
@@ -99,8 +77,8 @@ class BudgetConfig(ShapeSpace):
             raise ScalingError(f"budget.global_batch must be positive, got {self.global_batch}",
                                hint="leave it unset to use the compute-optimal batch")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate)
-                                                   and self.learning_rate > 0):
-            raise ScalingError(f"budget.learning_rate must be positive and finite, got {self.learning_rate}",
+                                                   and 0 < self.learning_rate <= 10):
+            raise ScalingError(f"budget.learning_rate must lie in (0, 10], got {self.learning_rate}",
                                hint="leave it unset to use the compute-optimal learning rate")
         if not 0 < self.tolerance < 1:
             raise ScalingError(f"budget.tolerance must be in (0, 1), got {self.tolerance}",
@@ -114,18 +92,10 @@ class BudgetConfig(ShapeSpace):
 class RunPlan:
     """A run decided before it starts.
 
-    ``flops`` is the exact counter (:func:`scaling.flops.train_flops_per_token`, full attention
-    square) times the tokens actually trained, ``steps · global_batch · seq_len``; it is within
-    the budget's tolerance of ``target_flops``.  ``law_n_params`` and ``law_tokens`` are the
-    law's own ``(N_opt, D_opt)`` under ``C = 6 N D``, for comparison with the exact ``n_params``
-    and ``tokens``.  ``predicted_loss`` is the law's loss at the planned ``(n_params, tokens)``
-    (``None`` for power laws, which predict no loss).
-
-    ``inference_flops`` is the exact forward counter per token (full attention square at
-    ``seq_len``, as for training) times ``inference_tokens``; ``inference`` holds the three
-    allocations of :mod:`scaling.inference` (under ``6 N D + 2 N T``) when ``inference_tokens``
-    is positive and the law is parametric.  With ``objective="total"``, ``law_n_params`` and
-    ``law_tokens`` are the ``same_loss`` option's and ``target_flops`` its training compute.
+    ``flops`` is the exact counter times the tokens trained, within tolerance of
+    ``target_flops``; ``law_n_params``/``law_tokens`` are the law's own optimum (``C = 6 N D``)
+    for comparison; ``predicted_loss`` is ``None`` for power laws.  ``inference`` holds the
+    three allocations of :mod:`scaling.inference` when ``inference_tokens > 0``.
     """
 
     model: ModelConfig

@@ -1,31 +1,12 @@
 """From a parameter count to a hardware-friendly transformer shape.
 
-A scaling law says how many parameters ``N`` a budget wants; a run needs ``d_model``,
-``n_layers``, ``n_heads``, ``n_kv_heads``, ``head_dim`` and ``d_ff``.  This module enumerates
-the shapes that accelerators like (widths multiples of ``multiple_of``, heads of a listed size,
-a bounded depth-to-width ratio) and picks the one whose *exact* parameter count is nearest to
-the target, with a gentle pull towards a conventional aspect ratio ``d_model / n_layers``.
-
-Why these rules:
-
-* ``d_model`` and ``d_ff`` multiples of 128 fill TPU MXUs (128×128) and GPU tensor-core tiles;
-  tiny CPU models may use 16 or 32.
-* ``head_dim`` of 64 or 128 is what attention kernels (flash/cuDNN/Splash) are tuned for.  We
-  take the widest listed head that still leaves at least :data:`MIN_HEADS` heads, which
-  matches Chinchilla Table A9 above ``d_model`` 1024 and Llama-style models; smaller models
-  fall back to the narrowest head.
-* SwiGLU's ``d_ff ≈ 8/3 d_model`` keeps its three matrices as large as a 4×-wide two-matrix
-  MLP (Shazeer 2020); GELU uses ``4 d_model``; both rounded to ``multiple_of``.
-* Kaplan et al. (2020, fig. 5) found the loss nearly flat across a wide range of aspect ratios,
-  so the aspect ratio is a soft preference inside hard bounds.  The preferred value follows the
-  shapes Chinchilla actually trained (Table A9): a log-log fit of ``d_model / n_layers`` against
-  parameters gives ``≈ 5.5 · N**0.125`` (about 50 at 44M, 73 at 1B, 103 at 16B parameters).
-* The selection cost is ``|ln(N/N_target)| + ASPECT_WEIGHT · |ln(aspect/preferred)|`` with a
-  weight of 0.1: a factor-two miss in aspect ratio costs as much as a 7% miss in parameters,
-  whose effect on loss is tiny near the compute-optimal frontier (its isoFLOP curves are flat).
-
-The search is pure Python and deterministic: it walks ``d_model`` upwards and, because the
-parameter count is affine in ``n_layers``, scores every allowed depth with two counts per width.
+Widths are multiples of ``multiple_of`` (128 fills TPU MXUs and tensor-core tiles; 16–32 for
+tiny CPU models); heads of a listed size (64/128, what flash/cuDNN/Splash kernels are tuned
+for), the widest leaving :data:`MIN_HEADS` heads; ``d_ff ≈ 8/3 d_model`` for SwiGLU (Shazeer
+2020), ``4 d_model`` for GELU.  The loss is nearly flat across aspect ratios (Kaplan et al. 2020,
+fig. 5), so ``d_model / n_layers`` is a soft pull towards Chinchilla Table A9's trend
+(``≈ 5.5 · N**0.125``) inside hard bounds: cost ``|ln(N/N_target)| + 0.1 · |ln(aspect/preferred)|``.
+The parameter count is affine in depth, so each width costs two exact counts.
 """
 
 from __future__ import annotations
@@ -102,11 +83,11 @@ class ShapeSpace:
                 f"budget.min_layers={self.min_layers} exceeds budget.max_layers={self.max_layers}",
                 hint="set min_layers <= max_layers (equal values fix the depth)")
         if not (_finite(self.min_aspect) and _finite(self.max_aspect)
-                and 0 < self.min_aspect <= self.max_aspect):
+                and 1 <= self.min_aspect <= self.max_aspect):
             raise ScalingError(
-                f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty, not positive "
+                f"budget aspect range [{self.min_aspect}, {self.max_aspect}] is empty, below 1 "
                 "or not finite",
-                hint="d_model / n_layers bounds need 0 < min_aspect <= max_aspect, e.g. 32 and 256")
+                hint="d_model / n_layers bounds need 1 <= min_aspect <= max_aspect, e.g. 32 and 256")
         for name in ("target_aspect", "ff_ratio"):
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):

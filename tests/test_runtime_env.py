@@ -89,3 +89,20 @@ def test_no_reexecution_for_quick_commands(monkeypatch: pytest.MonkeyPatch) -> N
     rt.reexec_with_allocator(["allocate", "--flops", "1e19"])
     rt.reexec_with_allocator(["--help"])
     assert calls == []
+
+
+@pytest.mark.slow
+def test_allocator_benchmark_runs_both_sides_at_toy_size(tmp_path: Path) -> None:
+    out = tmp_path / "alloc.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "allocator.py"), "--rounds", "1", "--warmup", "1",
+         "--steps", "2", "--repeats", "1", "--out", str(out), "budget.flops=3e10", "train.seq_len=64",
+         "budget.global_batch=4"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-800:]
+    import json
+
+    report = json.loads(out.read_text())
+    assert set(report["runs"]) == {"system", "better"}
+    assert all(len(r) == 1 and r[0]["median_step_s"] > 0 for r in report["runs"].values())
+    assert report["speedup"] > 0 and report["tokens_per_s"]["better"] > 0

@@ -17,15 +17,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
-
-import jax
-import optax
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from chinchax.errors import TrainingError
 
+if TYPE_CHECKING:  # JAX and optax load when an optimiser is built, not with the config
+    import optax
+
 
 SCHEDULES = ("cosine", "wsd", "constant")
+MAX_LEARNING_RATE = 10.0  # far above any AdamW peak that trains; larger is a typo
 WSD_DECAY_SHAPES = ("linear", "cosine")
 
 # Parameter names never decayed: norm scales and biases (whatever their stacked rank).
@@ -68,7 +69,7 @@ class OptimConfig:
             raise TrainingError(
                 f"optim.wsd_decay_shape={self.wsd_decay_shape!r} is not one of "
                 f"{', '.join(WSD_DECAY_SHAPES)}", hint=f"use one of: {', '.join(WSD_DECAY_SHAPES)}")
-        _check_positive("learning_rate", self.learning_rate, "a value like 3e-3")
+        _check_positive("learning_rate", self.learning_rate, "a value like 3e-3", MAX_LEARNING_RATE)
         if self.warmup_steps is not None and not 0 <= self.warmup_steps < 2**31:
             raise TrainingError(f"optim.warmup_steps must lie in 0..2**31-1, got {self.warmup_steps}",
                                 hint="set optim.warmup_steps to 0 or more, or leave it unset "
@@ -78,22 +79,23 @@ class OptimConfig:
         _check_fraction("min_lr_ratio", self.min_lr_ratio, allow_one=True)
         for name in ("b1", "b2"):
             _check_fraction(name, getattr(self, name), allow_one=False)
-        _check_positive("eps", self.eps, "1e-8")
-        _check_non_negative("weight_decay", self.weight_decay, "0 for no decay, or a value like 0.1")
+        _check_positive("eps", self.eps, "1e-8", 1.0)
+        _check_non_negative("weight_decay", self.weight_decay, "0 for no decay, or a value like 0.1", 100.0)
         if self.clip_norm is not None:
             _check_non_negative("clip_norm", self.clip_norm, "1.0, or 0 / null to turn clipping off")
-        _check_non_negative("z_loss", self.z_loss, "0 to turn it off, or a small weight like 1e-4")
+        _check_non_negative("z_loss", self.z_loss, "0 to turn it off, or a small weight like 1e-4", 10.0)
 
 
-def _check_positive(name: str, value: float, example: str) -> None:
-    if not (math.isfinite(value) and value > 0):  # NaN and inf fail too
-        raise TrainingError(f"optim.{name} must be positive and finite, got {value}",
+def _check_positive(name: str, value: float, example: str, upper: float = math.inf) -> None:
+    if not (math.isfinite(value) and 0 < value <= upper):  # NaN and inf fail too
+        raise TrainingError(f"optim.{name} must be positive, finite and at most {upper:g}, got {value}",
                             hint=f"use {example}")
 
 
-def _check_non_negative(name: str, value: float, example: str) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise TrainingError(f"optim.{name} must be finite and >= 0, got {value}", hint=f"use {example}")
+def _check_non_negative(name: str, value: float, example: str, upper: float = math.inf) -> None:
+    if not (math.isfinite(value) and 0 <= value <= upper):
+        raise TrainingError(f"optim.{name} must be finite, >= 0 and at most {upper:g}, got {value}",
+                            hint=f"use {example}")
 
 
 def _check_fraction(name: str, value: float, *, allow_one: bool) -> None:
@@ -120,6 +122,8 @@ def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
       stable phase can be branched into shorter runs by decaying early.
     * ``constant``: linear warmup, then the peak.
     """
+    import optax
+
     if total_updates < 1:
         raise TrainingError(f"the run has {total_updates} optimiser updates; it needs at least one",
                          hint="raise train.steps")
@@ -203,6 +207,8 @@ def should_decay(path: Sequence[Any], leaf: Any,
 
 def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> Any:
     """A pytree of booleans shaped like ``params``: True where weight decay applies."""
+    import jax
+
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: should_decay(path, leaf, stacked_axis_names), params)
 
@@ -215,6 +221,8 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any = None) -> op
     ``params`` is accepted so callers can pass the tree the optimiser will see; the mask is
     computed from the tree given to ``init`` / ``update``, so any tree of the same structure works.
     """
+    import optax
+
     del params  # the mask is a function of the tree passed to init/update
     schedule = make_schedule(cfg, total_steps)
     parts = []
