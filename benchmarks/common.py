@@ -27,10 +27,11 @@ def first_reaching(x: np.ndarray, loss: np.ndarray, target: float) -> Optional[f
     return float(math.exp(x0 + (target - y0) / (y1 - y0) * (x1 - x0)))
 
 
-def write_report(report: dict[str, Any], path: Optional[Path]) -> None:
+def write_report(report: dict[str, Any], path: Optional[Path], *, quiet: bool = False) -> None:
     """``report`` as indented JSON at ``path`` (folders made), and say so; nothing without one."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}", flush=True)

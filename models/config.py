@@ -31,9 +31,11 @@ from chinchax.errors import ModelError
 
 
 MLP_KINDS = ("swiglu", "gelu")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention")
+REMAT_POLICIES = (
+    "none", "full", "dots", "dots_no_batch", "save_attention", "attention_dots")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
+HEAD_BACKWARDS = ("compute", "float32")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class ModelConfig:
     # ``[batch, seq, vocab]`` float32 logits never exist; the head's forward matmul is
     # recomputed in the backward pass (about 2·d_model·vocab FLOPs per token).
     loss_chunk: int = 0
+    # Dtype of the logits gradient in the output head's backward products under bf16/fp16
+    # compute: "compute" (bf16 products, float32 accumulation; models/head.py) or "float32"
+    # (float32 products, the former behaviour).  No effect in float32 compute.
+    head_backward: str = "compute"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
@@ -94,6 +100,7 @@ class ModelConfig:
             ("attention", ATTENTION_IMPLS),
             ("param_dtype", DTYPES),
             ("compute_dtype", DTYPES),
+            ("head_backward", HEAD_BACKWARDS),
         ):
             if getattr(self, name) not in allowed:
                 raise ModelError(

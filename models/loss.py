@@ -42,10 +42,33 @@ def _mean_over_mask(
     return jnp.sum(values_BT * weight_BT) / jnp.maximum(n_tokens, 1.0), n_tokens
 
 
-def token_losses(logits_BTV: jax.Array, targets_BT: jax.Array) -> Tuple[jax.Array, jax.Array]:
-    """Per-token cross-entropy ``ce_BT`` and log-normaliser ``lse_BT`` (float32)."""
+def target_logits(logits_BTV: jax.Array, ids_BT: jax.Array) -> jax.Array:
+    """``logits[b, t, ids[b, t]]`` by compare-and-select (0 where the id is out of range).
+
+    ``take_along_axis`` would differentiate into a scatter over a zeroed float32 ``[B, T, V]``
+    buffer; a select fuses into the softmax gradient.  Used in low-precision compute: in
+    float32 the gather stays, so the float32 path's gradients stay bit-identical.
+    """
+    vocab_V = jax.lax.broadcasted_iota(ids_BT.dtype, (1, 1, logits_BTV.shape[-1]), 2)
+    return jnp.sum(jnp.where(vocab_V == ids_BT[..., None], logits_BTV, 0.0), axis=-1)
+
+
+def _gathered_target_logits(logits_BTV: jax.Array, ids_BT: jax.Array) -> jax.Array:
+    """As :func:`target_logits`, by a gather (the float32 path)."""
+    shard_width = logits_BTV.shape[-1]
+    here_BT = (ids_BT >= 0) & (ids_BT < shard_width)
+    picked_BT1 = jnp.take_along_axis(logits_BTV, jnp.clip(ids_BT, 0, shard_width - 1)[..., None], axis=-1)
+    return jnp.where(here_BT, picked_BT1[..., 0], 0.0)
+
+
+def token_losses(logits_BTV: jax.Array, targets_BT: jax.Array, *,
+                 select: bool = False) -> Tuple[jax.Array, jax.Array]:
+    """Per-token cross-entropy ``ce_BT`` and log-normaliser ``lse_BT`` (float32); ``select``
+    picks the target logit by :func:`target_logits` instead of a gather."""
     logits_BTV = logits_BTV.astype(jnp.float32)
     lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    if select:
+        return lse_BT - target_logits(logits_BTV, targets_BT), lse_BT
     target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
     return lse_BT - target_logit_BT, lse_BT
 
@@ -63,7 +86,7 @@ def cross_entropy(
 
 
 def vocab_parallel_token_losses(
-    logits_BTV: jax.Array, targets_BT: jax.Array, *, mesh: Mesh, rules: Rules
+    logits_BTV: jax.Array, targets_BT: jax.Array, *, mesh: Mesh, rules: Rules, select: bool = False
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`token_losses` with the vocabulary split over the mesh axes ``vocab`` maps to.
 
@@ -75,7 +98,7 @@ def vocab_parallel_token_losses(
     logits_spec = logical_to_mesh_spec(("batch", "seq", "vocab"), rules)
     vocab_axes = logits_spec[2]
     if vocab_axes is None:
-        return token_losses(logits_BTV, targets_BT)
+        return token_losses(logits_BTV, targets_BT, select=select)
     vocab_axes = (vocab_axes,) if isinstance(vocab_axes, str) else tuple(vocab_axes)
     tokens_spec = PartitionSpec(logits_spec[0], logits_spec[1])
 
@@ -90,11 +113,8 @@ def vocab_parallel_token_losses(
         )
         lse_bt = max_bt + jnp.log(sum_exp_bt)
         local_id_bt = targets_bt - first_id
-        here_bt = (local_id_bt >= 0) & (local_id_bt < shard_width)
-        picked_bt = jnp.take_along_axis(
-            logits_btv, jnp.clip(local_id_bt, 0, shard_width - 1)[..., None], axis=-1
-        )
-        target_logit_bt = jax.lax.psum(jnp.where(here_bt, picked_bt[..., 0], 0.0), vocab_axes)
+        pick = target_logits if select else _gathered_target_logits
+        target_logit_bt = jax.lax.psum(pick(logits_btv, local_id_bt), vocab_axes)
         return lse_bt - target_logit_bt, lse_bt
 
     return jax.shard_map(
@@ -126,6 +146,7 @@ def chunked_token_losses(
     *,
     chunk: int,
     mesh_and_rules: Optional[Tuple[Mesh, Rules]] = None,
+    select: bool = False,
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`token_losses` of ``x_BTD @ w_DV`` without ever holding all the logits.
 
@@ -135,7 +156,8 @@ def chunked_token_losses(
     one piece's logits at a time instead of keeping ``[B, T, V]`` float32 residuals.  With
     ``mesh_and_rules`` each piece uses :func:`vocab_parallel_token_losses`.  ``w_DV`` is
     best passed as stored (float32): each piece casts it to ``x``'s dtype, so the head's
-    gradient is summed over pieces in float32.
+    gradient is summed over pieces in float32.  ``select``: the low-precision head (bf16
+    backward products, target logit by select).
     """
     B, T, D = x_BTD.shape
     if chunk <= 0 or T % chunk:
@@ -152,11 +174,13 @@ def chunked_token_losses(
         # The head pinned to its own sharding *before* the cast: each piece's head gradient
         # is then summed over devices in float32 (a reduce-scatter), not in bf16.
         w_sharded_DV = constrain(w_DV, ("embed", "vocab"))
-        logits_BcV = project_to_vocab(constrain(x_BcD, ACTIVATION_BTD), w_sharded_DV)
+        logits_BcV = project_to_vocab(constrain(x_BcD, ACTIVATION_BTD), w_sharded_DV,
+                                      low_precision_backward=select)
         if mesh_and_rules is None:
-            return token_losses(logits_BcV, targets_Bc)
+            return token_losses(logits_BcV, targets_Bc, select=select)
         mesh, rules = mesh_and_rules
-        return vocab_parallel_token_losses(logits_BcV, targets_Bc, mesh=mesh, rules=rules)
+        return vocab_parallel_token_losses(logits_BcV, targets_Bc, mesh=mesh, rules=rules,
+                                           select=select)
 
     def body(carry: None, xs: Tuple[jax.Array, jax.Array]) -> Tuple[None, Tuple[jax.Array, jax.Array]]:
         return carry, one_chunk(*xs)
@@ -172,20 +196,20 @@ def model_token_losses(
     config allows: chunked when ``model.cfg.loss_chunk`` is set and shorter than the
     sequence, vocab-parallel when asked and a mesh is active, plain otherwise."""
     active = active_mesh_and_rules() if vocab_parallel else None
-    chunk = getattr(getattr(model, "cfg", None), "loss_chunk", 0)
+    cfg = getattr(model, "cfg", None)
+    chunk = getattr(cfg, "loss_chunk", 0)
+    # Low precision end to end (bf16 head backward, target logit by select) unless asked not to.
+    select = (getattr(cfg, "compute_dtype", "float32") != "float32"
+              and getattr(cfg, "head_backward", "compute") == "compute")
     if chunk and chunk < inputs_BT.shape[1]:
-        return chunked_token_losses(
-            model.hidden_states(inputs_BT),
-            model.output_kernel(),
-            targets_BT,
-            chunk=chunk,
-            mesh_and_rules=active,
-        )
+        return chunked_token_losses(model.hidden_states(inputs_BT), model.output_kernel(),
+                                    targets_BT, chunk=chunk, mesh_and_rules=active, select=select)
     logits_BTV = model(inputs_BT)
     if active is None:
-        return token_losses(logits_BTV, targets_BT)
+        return token_losses(logits_BTV, targets_BT, select=select)
     mesh, rules = active
-    return vocab_parallel_token_losses(logits_BTV, targets_BT, mesh=mesh, rules=rules)
+    return vocab_parallel_token_losses(logits_BTV, targets_BT, mesh=mesh, rules=rules,
+                                       select=select)
 
 
 def loss_fn(

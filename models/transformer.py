@@ -21,7 +21,8 @@ from jax.ad_checkpoint import checkpoint_name
 from chinchax.errors import ModelError
 from models.attention import splash_attention
 from models.config import ModelConfig
-
+from models.head import head_logits
+from models.remat import ATTENTION, POLICIES, SAVES_ATTENTION, with_named_residuals
 from models.sharding import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -30,12 +31,6 @@ Initializer = Callable[..., jax.Array]
 _ATTENTION_IMPL = {"auto": None, "xla": "xla", "cudnn": "cudnn", "splash": "splash"}
 # Backend each implementation needs (None: any), checked before tracing.
 _ATTENTION_BACKEND = {"cudnn": "gpu", "splash": "tpu"}
-_REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole block on the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    "save_attention": jax.checkpoint_policies.save_only_these_names("attention"),
-}
 ACTIVATION_BTD = ("batch", "seq", "embed")
 
 
@@ -121,12 +116,10 @@ class Dense(nnx.Module):
         return y_BTO
 
 
-def project_to_vocab(x_BTD: jax.Array, w_DV: jax.Array) -> jax.Array:
+def project_to_vocab(x_BTD: jax.Array, w_DV: jax.Array, *, low_precision_backward: bool = True) -> jax.Array:
     """Float32 logits ``x @ w``: ``w`` (as stored) cast to ``x``'s dtype here, products
-    accumulated in float32 whatever the compute dtype."""
-    logits_BTV = jnp.einsum(
-        "btd,dv->btv", x_BTD, w_DV.astype(x_BTD.dtype), preferred_element_type=jnp.float32
-    )
+    accumulated in float32; in bf16 the backward products stay bf16 (``models/head.py``)."""
+    logits_BTV = head_logits(x_BTD, w_DV, low_precision_backward=low_precision_backward)
     return constrain(logits_BTV, ("batch", "seq", "vocab"))
 
 
@@ -196,6 +189,7 @@ class Block(nnx.Module):
         )
         self.mlp_kind = cfg.mlp
         self.attention_impl = _ATTENTION_IMPL[cfg.attention]
+        self.name_attention_residuals = cfg.remat in SAVES_ATTENTION
 
     def attention(self, x_BTD: jax.Array, sin_TH2: jax.Array, cos_TH2: jax.Array) -> jax.Array:
         B, T, _ = x_BTD.shape
@@ -206,14 +200,19 @@ class Block(nnx.Module):
         q_BTNH = apply_rope(q_BTQ.reshape(B, T, N, H), sin_TH2, cos_TH2)
         k_BTKH = apply_rope(k_BTC.reshape(B, T, K, H), sin_TH2, cos_TH2)
         v_BTKH = v_BTC.reshape(B, T, K, H)
-        if self.attention_impl == "splash":
-            out_BTNH = splash_attention(q_BTNH, k_BTKH, v_BTKH)
-        else:
-            out_BTNH = jax.nn.dot_product_attention(
-                q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=self.attention_impl
-            )
-        out_BTQ = checkpoint_name(out_BTNH.reshape(B, T, N * H), "attention")
+        attend = self._attend
+        if self.name_attention_residuals:
+            attend = with_named_residuals(attend)
+        out_BTNH = attend(q_BTNH, k_BTKH, v_BTKH)
+        out_BTQ = checkpoint_name(out_BTNH.reshape(B, T, N * H), ATTENTION)
         return self.o(constrain(out_BTQ, ("batch", "seq", "heads")))
+
+    def _attend(self, q_BTNH: jax.Array, k_BTKH: jax.Array, v_BTKH: jax.Array) -> jax.Array:
+        if self.attention_impl == "splash":
+            return splash_attention(q_BTNH, k_BTKH, v_BTKH)
+        return jax.nn.dot_product_attention(
+            q_BTNH, k_BTKH, v_BTKH, is_causal=True, implementation=self.attention_impl
+        )
 
     def mlp(self, x_BTD: jax.Array) -> jax.Array:
         if self.mlp_kind == "swiglu":
@@ -260,7 +259,8 @@ class Transformer(nnx.Module):
         )
 
     def __call__(self, tokens_BT: jax.Array) -> jax.Array:
-        return project_to_vocab(self.hidden_states(tokens_BT), self.output_kernel())
+        return project_to_vocab(self.hidden_states(tokens_BT), self.output_kernel(),
+                                low_precision_backward=self.cfg.head_backward == "compute")
 
     def output_kernel(self) -> jax.Array:
         """The head ``w_DV`` as stored (the embedding, transposed, when tied).
@@ -305,7 +305,7 @@ class Transformer(nnx.Module):
 
         if self.cfg.remat != "none":
             block_fn = jax.checkpoint(
-                block_fn, policy=_REMAT_POLICIES[self.cfg.remat], static_argnums=(0,)
+                block_fn, policy=POLICIES[self.cfg.remat], static_argnums=(0,)
             )
 
         if self.cfg.scan_layers:

@@ -66,17 +66,21 @@ def test_mfu_benchmark_cpu_preset_writes_a_sane_report(tmp_path: Path) -> None:
     (result,) = report["results"]
     assert result["status"] == "ok"
     for key in ("compile_time_s", "step_time_s", "tokens_per_s", "achieved_flops_per_s",
-                "achieved_flops_per_s_causal"):
+                "achieved_flops_per_s_causal", "achieved_flops_per_s_full_square"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["step_time_min_s"] <= result["step_time_s"]
     assert len(result["step_times_s"]) == report["plan"]["repeats"]
     # Throughput and FLOP/s follow from the step time and the shared counter.
     model = ModelConfig(**result["model"])
     assert result["tokens_per_s"] == pytest.approx(result["tokens_per_step"] / result["step_time_s"])
+    # MFU's count is causal (MaxText's); the full square is reported beside it.
     assert result["achieved_flops_per_s"] == pytest.approx(
+        result["tokens_per_s"] * executed_flops_per_token(model, result["seq_len"], causal=True))
+    assert result["achieved_flops_per_s_causal"] == result["achieved_flops_per_s"]
+    assert result["achieved_flops_per_s_full_square"] == pytest.approx(
         result["tokens_per_s"] * executed_flops_per_token(model, result["seq_len"]))
-    assert result["achieved_flops_per_s_causal"] < result["achieved_flops_per_s"]
-    assert result["mfu"] is None and result["mfu_causal"] is None  # no CPU peak on record
+    assert result["achieved_flops_per_s_full_square"] > result["achieved_flops_per_s"]
+    assert result["mfu"] is None and result["mfu_full_square"] is None  # no CPU peak on record
     assert result["state_donated"] and result["host_callbacks"] == 0
     assert result["compiled_memory"]["total"] > 0
     assert math.isfinite(result["loss_first"]) and math.isfinite(result["loss_last"])
@@ -85,13 +89,35 @@ def test_mfu_benchmark_cpu_preset_writes_a_sane_report(tmp_path: Path) -> None:
 def test_mfu_benchmark_rejects_unknown_names_with_a_hint() -> None:
     mfu = load_benchmark("mfu")
     with pytest.raises(mfu.BenchmarkError) as err:
-        mfu.run_sweep("h100", shapes=["7b"])
+        mfu.run_sweep("h100-sizes", shapes=["7b"])
     assert "125m" in err.value.hint
+    with pytest.raises(mfu.BenchmarkError) as err:
+        mfu.run_sweep("h100", variants=["fastest"])
+    assert "bf16_head" in err.value.hint
     with pytest.raises(mfu.BenchmarkError):
         mfu.run_sweep("gpu-please")
-    assert [s.name for s in mfu.PRESETS["h100"].shapes] == ["125m", "350m", "1b"]
+    assert [s.name for s in mfu.PRESETS["h100-sizes"].shapes] == ["125m", "350m", "1b"]
+    assert [s.name for s in mfu.PRESETS["h100"].shapes] == ["1b"]
     assert all(s.model.compute_dtype == "bfloat16" and s.seq_len == 2048
-               for s in mfu.PRESETS["h100"].shapes)
+               for s in mfu.PRESETS["h100"].shapes + mfu.PRESETS["h100-sizes"].shapes)
+
+
+@pytest.mark.slow
+def test_mfu_gpu_variants_run_end_to_end_at_toy_size(tmp_path: Path) -> None:
+    """``--preset h100``'s variants on CPU: each compiles, trains and reports its program."""
+    mfu = load_benchmark("mfu")
+    out = tmp_path / "mfu_toy.json"
+    assert mfu.main(["--preset", "h100-toy", "--devices", "1", "--out", str(out)]) == 0
+    results = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert list(results) == [v.name for v in mfu.PRESETS["h100"].variants]
+    assert all(r["status"] == "ok" and math.isfinite(r["loss_last"]) for r in results.values())
+    assert results["current"]["f32_vocab_dots"] > 0  # the float32 head backward, as before
+    assert all(r["f32_vocab_dots"] == 0 for name, r in results.items() if name != "current")
+    assert all(r["attention_custom_calls"] == {"forward": 0, "backward": 0}  # XLA attention
+               for r in results.values())
+    accum = results["remat_none_batch16_accum2"]
+    assert accum["grad_accum_steps"] == 2 and accum["global_batch"] == 16
+    assert not results["remat_none_no_scan"]["scan_layers"]
 
 
 def test_step_overhead_compares_the_same_math_and_gives_a_finite_ratio(tmp_path: Path) -> None:

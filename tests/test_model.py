@@ -303,7 +303,7 @@ def test_odd_head_dim_is_rejected_with_a_hint() -> None:
 # ------------------------------------------------------------------------ scan and remat
 
 
-REMAT_POLICIES = ("full", "dots", "dots_no_batch", "save_attention")
+REMAT_POLICIES = ("full", "dots", "dots_no_batch", "save_attention", "attention_dots")
 
 
 def test_remat_policies_give_the_same_gradients() -> None:
