@@ -7,6 +7,7 @@ the law (``--out``) that ``chinchax allocate --law`` reads, and optionally plots
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,12 @@ from typing import Any
 from rich.console import Console
 
 from chinchax.errors import ScalingError
-from launch.tables import number, report_table
-from scaling.fit import FitConfig, FitWarning, coarse_grid, evaluate, fit, write_law_file
+from launch.tables import backtest_table, number, report_table
+from scaling.backtest import Backtest, backtest_curve, backtest_parametric
+from scaling.curve_law import read_curve_points
+from scaling.findings import fit_findings
+from scaling.fit import FitConfig, FitWarning, coarse_grid, evaluate, fit, fit_curve_report, write_law_file
+from scaling.identity import common_identity, input_identities, run_dirs_of
 from scaling.laws import ParametricLaw, get_law
 from scaling.observations import load_observations
 
@@ -27,8 +32,9 @@ def register(subparsers: Any) -> None:
         "for N, D or C, and loss.  Intervals come from a bootstrap over runs.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="run directory, directory of runs, or CSV file")
-    parser.add_argument("--approach", type=int, choices=(1, 2, 3), default=3,
-                        help="1: envelope, 2: isoFLOP parabolas, 3: parametric Huber fit (default)")
+    parser.add_argument("--approach", type=_approach, choices=(1, 2, 3, "curve"), default=3,
+                        help="1: envelope, 2: isoFLOP parabolas, 3: parametric Huber fit (default), "
+                        "curve: every eval of every run under its learning-rate schedule")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples over runs (0: no intervals; default 1000)")
     parser.add_argument("--drop-early", type=float, default=0.1, metavar="FRACTION",
@@ -53,8 +59,18 @@ def register(subparsers: Any) -> None:
                         help="approach 2: runs within this many decades of FLOPs share a budget")
     parser.add_argument("--evaluate", action="store_true",
                         help="also report ARE on the last 30%% of the largest run, fitted on the rest")
+    parser.add_argument("--backtest", nargs="?", const="budget", choices=("budget", "model"),
+                        help="fit without the largest budget (or model), predict its runs' final "
+                        "losses and report the ARE")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="fit runs whose tokenizer, data, sequence length, compute counter, "
+                        "family or initialisation differ")
     parser.add_argument("--name", help="name of the fitted law (default: from --out)")
     parser.set_defaults(func=run)
+
+
+def _approach(text: str) -> int | str:
+    return text if text == "curve" else int(text) if text.isdigit() else text
 
 
 def _fixed(args: argparse.Namespace) -> dict[str, float]:
@@ -89,28 +105,27 @@ def run(args: argparse.Namespace) -> int:
         raise ScalingError(f"--bootstrap must be 0 or more, got {args.bootstrap}",
                        hint="use 0 to skip intervals, 1000 for the usual ones")
     console = Console()
-    obs = load_observations(args.inputs, drop_early=args.drop_early)
-    if args.drop_highest_loss:
-        obs = obs.drop_highest_loss(args.drop_highest_loss)
+    identity = common_identity(input_identities(args.inputs), allow_mixed=args.allow_mixed)
     config = config_from_args(args)
     name = args.name or (args.out.stem if args.out else None)
+    points = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # printed below from the report instead
-        report = fit(obs, config, name=name)
+        if args.approach == "curve":
+            points = read_curve_points(run_dirs_of(args.inputs), drop_early=args.drop_early)
+            obs = points.obs
+            report = fit_curve_report(points, config, name=name or "fit-curve")
+        else:
+            obs = load_observations(args.inputs, drop_early=args.drop_early)
+            if args.drop_highest_loss:
+                obs = obs.drop_highest_loss(args.drop_highest_loss)
+            report = fit(obs, config, name=name)
+        found = tuple(fit_findings(report.estimates, report.intervals, obs, config,
+                                   report.target_flops)) if report.approach in (3, "curve") else ()
+        report = dataclasses.replace(report, findings=found, identity=identity)
         evaluation = evaluate(obs, config) if args.evaluate else None
-    console.print(report_table(report))
-    a, b = report.estimates["a"], report.estimates["b"]
-    spans = {k: report.intervals.get(k) for k in ("a", "b")}
-    console.print(
-        f"compute-optimal: N_opt ∝ C^{number(a)}"
-        + (f" [{number(spans['a'].low)}, {number(spans['a'].high)}]" if spans["a"] else "")
-        + f", D_opt ∝ C^{number(b)}"
-        + (f" [{number(spans['b'].low)}, {number(spans['b'].high)}]" if spans["b"] else ""))
-    if report.bootstrap is not None:
-        console.print(f"bootstrap: {report.bootstrap.n_resamples} resamples of "
-                      f"{obs.n_runs} runs, {report.bootstrap.n_failed} failed")
-    for note in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+        backtest = _backtest(args, obs, points, config)
+    _print_report(console, report)
     settings: dict[str, Any] = {"inputs": [str(p) for p in args.inputs],
                                 "drop_early": args.drop_early,
                                 "drop_highest_loss": args.drop_highest_loss}
@@ -119,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
                       f"({len(evaluation.heldout)} held-out points): {evaluation.are:.2%}")
         settings["evaluation"] = {"target_run": evaluation.target_run, "are": evaluation.are,
                                   "heldout_points": len(evaluation.heldout)}
+    if backtest is not None:
+        console.print(backtest_table(backtest))
+        settings["backtest"] = backtest.to_dict()
     if args.out:
         path = write_law_file(report, args.out, settings)
         console.print(f"law written to {path} (use: chinchax allocate --law {path})", highlight=False)
@@ -129,3 +147,28 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"plot: {path}", highlight=False)
     return 0
 
+
+def _backtest(args: argparse.Namespace, obs: Any, points: Any, config: FitConfig) -> Backtest | None:
+    if not args.backtest:
+        return None
+    if points is not None:
+        return backtest_curve(points, config, args.backtest)
+    return backtest_parametric(obs, config, args.backtest)
+
+
+def _print_report(console: Console, report: Any) -> None:
+    for finding in report.findings:
+        console.print(f"[bold red]finding:[/bold red] {finding}", highlight=False)
+    console.print(report_table(report))
+    a, b = report.estimates["a"], report.estimates["b"]
+    spans = {k: report.intervals.get(k) for k in ("a", "b")}
+    console.print(
+        f"compute-optimal: N_opt ∝ C^{number(a)}"
+        + (f" [{number(spans['a'].low)}, {number(spans['a'].high)}]" if spans["a"] else "")
+        + f", D_opt ∝ C^{number(b)}"
+        + (f" [{number(spans['b'].low)}, {number(spans['b'].high)}]" if spans["b"] else ""))
+    if report.bootstrap is not None:
+        console.print(f"bootstrap: {report.bootstrap.n_resamples} resamples of "
+                      f"{report.observations.n_runs} runs, {report.bootstrap.n_failed} failed")
+    for note in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {note}", highlight=False)

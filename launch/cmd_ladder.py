@@ -37,7 +37,9 @@ from rich.table import Table
 from chinchax.errors import ChinchaxError, ConfigError, ScalingError
 from launch.config import ExperimentConfig, config_error, load_experiment, read_yaml
 from launch.ladder_runner import Runner, local_copy, run_state
-from launch.tables import report_table
+from launch.tables import backtest_table, report_table
+from scaling.ladder_backtest import backtest_stop
+from scaling.backtest import Backtest
 
 from scaling.allocate import BudgetConfig, RunPlan
 from scaling.fit import FitWarning
@@ -222,6 +224,7 @@ class LadderOutcome:
     prediction: Optional[dict[str, Any]] = None
     verification: Optional[dict[str, Any]] = None
     report: Optional[Path] = None
+    stopped: str = ""
 
 
 def wall_time_model(setup: LadderSetup, summaries: Sequence[Mapping[str, Any]]) -> WallTimeModel:
@@ -390,7 +393,8 @@ def _fit(setup: LadderSetup, plan: LadderPlan, run_dirs: Sequence[Path],
         warnings.simplefilter("ignore", FitWarning)  # shown from the reports below
         analysis = analyse_ladder(setup.ladder_dir, plan, setup.budget_template, run_dirs=run_dirs,
                                   data_parallel=setup.data_parallel,
-                                  base_model=setup.experiment.model, name=setup.name)
+                                  base_model=setup.experiment.model, name=setup.name,
+                                  optim=dataclasses.asdict(setup.experiment.optim))
     _print_fits(console, analysis)
     return analysis
 
@@ -421,9 +425,13 @@ def _train_target(setup: LadderSetup, outcome: LadderOutcome, runner: Runner,
     target_status, _ = run_state(setup.target_dir)
     target_exp = rung_experiment(setup, f"{setup.name}-target", analysis.target, setup.target_dir,
                                  setup.ladder.seeds[0],
-                                 prediction_law=str(Path(analysis.law_files[3]).resolve()))
+                                 prediction_law=str(Path(analysis.law_file).resolve()))
     target_path = _write_experiment(setup, TARGET_NAME, target_exp, started=target_status != "new")
-    if target_status != "complete" and setup.ladder.train_target:
+    stop = backtest_stop(setup.ladder, prediction)
+    if stop and target_status == "new":
+        console.print(f"[bold red]stopped before the target:[/bold red] {stop}", highlight=False)
+        outcome.stopped = stop
+    elif target_status != "complete" and setup.ladder.train_target:
         started_file = setup.ladder_dir / TARGET_STARTED_FILE
         if not started_file.is_file():
             _write_json(started_file, {"started_at": time.time(), "prediction_written_at":
@@ -437,7 +445,7 @@ def _train_target(setup: LadderSetup, outcome: LadderOutcome, runner: Runner,
         outcome.verification = verify_target(prediction, local_target)
         _write_json(setup.ladder_dir / VERIFICATION_FILE, outcome.verification)
         _print_verification(console, outcome.verification)
-    else:
+    elif not stop:
         console.print(f"target not trained (ladder.train_target=false): run "
                       f"'chinchax train {target_path}', then this command again to verify",
                       highlight=False)
@@ -456,7 +464,7 @@ def _prediction_settings(setup: LadderSetup, target: RunPlan) -> dict[str, Any]:
 
 
 def _print_fits(console: Console, analysis: LadderAnalysis) -> None:
-    for approach, report in sorted(analysis.reports.items()):
+    for approach, report in sorted(analysis.reports.items(), key=lambda item: str(item[0])):
         console.print(report_table(report))
         for note in report.warnings:
             console.print(f"[yellow]warning:[/yellow] approach {approach}: {note}", highlight=False)
@@ -467,11 +475,11 @@ def _print_fits(console: Console, analysis: LadderAnalysis) -> None:
 
 def _print_prediction(console: Console, prediction: Mapping[str, Any], target_flops: float,
                       path: Path) -> None:
-    agreement = prediction.get("agreement")
-    if agreement and agreement["disagree"]:
-        console.print(f"[yellow]warning:[/yellow] approaches 2 and 3 disagree on N_opt at the target: "
-                      f"{agreement['n_opt_approach2']:.3g} vs {agreement['n_opt_approach3']:.3g}; the "
-                      f"target is sized by approach {prediction['sizing_approach']}", highlight=False)
+    for finding in prediction.get("findings") or []:
+        console.print(f"[bold red]finding:[/bold red] {finding}", highlight=False)
+    backtest = prediction.get("backtest")
+    if backtest:
+        console.print(backtest_table(Backtest.from_dict(backtest)))
     if prediction.get("sizing_note"):
         console.print(f"[yellow]warning:[/yellow] {prediction['sizing_note']}", highlight=False)
     final, target = prediction["final_loss"], prediction["target"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from scaling.backtest import Backtest
 from scaling.fit import LABEL_ORDER, FitReport
 
 DESCRIPTIONS = {
@@ -42,4 +43,16 @@ def report_table(report: FitReport) -> Table:
             span = "" if interval is None else f"{number(interval.low)} – {number(interval.high)}"
             note = DESCRIPTIONS.get(name, "")
         table.add_row(name, number(report.estimates[name]), span, note)
+    return table
+
+
+def backtest_table(backtest: Backtest) -> Table:
+    """Actual against predicted final loss of each left-out run, and the ARE."""
+    table = Table(title=f"backtest (approach {backtest.approach}): fitted on {backtest.fit_runs} runs, "
+                  f"largest {backtest.held_out_by} left out; ARE {backtest.are:.2%}")
+    for column in ("run", "N", "C (exact FLOPs)", "actual", "predicted", "error"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in backtest.rows:
+        table.add_row(row["run"], f"{row['n_params']:,.0f}", f"{row['flops']:.3g}",
+                      f"{row['actual']:.4f}", f"{row['predicted']:.4f}", f"{row['error']:+.2%}")
     return table

@@ -8,22 +8,26 @@ et al. 2024).  Compute follows the papers' ``C = 6 N D``, as in ``scaling/laws.p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from chinchax.errors import ScalingError
+from scaling.curve_law import CurvePoints
 from scaling.fit_approach12 import IsoFlopProfile, PowerLawFit, fit_envelope, fit_isoflop, group_budgets
 from scaling.fit_approach3 import (HuberLogObjective, ParametricFit, fit_continual, fit_parametric,
                                    theta_to_coefficients)
 from scaling.fit_bootstrap import (Bootstrap, Interval, bootstrap_parametric, bootstrap_power,
                                    parametric_quantities, point_weights, power_quantities,
                                    resample_runs)
+from scaling.fit_curve import CurveFit, bootstrap_curve, fit_curve
 from scaling.fit_config import (APPROACHES, LABEL_ORDER, PARAMETER_NAMES, FitConfig, FitWarning,
                                 StartGrid, coarse_grid, config_dict)
+from scaling.identity import FIELDS as IDENTITY_FIELDS, UNKNOWN, nested
 from scaling.laws import Law, ParametricLaw
+from scaling.lr_schedule import Schedule
 from scaling.lbfgs import BatchResult, lbfgs_batched
 from scaling.observations import Observations
 
@@ -41,16 +45,19 @@ __all__ = [
 class FitReport:
     """Everything ``chinchax fit`` shows and writes: the law, estimates, intervals, data."""
 
-    approach: int
+    approach: int | str
     law: Law
     estimates: dict[str, float]
     intervals: dict[str, Interval]
     target_flops: float
     observations: Observations
     config: FitConfig
-    detail: ParametricFit | PowerLawFit
+    detail: ParametricFit | PowerLawFit | CurveFit
     bootstrap: Optional[Bootstrap]
     warnings: tuple[str, ...]
+    findings: tuple[str, ...] = ()
+    identity: Optional[Mapping[str, str]] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def exponents(self) -> dict[str, float]:
@@ -72,6 +79,9 @@ class FitReport:
                 "resamples": self.bootstrap.n_resamples, "failed": self.bootstrap.n_failed,
                 "confidence": self.bootstrap.confidence, "unit": "run"},
             "warnings": list(self.warnings),
+            "findings": list(self.findings),
+            "identity": nested(self.identity or {k: UNKNOWN for k in IDENTITY_FIELDS}),
+            **dict(self.extra),
             "settings": {**config_dict(self.config), **dict(settings or {})},
             "data": self.observations.records(),
         }
@@ -114,6 +124,46 @@ def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None 
     return FitReport(approach=config.approach, law=law, estimates=estimates, intervals=intervals,
                      target_flops=target, observations=obs, config=config, detail=detail,
                      bootstrap=boot, warnings=tuple(notes))
+
+
+def fit_curve_report(points: CurvePoints, config: FitConfig = FitConfig(), *, name: str = "fit-curve",
+                     reference: Optional[Schedule] = None) -> FitReport:
+    """The curve law fitted and bootstrapped, reported as the L(N, D) law of runs shaped like
+    ``reference`` (default: the run with the most compute), which allocation reads."""
+    detail = fit_curve(points, config)
+    if config.bootstrap:
+        detail = bootstrap_curve(points, detail, config)
+    if reference is None:
+        reference = points.schedules[str(points.obs.run_id[int(np.argmax(points.obs.flops))])]
+    return curve_report(detail, points.obs, config, reference, name=name)
+
+
+def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, reference: Schedule, *,
+                 name: str = "fit-curve") -> FitReport:
+    """A fitted curve law as a :class:`FitReport` of its L(N, D) reduction at ``reference``."""
+    target = config.target_flops or default_target_flops(obs)
+    law = detail.law.reduced(reference, name=name, source=f"chinchax fit, curve law (Tissue et al. "
+                             f"2024) on {len(obs)} evals from {obs.n_runs} runs")
+    estimates = {**parametric_quantities(law, target), "C": detail.law.C}
+    estimates.pop("gamma")
+    boot = None
+    if detail.law.samples:
+        rows = []
+        for reduced, raw in zip(law.samples, detail.law.samples):
+            try:  # a degenerate replicate is counted, not fatal
+                quantities = parametric_quantities(law.with_coefficients(reduced), target)
+            except (ArithmeticError, ScalingError):
+                continue
+            quantities.pop("gamma")
+            rows.append([*quantities.values(), raw[5]])
+        failed = detail.n_failed + len(detail.law.samples) - len(rows)
+        boot = Bootstrap(names=tuple(estimates), samples=np.array(rows).reshape(len(rows), len(estimates)),
+                         n_resamples=config.bootstrap, n_failed=failed, confidence=config.confidence)
+    intervals = {} if boot is None else {k: boot.interval(k, v) for k, v in estimates.items()}
+    extra = {"curve": {**detail.law.to_dict(), "reference": asdict(reference)}}
+    return FitReport(approach="curve", law=law, estimates=estimates, intervals=intervals,
+                     target_flops=target, observations=obs, config=config, detail=detail,
+                     bootstrap=boot, warnings=detail.warnings, extra=extra)
 
 
 def write_law_file(report: FitReport, path: str | Path,

@@ -6,6 +6,7 @@ minimum-loss envelope of the runs' loss-vs-compute curves (``C = 6 N D``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ class IsoFlopProfile:
     tokens_opt: float
     loss_opt: float
     inside: bool
+    exact_flops: float = math.nan  # the budget in the exact counter's FLOPs (the rungs' own)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ def fit_isoflop(obs: Observations, config: FitConfig = FitConfig(), *,
         profiles.append(IsoFlopProfile(
             flops=budget, n_params=final.n_params[rows], loss=y, coefficients=(c2, c1, c0),
             n_opt=n_opt, tokens_opt=budget / (6.0 * n_opt),
-            loss_opt=float(np.polyval((c2, c1, c0), x_opt)), inside=inside))
+            loss_opt=float(np.polyval((c2, c1, c0), x_opt)), inside=inside,
+            exact_flops=float(np.exp(np.mean(np.log(final.flops[group]))))))
     if len(profiles) < 2:
         raise ScalingError(f"approach 2 needs at least 2 isoFLOP budgets with 3 or more model sizes "
                        f"each, found {len(profiles)}",

@@ -165,13 +165,7 @@ def fit_parametric(obs: Observations, config: FitConfig = FitConfig(), *, name: 
     if not np.isfinite(search.f).any():
         raise ScalingError("no start of the grid gave a finite objective",
                        hint="check the data for extreme values, or change the start grid")
-    candidates = _distinct(objective.theta(search.x), search.f, limit=config.polish_starts)
-    result = lbfgs_batched(objective, search.x[candidates], max_iter=config.max_iter,
-                           memory=config.memory, gtol=config.gtol, ftol=config.ftol)
-    best = int(np.argmin(result.f))
-    theta = objective.theta(result.x)
-    restarts = _restarts(theta, result.f, objective.theta(search.x), search.f,
-                         limit=max(config.bootstrap_starts, 1))
+    theta, result, best, restarts = polish(objective, search, config)
     coefficients = theta_to_coefficients(theta[best], fixed)
     law = ParametricLaw(*map(float, coefficients), name=name,
                         source=f"chinchax fit, approach 3 (Huber delta={config.huber_delta:g}, "
@@ -189,6 +183,19 @@ def fit_parametric(obs: Observations, config: FitConfig = FitConfig(), *, name: 
     if emit_warnings:
         _emit(notes)
     return fit
+
+
+def polish(objective: Any, search: BatchResult, config: FitConfig
+           ) -> tuple[np.ndarray, BatchResult, int, np.ndarray]:
+    """Refine the best distinct end points of a screening search in float64: the polished
+    points (optimiser scale), their result, the best one's index, and bootstrap restarts."""
+    candidates = _distinct(objective.theta(search.x), search.f, limit=config.polish_starts)
+    result = lbfgs_batched(objective, search.x[candidates], max_iter=config.max_iter,
+                           memory=config.memory, gtol=config.gtol, ftol=config.ftol)
+    theta = objective.theta(result.x)
+    restarts = _restarts(theta, result.f, objective.theta(search.x), search.f,
+                         limit=max(config.bootstrap_starts, 1))
+    return theta, result, int(np.argmin(result.f)), restarts
 
 
 def _search(obs: Observations, config: FitConfig, starts: np.ndarray) -> BatchResult:

@@ -119,8 +119,11 @@ def bootstrap_parametric(obs: Observations, fit: ParametricFit, config: FitConfi
     names = tuple(parametric_quantities(fit.law, target_flops))
     samples = np.full((config.bootstrap, len(names)), np.nan)
     for r in np.flatnonzero(~failed):
-        law = fit.law.with_coefficients(coefficients[r])
-        samples[r] = list(parametric_quantities(law, target_flops).values())
+        try:  # a degenerate replicate (e.g. B underflowing to 0) is counted, not fatal
+            law = fit.law.with_coefficients(coefficients[r])
+            samples[r] = list(parametric_quantities(law, target_flops).values())
+        except (ArithmeticError, ScalingError):
+            failed[r] = True
     return Bootstrap(names=names, samples=samples[~failed], n_resamples=config.bootstrap,
                      n_failed=int(failed.sum()), confidence=config.confidence)
 

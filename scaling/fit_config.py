@@ -17,9 +17,9 @@ PARAMETER_NAMES = ("E", "A", "B", "alpha", "beta", "gamma")
 # scale on which Chinchilla's start grid is written).
 LOG_SCALED = ("E", "A", "B")
 GRID_AXIS = {"E": "e", "A": "a", "B": "b", "alpha": "alpha", "beta": "beta", "gamma": "gamma"}
-APPROACHES = (1, 2, 3)
+APPROACHES = (1, 2, 3, "curve")
 # Every quantity a report may hold, in the order tables show them.
-LABEL_ORDER = ("E", "A", "B", "alpha", "beta", "gamma", "a", "b", "n_coef", "d_coef", "n_opt",
+LABEL_ORDER = ("E", "A", "B", "C", "alpha", "beta", "gamma", "a", "b", "n_coef", "d_coef", "n_opt",
                "tokens_opt", "loss_opt")
 
 
@@ -96,7 +96,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.approach not in APPROACHES:
-            raise ScalingError(f"approach must be 1, 2 or 3, got {self.approach}",
+            raise ScalingError(f"approach must be 1, 2, 3 or curve, got {self.approach}",
                            hint="1: envelope, 2: isoFLOP parabolas, 3: parametric Huber fit")
         positive = {"huber_delta": self.huber_delta, "max_iter": self.max_iter,
                     "memory": self.memory, "budget_tolerance": self.budget_tolerance,

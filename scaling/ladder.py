@@ -69,7 +69,7 @@ def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str =
                              target.tokens, schedule=schedule, decay_fraction=decay_fraction,
                              wsd_decay_shape=wsd_decay_shape, **dict(interval or {}))
     optimum = {}
-    for approach, report in sorted(analysis.reports.items()):
+    for approach, report in sorted(analysis.reports.items(), key=lambda item: str(item[0])):
         optimum[f"approach{approach}"] = {
             "n_opt": _interval_dict(report, "n_opt"), "tokens_opt": _interval_dict(report, "tokens_opt"),
             "loss_opt": _interval_dict(report, "loss_opt"),
@@ -81,8 +81,13 @@ def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str =
         "target_flops": analysis.target_flops,
         "sizing_approach": analysis.sizing_approach,
         "sizing_note": analysis.sizing_note,
-        "law_file": analysis.law_files[3],
+        "law_file": analysis.law_file,
+        "loss_law": str(analysis.loss_approach),
         "coefficients": {k: float(getattr(analysis.law, k)) for k in ("E", "A", "B", "alpha", "beta")},
+        "curve": analysis.reports["curve"].extra.get("curve") if "curve" in analysis.reports else None,
+        "backtest": None if analysis.backtest is None else analysis.backtest.to_dict(),
+        "backtest_are": None if analysis.backtest is None else analysis.backtest.are,
+        "findings": list(analysis.findings),
         "optimum": optimum,
         "target": {"n_params": target.n_params, "tokens": target.tokens, "steps": target.steps,
                    "global_batch": target.global_batch, "seq_len": target.seq_len,

@@ -16,7 +16,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from chinchax.errors import ChinchaxError, ScalingError
 from models.config import ModelConfig
 from scaling.allocate import BudgetConfig, RunPlan, plan_run
-from scaling.fit import FitReport, fit, write_law_file
+from scaling.fit import FitReport, curve_report, fit, fit_curve_report, write_law_file
+from scaling.findings import DISAGREEMENT_FACTOR
+from scaling.identity import common_identity, identities_of
+from scaling.ladder_backtest import ladder_backtest, ladder_curve_points, ladder_findings, plan_schedule
+from scaling.backtest import Backtest
 from scaling.ladder_config import LAW_FILE, MIN_SIZES_PER_BUDGET, LadderConfig
 from scaling.ladder_design import LadderPlan
 from scaling.laws import ParametricLaw
@@ -37,16 +41,28 @@ class LadderAnalysis:
     skipped: Dict[int, str] = field(default_factory=dict)
     sizing_note: str = ""
     sensitivity: tuple[dict[str, Any], ...] = ()
+    backtest: Optional[Backtest] = None
+    findings: tuple[str, ...] = ()
+
+    @property
+    def loss_approach(self) -> int | str:
+        """The fit that predicts the loss: the curve law when fitted, else approach 3."""
+        return "curve" if "curve" in self.reports else 3
 
     @property
     def law(self) -> ParametricLaw:
-        law = self.reports[3].law
+        law = self.reports[self.loss_approach].law
         assert isinstance(law, ParametricLaw)
         return law
 
+    @property
+    def law_file(self) -> str:
+        return self.law_files[self.loss_approach]
 
-def law_file_name(approach: int) -> str:
-    return LAW_FILE if approach == 3 else f"law_approach{approach}.json"
+
+def law_file_name(approach: int | str) -> str:
+    return LAW_FILE if approach == 3 else "law_curve.json" if approach == "curve" else \
+        f"law_approach{approach}.json"
 
 
 def rung_observations(run_dirs: Sequence[str | Path], drop_early: float) -> Observations:
@@ -78,8 +94,6 @@ def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: f
     return obs, reports, skipped
 
 
-# Approaches 2 and 3 disagreeing on N_opt by more than this factor is worth a warning.
-DISAGREEMENT_FACTOR = 2.0
 
 
 def allocation_agreement(reports: Mapping[int, FitReport]) -> Optional[dict[str, Any]]:
@@ -129,41 +143,61 @@ def fit_choice_sensitivity(run_dirs: Sequence[str | Path], cfg: LadderConfig, ta
 def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: BudgetConfig, *,
                    run_dirs: Sequence[str | Path], data_parallel: int = 1,
                    base_model: Optional[ModelConfig] = None, name: str = "ladder",
-                   settings: Optional[Mapping[str, Any]] = None) -> LadderAnalysis:
-    """Fit the finished rungs, write the law files into ``ladder_dir``, and size the target.
+                   settings: Optional[Mapping[str, Any]] = None,
+                   optim: Optional[Mapping[str, Any]] = None) -> LadderAnalysis:
+    """Fit the finished rungs, write the law files into ``ladder_dir``, size the target, and
+    backtest the loss law on the largest budget.
 
-    ``run_dirs`` are the rungs' (local) run directories; the run id of each is its directory
-    name, which the bootstrap resamples.  ``settings`` is recorded in the law files.
+    ``optim`` is the experiment's optimiser section: the curve law needs the target's schedule.
+    ``settings`` is recorded in the law files.
     """
-    out = Path(ladder_dir)
-    cfg = plan.config
+    out, cfg = Path(ladder_dir), plan.config
     obs, reports, skipped = fit_rungs(run_dirs, cfg, plan.target_flops, name=name)
-    sizing = cfg.target_sizing if cfg.target_sizing in reports else 3  # approach 3 always fits
-    law_files: Dict[int, str] = {}
     context = {"ladder": name, "rungs": [Path(p).name for p in run_dirs],
                "drop_early": cfg.drop_early, **dict(settings or {})}
-    for approach, report in reports.items():
-        law_files[approach] = str(write_law_file(report, out / law_file_name(approach), context))
-    # Approach 3 stands behind the configured sizing law: an isoFLOP power law extrapolated
-    # from minima at the edge of the sweep can ask for an absurd size, while the parametric
-    # fit still gives a usable optimum.
+    identity = common_identity(identities_of(run_dirs))
+    points = None
+    if cfg.fit == "curve":
+        points = ladder_curve_points(run_dirs, cfg)
+        reports["curve"] = fit_curve_report(points, cfg.fit_config(3, plan.target_flops),
+                                            name=f"{name}-curve",
+                                            reference=plan_schedule(plan.provisional_target, optim))
+    law_files = {a: str(write_law_file(replace(r, identity=identity), out / law_file_name(a), context))
+                 for a, r in reports.items()}
+    sizing = cfg.target_sizing if cfg.target_sizing in reports else 3  # approach 3 always fits
+    if sizing == 3 and "curve" in reports:
+        sizing = "curve"
+    target, sizing, sizing_note = _size_target(plan, budget_template, law_files, sizing,
+                                               data_parallel, base_model)
+    if "curve" in reports:  # the law file reduces the curve law at the target's own schedule
+        reports["curve"] = curve_report(reports["curve"].detail, points.obs,
+                                        cfg.fit_config(3, plan.target_flops),
+                                        plan_schedule(target, optim), name=f"{name}-curve")
+        law_files["curve"] = str(write_law_file(replace(reports["curve"], identity=identity),
+                                                out / law_file_name("curve"), context))
+    backtest = ladder_backtest(obs, points, cfg, plan.target_flops)
+    analysis = LadderAnalysis(observations=obs, reports=reports, law_files=law_files, target=target,
+                              target_flops=plan.target_flops, sizing_approach=sizing,
+                              sizing_note=sizing_note, rung_names=tuple(Path(p).name for p in run_dirs),
+                              skipped=skipped, backtest=backtest,
+                              sensitivity=fit_choice_sensitivity(run_dirs, cfg, target, plan.target_flops))
+    return replace(analysis, findings=ladder_findings(analysis, cfg))
+
+
+def _size_target(plan: LadderPlan, budget_template: BudgetConfig, law_files: Mapping[Any, str],
+                 sizing: int | str, data_parallel: int, base_model: Optional[ModelConfig]
+                 ) -> tuple[RunPlan, int | str, str]:
+    """Plan the target under the sizing law; the loss law stands behind it (an isoFLOP power
+    law extrapolated from minima at the sweep's edge can ask for an absurd size)."""
+    fallback = "curve" if "curve" in law_files else 3
     failures: list[str] = []
-    for approach in dict.fromkeys((sizing, 3)):
+    for approach in dict.fromkeys((sizing, fallback)):
         try:
-            target = plan_run(replace(budget_template, flops=plan.target_flops,
-                                      law=law_files[approach]),
+            target = plan_run(replace(budget_template, flops=plan.target_flops, law=law_files[approach]),
                               data_parallel=data_parallel, base_model=base_model)
-            break
+            note = f"{failures[0]}; approach {approach} sized it instead" if failures else ""
+            return target, approach, note
         except ChinchaxError as exc:
             failures.append(f"approach {approach}'s law cannot size the target ({exc})")
             hint = exc.hint or "inspect the law files and the isoFLOP plot"
-    else:
-        raise ScalingError(f"at {plan.target_flops:.3g} FLOPs: " + "; ".join(failures),
-                          hint=hint) from None
-    sizing_note = f"{failures[0]}; approach 3 sized it instead" if failures else ""
-    sizing = approach
-    return LadderAnalysis(observations=obs, reports=reports, law_files=law_files, target=target,
-                          target_flops=plan.target_flops, sizing_approach=sizing,
-                          sizing_note=sizing_note,
-                          rung_names=tuple(Path(p).name for p in run_dirs), skipped=skipped,
-                          sensitivity=fit_choice_sensitivity(run_dirs, cfg, target, plan.target_flops))
+    raise ScalingError(f"at {plan.target_flops:.3g} FLOPs: " + "; ".join(failures), hint=hint)

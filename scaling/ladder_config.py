@@ -12,6 +12,7 @@ from chinchax.errors import ScalingError
 from scaling.fit import FitConfig, coarse_grid
 
 GRIDS = ("full", "coarse")
+FITS = ("curve", "approach3")
 # A parabola (approach 2) needs three sizes per budget; approach 3 needs three runs at least.
 MIN_SIZES_PER_BUDGET = 3
 # Files a ladder directory holds (the launcher and the report use the same names).
@@ -39,7 +40,10 @@ class LadderConfig:
     refits approach 3 under other ``drop_early`` values, a choice the bootstrap cannot see.
     ``evals_per_run`` and ``eval_sequences`` give every run about as many evals and the same
     held-out set whatever its length and batch.  Wall time: ``flops_per_second`` (else measured
-    on finished rungs, else a CPU guess) plus ``run_overhead_s`` per run.
+    on finished rungs, else a CPU guess) plus ``run_overhead_s`` per run.  ``fit: curve`` (the
+    default) predicts with the loss-curve law (momentum ``curve_lambda``), ``approach3`` with
+    L(N, D); either is first backtested on the largest ``backtest_by``, and a backtest ARE above
+    ``require_backtest_are`` (null: never) stops the ladder before its target.
     """
 
     budgets: List[float] = field(default_factory=lambda: [1e11, 3e11, 1e12, 3e12])
@@ -66,6 +70,10 @@ class LadderConfig:
     train_target: bool = True
     flops_per_second: Optional[float] = None
     run_overhead_s: float = 10.0
+    fit: str = "curve"
+    curve_lambda: float = 0.999
+    backtest_by: str = "budget"
+    require_backtest_are: Optional[float] = 0.03
 
     def __post_init__(self) -> None:
         self._check_sweep()
@@ -110,6 +118,18 @@ class LadderConfig:
                               hint="e.g. seeds: [0] (or [0, 1] to see seed noise)")
 
     def _check_fit(self) -> None:
+        if self.fit not in FITS:
+            raise ScalingError(f"ladder.fit={self.fit!r} is not one of {', '.join(FITS)}",
+                               hint="'curve' fits every eval under its schedule (Tissue et al. 2024)")
+        if self.backtest_by not in ("budget", "model"):
+            raise ScalingError(f"ladder.backtest_by={self.backtest_by!r} must be budget or model",
+                               hint="'budget' leaves the largest budget out of the backtest fit")
+        if not (isinstance(self.curve_lambda, (int, float)) and 0.0 <= self.curve_lambda < 1.0):
+            raise ScalingError(f"ladder.curve_lambda must lie in [0, 1), got {self.curve_lambda!r}",
+                               hint="0.999: the annealing momentum of Tissue et al. (2024)")
+        if self.require_backtest_are is not None and not _positive_number(self.require_backtest_are):
+            raise ScalingError(f"ladder.require_backtest_are must be positive or null, got "
+                               f"{self.require_backtest_are!r}", hint="0.03 stops at a 3% backtest miss")
         approaches = list(self.approaches)
         if 3 not in approaches or any(a not in (1, 2, 3) for a in approaches) \
                 or len(set(approaches)) != len(approaches):

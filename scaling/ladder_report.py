@@ -28,7 +28,7 @@ from scaling.ladder import (
     shape_label,
 )
 from scaling.observations import read_run_dir
-from scaling.plots import plot_bootstrap, plot_frontier, plot_isoflops, plot_residuals
+from scaling.plots import LOSS_UNIT, plot_bootstrap, plot_frontier, plot_isoflops, plot_residuals
 
 log = logging.getLogger("chinchax.ladder")
 
@@ -92,7 +92,7 @@ def plot_loss_curves(rung_dirs: Mapping[str, Path], budgets: Mapping[str, float]
     axes.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
     axes.tick_params(axis="y", which="minor", labelsize=7)
     axes.set_xlabel("training FLOPs (exact counter)")
-    axes.set_ylabel("eval loss (nats/token)")
+    axes.set_ylabel(f"eval loss ({LOSS_UNIT})")
     axes.set_title("loss curves of the ladder and the target's prediction (made before it ran)")
     axes.legend(fontsize=7)
     figure.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.93)
@@ -167,9 +167,11 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
     budgets = {r.name: r.budget for r in plan.rungs}
     plots = write_plots(out / PLOTS_DIR, analysis, rung_dirs, budgets, prediction, target_dir)
     lines = [f"# Scaling ladder `{name}`", ""]
+    lines += _findings_section(prediction)
     lines += _headline(plan, prediction, verification)
     lines += _rungs_section(plan, summaries)
     lines += _laws_section(plan, analysis, prediction)
+    lines += _backtest_section(prediction)
     lines += _prediction_section(prediction)
     lines += _sensitivity_section(plan, prediction, verification)
     lines += _verification_section(plan, prediction, verification)
@@ -177,6 +179,27 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
     path = out / REPORT_FILE
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _findings_section(prediction: Mapping[str, Any]) -> list[str]:
+    findings = prediction.get("findings") or []
+    if not findings:
+        return []
+    return ["## Findings", ""] + [f"- **{f}**" for f in findings] + [""]
+
+
+def _backtest_section(prediction: Mapping[str, Any]) -> list[str]:
+    backtest = prediction.get("backtest")
+    if not backtest:
+        return ["## Backtest", "", "Not run: too few runs besides the largest budget.", ""]
+    lines = ["## Backtest", "",
+             f"The {'curve law' if backtest['approach'] == 'curve' else 'approach-3 law'} refitted on "
+             f"{backtest['fit_runs']} runs without the largest {backtest['held_out_by']}, predicting "
+             f"its final losses: **ARE {backtest['are']:.2%}**.", ""]
+    lines += _table(("run", "N", "C (exact FLOPs)", "actual", "predicted", "error"), [
+        (r["run"], f"{r['n_params']:,.0f}", f"{r['flops']:.3g}", number(r["actual"]),
+         number(r["predicted"]), f"{r['error']:+.2%}") for r in backtest["rows"]])
+    return lines + [""]
 
 
 def _headline(plan: LadderPlan, prediction: Mapping[str, Any],
@@ -229,10 +252,12 @@ def _laws_section(plan: LadderPlan, analysis: LadderAnalysis,
              f"Evals before {plan.config.drop_early:.0%} of each rung's tokens are dropped "
              "(Hitchhiker's guide)")
     lines = ["", "## Fitted laws", "", f"{evals}; approach 2 uses each rung's final loss.", ""]
-    lines += ["Approach 3 law (the law file's coefficients):", ""]
+    lines += ["Approach 3 law (the law file's coefficients):" if analysis.loss_approach == 3 else
+              "Curve law (Tissue et al. 2024), as L(N, D) at the target's schedule "
+              "(`law_curve.json`'s coefficients):", ""]
     lines += _table(COEFFICIENTS, [tuple(number(getattr(law, k)) for k in COEFFICIENTS)])
     lines += [""]
-    for approach, report in sorted(analysis.reports.items()):
+    for approach, report in sorted(analysis.reports.items(), key=lambda item: str(item[0])):
         lines += _fit_section(approach, report, analysis.law_files[approach]) + [""]
     for approach, reason in sorted(analysis.skipped.items()):
         lines += [f"### Approach {approach}", "", f"Could not be fitted: {reason}", ""]
@@ -349,5 +374,5 @@ def _closing_section(plots: Mapping[str, Path], timings: Mapping[str, Any],
         ("fit (approaches, bootstrap)", f"{float(timings.get('fit_s', 0)):.0f}"),
         ("this invocation", f"{float(timings.get('this_invocation_s', 0)):.0f}"),
     ])
-    lines += ["", f"Law files: " + ", ".join(f"`{law_file_name(a)}`" for a in sorted(analysis.law_files)) + "."]
+    lines += ["", f"Law files: " + ", ".join(f"`{law_file_name(a)}`" for a in sorted(analysis.law_files, key=str)) + "."]
     return lines

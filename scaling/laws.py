@@ -17,6 +17,7 @@ the exact counter of ``scaling/flops.py`` when it picks a concrete shape.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -213,10 +214,14 @@ PUBLISHED_LAWS: dict[str, Law] = {
 
 def law_from_dict(data: dict[str, Any], name: str = "file") -> Law:
     """Build a law from its JSON form (the ``law`` object of a law file, or the file itself)."""
-    body = data.get("law", data)
+    body = data.get("law", data) if isinstance(data, dict) else data
+    if not isinstance(body, dict):
+        raise ScalingError(f"law {name!r} is a JSON {type(body).__name__}, not an object",
+                           hint="a law file holds an object with E, A, B, alpha, beta (chinchax fit --out)")
     form = body.get("form", "parametric")
     try:
         if form == "parametric":
+            _require_finite(body, ("E", "A", "B", "alpha", "beta", "gamma"), name)
             samples = tuple(tuple(float(v) for v in row) for row in body.get("samples", ()))
             return ParametricLaw(
                 E=float(body["E"]), A=float(body["A"]), B=float(body["B"]),
@@ -225,10 +230,14 @@ def law_from_dict(data: dict[str, Any], name: str = "file") -> Law:
                 source=str(body.get("source", "")), samples=samples,
             )
         if form == "power":
+            _require_finite(body, ("a", "n_coef"), name)
             return PowerLawAllocation(
                 a=float(body["a"]), n_coef=float(body["n_coef"]),
                 name=str(body.get("name", name)), source=str(body.get("source", "")),
             )
+    except (TypeError, ValueError) as exc:
+        raise ScalingError(f"law {name!r} has a coefficient that is not a number ({exc})",
+                           hint="regenerate it with 'chinchax fit --out'") from None
     except KeyError as missing:
         raise ScalingError(
             f"law {name!r} lacks the coefficient {missing.args[0]!r}",
@@ -236,6 +245,13 @@ def law_from_dict(data: dict[str, Any], name: str = "file") -> Law:
             "a power law needs a and n_coef",
         ) from None
     raise ScalingError(f"law {name!r} has unknown form {form!r}", hint="use 'parametric' or 'power'")
+
+
+def _require_finite(body: dict[str, Any], keys: tuple[str, ...], name: str) -> None:
+    for key in keys:
+        if key in body and not math.isfinite(float(body[key])):
+            raise ScalingError(f"law {name!r} has a non-finite coefficient {key}={body[key]!r}",
+                               hint="refit the law on more data, or fix that coefficient by hand")
 
 
 def get_law(name_or_path: str | Path) -> Law:
@@ -250,8 +266,8 @@ def get_law(name_or_path: str | Path) -> Law:
                            hint="pass a published law name or the JSON written by 'chinchax fit'")
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ScalingError(f"law file {key} is not valid JSON ({exc})",
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ScalingError(f"law file {key} is not valid UTF-8 JSON ({type(exc).__name__})",
                            hint="regenerate it with 'chinchax fit --out'") from None
         return law_from_dict(data, name=path.stem)
     raise ScalingError(

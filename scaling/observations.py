@@ -248,6 +248,8 @@ def read_csv(path: str | Path) -> Observations:
     except OSError as exc:
         raise ScalingError(f"cannot read {path} ({exc.strerror})",
                                hint="check the path of the CSV") from None
+    except UnicodeDecodeError:
+        raise ScalingError(f"{path} is not UTF-8 text", hint="save the CSV as UTF-8") from None
     columns = {key: _find_column(header, key) for key in COLUMN_ALIASES}
     missing = [key for key in ("n_params", "loss") if columns[key] is None]
     if columns["tokens"] is None and columns["flops"] is None:

@@ -18,6 +18,8 @@ from chinchax.errors import ScalingError
 from scaling.fit import Bootstrap, FitReport, FitWarning, PowerLawFit, fit_isoflop
 from scaling.laws import Law, ParametricLaw, PowerLawAllocation, get_law
 
+# One loss unit everywhere: eval cross-entropy in nats per token (a byte-level token is a byte).
+LOSS_UNIT = "nats per token"
 PUBLISHED_FOR_COMPARISON = ("chinchilla", "epoch-2024", "chinchilla-approach1", "chinchilla-approach2")
 # Coefficients whose bootstrap distributions are log-normal-like (long right tails).
 LOG_SCALE_QUANTITIES = ("A", "B", "n_coef", "d_coef", "n_opt", "tokens_opt")
@@ -55,7 +57,8 @@ def plot_isoflops(profiles_fit: PowerLawFit, path: str | Path, law: Law | None =
                            max(x.max(), np.log(profile.n_opt)) + 0.2, 100)
         axes.scatter(profile.n_params, profile.loss, color=colour, s=18)
         axes.plot(np.exp(span), np.polyval(profile.coefficients, span), color=colour,
-                  label=f"{profile.flops:.2g} FLOPs")
+                  label=f"{profile.exact_flops:.2g} FLOPs (exact counter)"
+                  if np.isfinite(profile.exact_flops) else f"{profile.flops:.2g} FLOPs (6ND)")
         axes.scatter([profile.n_opt], [profile.loss_opt], color=colour, marker="*", s=120,
                      edgecolor="black", linewidth=0.5, zorder=3)
         if isinstance(law, ParametricLaw):
@@ -64,7 +67,7 @@ def plot_isoflops(profiles_fit: PowerLawFit, path: str | Path, law: Law | None =
                       linestyle=":", linewidth=1)
     axes.set_xscale("log")
     axes.set_xlabel("parameters N")
-    axes.set_ylabel("loss")
+    axes.set_ylabel(f"eval loss ({LOSS_UNIT})")
     axes.set_title("isoFLOP profiles: parabolas in log N (stars: minima; dotted: parametric law)")
     axes.legend(fontsize=7, ncols=2)
     figure.subplots_adjust(left=0.09, right=0.98, bottom=0.1, top=0.93)
@@ -128,12 +131,12 @@ def plot_frontier(report: FitReport, path: str | Path,
                      label=label)
         ax_d.scatter(points.flops, points.flops / (6.0 * points.n_opt), color="crimson",
                      marker=marker, s=20, zorder=3, label=label)
-    ax_n.axvline(report.target_flops, color="grey", linewidth=0.8)
-    ax_d.axvline(report.target_flops, color="grey", linewidth=0.8)
+    ax_n.axvline(report.target_flops, color="grey", linewidth=0.8, label="target C*")
+    ax_d.axvline(report.target_flops, color="grey", linewidth=0.8, label="target C*")
     for axes, what in ((ax_n, "N_opt (parameters)"), (ax_d, "D_opt (tokens)")):
         axes.set_xscale("log")
         axes.set_yscale("log")
-        axes.set_xlabel("training compute C = 6ND (FLOPs)")
+        axes.set_xlabel("training compute C = 6ND (FLOPs; the published laws' convention)")
         axes.set_ylabel(what)
         axes.legend(fontsize=7)
     ax_n.set_title(f"N_opt ∝ C^{report.estimates['a']:.3f}")

@@ -190,7 +190,7 @@ def test_too_little_data_and_bad_settings_are_clear_errors() -> None:
     )
     with pytest.raises(ScalingError, match="one model size"):
         fit_parametric(one_size, QUICK)
-    with pytest.raises(ScalingError, match="approach must be 1, 2 or 3"):
+    with pytest.raises(ScalingError, match="approach must be 1, 2, 3 or curve"):
         FitConfig(approach=4)
     with pytest.raises(ScalingError, match="unknown coefficient 'delta'"):
         FitConfig(fixed={"delta": 1.0})

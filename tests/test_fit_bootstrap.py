@@ -177,3 +177,21 @@ def test_bootstrap_plot_draws_replicates_hundreds_of_decades_apart(tmp_path: Pat
                      confidence=0.9)
     path = plot_bootstrap(boot, tmp_path / "bootstrap.png", {"A": 1.5e7, "alpha": 1.95, "E": 1.15})
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_degenerate_replicate_is_counted_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: one replicate whose allocation divides by zero stopped 'chinchax fit'."""
+    import scaling.fit_bootstrap as module
+
+    real, calls = module.parametric_quantities, []
+
+    def fragile(law: ParametricLaw, target: float) -> dict[str, float]:
+        calls.append(law)
+        if len(calls) == 3:  # the second replicate (the first call names the columns)
+            raise ZeroDivisionError("float division by zero")
+        return real(law, target)
+
+    monkeypatch.setattr(module, "parametric_quantities", fragile)
+    result = fit(_ladder(), FitConfig(bootstrap=12, **QUICK))
+    assert result.bootstrap.n_failed == 1 and result.bootstrap.samples.shape[0] == 11
+    assert "1 of 12 bootstrap resamples could not be fitted" in result.warnings

@@ -1,0 +1,89 @@
+"""A backtest: fit all runs but the largest budget (or model), predict the left-out runs' final
+losses, and score the prediction (ARE, Choshen et al. 2024) before trusting it on a target.
+
+A prediction that cannot reach the ladder's own top rung from the rungs below is no basis for a
+target five times larger; this is the cheapest check there is, because the runs exist already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from chinchax.errors import ScalingError
+from scaling.curve_law import CurvePoints
+from scaling.fit_approach12 import group_budgets
+from scaling.fit_approach3 import fit_parametric
+from scaling.fit_config import FitConfig
+from scaling.fit_curve import fit_curve
+from scaling.observations import Observations
+
+HOLD_OUT = ("budget", "model")
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """Per left-out run: actual and predicted final loss; ``are`` is their mean relative error."""
+
+    held_out_by: str
+    approach: str
+    rows: tuple[dict[str, Any], ...]
+    fit_runs: int
+
+    @property
+    def are(self) -> float:
+        return float(np.mean([abs(r["error"]) for r in self.rows]))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Backtest":
+        return cls(data["held_out_by"], data["approach"], tuple(data["rows"]), data["fit_runs"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"held_out_by": self.held_out_by, "approach": self.approach, "are": self.are,
+                "fit_runs": self.fit_runs, "rows": list(self.rows)}
+
+
+def held_out_runs(obs: Observations, by: str = "budget", tolerance: float = 0.1) -> set[str]:
+    """The runs of the largest budget (final FLOPs within ``tolerance`` decades) or largest model."""
+    if by not in HOLD_OUT:
+        raise ScalingError(f"cannot hold out by {by!r}", hint="use 'budget' or 'model'")
+    final = obs.final_points()
+    if by == "model":
+        chosen = final.n_params == final.n_params.max()
+    else:
+        labels = group_budgets(final.flops, tolerance)
+        chosen = labels == labels.max()
+    held = {str(r) for r in final.run_id[chosen]}
+    if len(held) == final.n_runs or final.n_runs - len(held) < 3:
+        raise ScalingError(f"a backtest by {by} leaves {final.n_runs - len(held)} run(s) to fit",
+                           hint="a backtest needs 3 or more runs besides the largest " + by)
+    return held
+
+
+def _rows(obs: Observations, predicted: np.ndarray) -> tuple[dict[str, Any], ...]:
+    return tuple({"run": str(obs.run_id[i]), "n_params": float(obs.n_params[i]),
+                  "tokens": float(obs.tokens[i]), "flops": float(obs.flops[i]),
+                  "actual": float(obs.loss[i]), "predicted": float(predicted[i]),
+                  "error": float(predicted[i] / obs.loss[i] - 1.0)} for i in range(len(obs)))
+
+
+def backtest_curve(points: CurvePoints, config: FitConfig, by: str = "budget") -> Backtest:
+    """Fit the curve law without the held-out runs; predict their final evals."""
+    held = held_out_runs(points.obs, by, config.budget_tolerance)
+    in_held = np.isin(points.obs.run_id.astype(str), list(held))
+    fitted = fit_curve(points.select(~in_held), replace(config, bootstrap=0))
+    test = points.select(in_held & points.final_mask())
+    predicted = np.asarray(fitted.law.loss(test.obs.n_params, test.s1, test.s2), dtype=np.float64)
+    return Backtest(by, "curve", _rows(test.obs, predicted), points.obs.n_runs - len(held))
+
+
+def backtest_parametric(obs: Observations, config: FitConfig, by: str = "budget") -> Backtest:
+    """Fit approach 3 without the held-out runs; predict their final evals as ``L(N, D)``."""
+    held = held_out_runs(obs, by, config.budget_tolerance)
+    in_held = np.isin(obs.run_id.astype(str), list(held))
+    fitted = fit_parametric(obs.select(~in_held), replace(config, bootstrap=0), emit_warnings=False)
+    test = obs.select(in_held).final_points()
+    predicted = np.asarray(fitted.law.loss(test.n_params, test.tokens), dtype=np.float64)
+    return Backtest(by, "3", _rows(test, predicted), obs.n_runs - len(held))

@@ -1,0 +1,80 @@
+"""The ladder's checks before its target: the curve law's points and schedules, the backtest
+on the largest budget, and the findings that say when a fit is not to be trusted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from chinchax.errors import ScalingError
+from scaling.allocate import RunPlan
+from scaling.backtest import Backtest, backtest_curve, backtest_parametric
+from scaling.curve_law import CurvePoints, read_curve_points
+from scaling.findings import agreement_finding, e_finding
+from scaling.lr_schedule import Schedule
+from scaling.observations import Observations
+
+
+def plan_schedule(plan: RunPlan, optim: Optional[Mapping[str, Any]]) -> Schedule:
+    """The schedule a planned run trains with, under the experiment's ``optim`` section."""
+    section = {**dict(optim or {}), "learning_rate": plan.learning_rate}
+    return Schedule.from_config({"optim": section, "train": {"steps": plan.steps,
+                                                             "global_batch": plan.global_batch,
+                                                             "seq_len": plan.seq_len}})
+
+
+def ladder_curve_points(run_dirs: Sequence[str | Path], cfg: Any) -> CurvePoints:
+    """Every rung's evals past ``drop_early`` (1.0: each rung's final eval only)."""
+    if cfg.drop_early >= 1.0:
+        points = read_curve_points(run_dirs, 0.0, cfg.curve_lambda)
+        return points.select(points.final_mask())
+    return read_curve_points(run_dirs, cfg.drop_early, cfg.curve_lambda)
+
+
+def ladder_backtest(obs: Observations, points: Optional[CurvePoints], cfg: Any,
+                    target_flops: float) -> Optional[Backtest]:
+    """The loss law refitted without the largest budget, scored on it (``None`` if impossible:
+    the ladder then says so rather than stop)."""
+    config = replace(cfg.fit_config(3, target_flops), bootstrap=0)
+    try:
+        if points is not None:
+            return backtest_curve(points, config, cfg.backtest_by)
+        return backtest_parametric(obs, config, cfg.backtest_by)
+    except (ScalingError, ArithmeticError, ValueError):  # a finding, not a crash
+        return None
+
+
+def ladder_findings(analysis: Any, cfg: Any) -> tuple[str, ...]:
+    """E at the edge, approaches 2 and 3 apart on ``N_opt``, and a backtest that failed."""
+    found = []
+    report = analysis.reports[analysis.loss_approach]
+    span = report.intervals.get("E")
+    edge = e_finding(float(report.estimates["E"]), float(analysis.observations.loss.min()),
+                     None if span is None else (span.low, span.high))
+    if edge:
+        found.append(edge)
+    if 2 in analysis.reports and 3 in analysis.reports:
+        n2, n3 = (float(analysis.reports[a].estimates["n_opt"]) for a in (2, 3))
+        disagreement = agreement_finding(n2, n3, analysis.target_flops)
+        if disagreement:
+            found.append(disagreement)
+    if analysis.backtest is None:
+        found.append("the backtest could not be run (too few runs besides the largest "
+                     f"{cfg.backtest_by}); add budgets")
+    elif cfg.require_backtest_are is not None and analysis.backtest.are > cfg.require_backtest_are:
+        found.append(f"the backtest missed: ARE {analysis.backtest.are:.2%} on the largest "
+                     f"{cfg.backtest_by} exceeds ladder.require_backtest_are = "
+                     f"{cfg.require_backtest_are:.2%}; the target is not trained. Add budgets, "
+                     "or check the fit on the isoFLOP and loss-curve plots")
+    return tuple(found)
+
+
+def backtest_stop(cfg: Any, prediction: Mapping[str, Any]) -> str:
+    """Why the target must not train: a backtest worse than ``ladder.require_backtest_are``."""
+    are = prediction.get("backtest_are")
+    if cfg.require_backtest_are is None or are is None or are <= cfg.require_backtest_are:
+        return ""
+    return (f"the backtest on the largest {cfg.backtest_by} missed by ARE {are:.2%} > "
+            f"ladder.require_backtest_are {cfg.require_backtest_are:.2%} (see report.md); add "
+            "budgets, or set ladder.require_backtest_are=null to train the target anyway")

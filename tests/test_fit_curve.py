@@ -1,0 +1,93 @@
+"""The loss-curve law: schedules and areas, the fit, its reduction to L(N, D), the cosine bias that
+broke a real ladder, and the calibration of its intervals on synthetic ladders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curve_ladders import TRUTH, draw_ladder, scaled_schedule
+from scaling.fit import FitConfig, StartGrid, coarse_grid, fit_parametric
+from scaling.fit_curve import bootstrap_curve, fit_curve
+from scaling.lr_schedule import Schedule
+from training.optim import OptimConfig, learning_rate_at_step
+
+# A small start grid around the plausible ranges: each synthetic ladder fits in about a second.
+SMALL = FitConfig(grid=StartGrid(e=[0.0, 0.5], a=[0.0, 5.0, 10.0], b=[0.0, 5.0, 10.0],
+                                 alpha=[0.5], beta=[0.5]), polish_starts=4, bootstrap_starts=4)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "wsd", "constant"])
+@pytest.mark.parametrize("steps,warmup", [(157, None), (60, 0), (400, 13)])
+def test_schedule_matches_the_trainers(kind: str, steps: int, warmup: int | None) -> None:
+    cfg = OptimConfig(learning_rate=0.02, schedule=kind, warmup_steps=warmup, wsd_decay_shape="cosine")
+    trainer = learning_rate_at_step(cfg, steps)
+    expected = np.array([trainer(s) for s in range(steps)])
+    config = {"optim": {"learning_rate": 0.02, "schedule": kind, "warmup_steps": warmup,
+                        "wsd_decay_shape": "cosine"}, "train": {"steps": steps, "global_batch": 8, "seq_len": 64}}
+    assert Schedule.from_config(config).rates() == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+def test_areas_count_tokens_and_only_annealing() -> None:
+    small = Schedule("cosine", 0.01, 300, 1024.0, warmup=15)
+    large = Schedule("cosine", 0.01, 300, 4096.0, warmup=15)
+    (s1, s2), (l1, l2) = small.areas(), large.areas()
+    assert l1 == pytest.approx(4 * s1) and l2 == pytest.approx(4 * s2)  # LR × tokens, not × steps
+    constant = Schedule("constant", 0.01, 300, 1024.0, warmup=15).areas()[1]
+    assert not constant.any()  # warmup and a flat rate anneal nothing
+    rates, momentum, total = small.rates(), 0.0, []
+    for i in range(1, rates.size + 1):  # the recursion of Tissue et al., written out
+        momentum = 0.999 * momentum + max(rates[i - 2] - rates[i - 1], 0.0) if i > 1 else 0.0
+        total.append(momentum)
+    assert s2 == pytest.approx(np.cumsum(total) * 1024.0)
+
+
+def test_curve_fit_recovers_the_law_and_its_reduction_predicts_the_same_loss() -> None:
+    ladder = draw_ladder(0, noise=0.0, run_noise=0.0)
+    law = fit_curve(ladder.points, FitConfig(grid=coarse_grid())).law
+    for name, value in TRUTH.coefficients.items():
+        assert getattr(law, name) == pytest.approx(value, rel=1e-4)
+    reduced = law.reduced(ladder.target_schedule)
+    tokens = ladder.target_schedule.steps * ladder.target_schedule.tokens_per_step
+    assert reduced.loss(ladder.target_n, tokens) == pytest.approx(ladder.truth, rel=1e-9)
+
+
+def test_cosine_mid_run_evals_do_not_bias_the_curve_fit() -> None:
+    """Three budgets over 9x, a target 10x the largest, rates and batches varying by rule:
+    Chinchilla's L(N, D) read off mid-run cosine evals misses the target; the curve law does not."""
+    ladder = draw_ladder(0, budgets=(1e13, 3e13, 9e13), target_ratio=10.0, rule=scaled_schedule,
+                         noise=0.002, run_noise=0.0)
+    config = FitConfig(grid=coarse_grid())
+    curve = fit_curve(ladder.points, config).law.final_loss(ladder.target_n, ladder.target_schedule)
+    tokens = ladder.target_schedule.steps * ladder.target_schedule.tokens_per_step
+    chinchilla = fit_parametric(ladder.points.obs, config, emit_warnings=False).law
+    assert abs(curve / ladder.truth - 1.0) < 0.01
+    assert abs(chinchilla.loss(ladder.target_n, tokens) / ladder.truth - 1.0) > 0.03
+
+
+@pytest.mark.slow
+def test_the_90_percent_interval_covers_the_truth_in_85_to_95_percent_of_ladders() -> None:
+    config = FitConfig(**{**SMALL.__dict__, "bootstrap": 100})
+    covered = []
+    for seed in range(50):
+        ladder = draw_ladder(seed)
+        law = bootstrap_curve(ladder.points, fit_curve(ladder.points, config), config).law
+        low, high = np.percentile(law.replicate_losses(ladder.target_n, ladder.target_schedule), [5, 95])
+        covered.append(low <= ladder.truth <= high)
+    print(f"90% interval coverage: {np.mean(covered):.0%} of 50 synthetic ladders")
+    assert 0.85 <= np.mean(covered) <= 0.95, f"coverage {np.mean(covered):.0%} of 50 ladders"
+
+
+def test_backtest_leaves_out_the_largest_budget_or_model() -> None:
+    from scaling.backtest import backtest_curve, held_out_runs
+
+    ladder = draw_ladder(4)
+    obs = ladder.points.obs
+    by_budget = held_out_runs(obs, "budget")
+    assert len(by_budget) == 3 and all(r.startswith("C3e+14") for r in by_budget)
+    by_model = held_out_runs(obs, "model")
+    assert by_model == {str(obs.run_id[int(np.argmax(obs.n_params))])}
+    result = backtest_curve(ladder.points, SMALL, "budget")
+    assert {row["run"] for row in result.rows} == by_budget and result.fit_runs == obs.n_runs - 3
+    assert result.are == pytest.approx(np.mean([abs(r["predicted"] / r["actual"] - 1) for r in result.rows]))
+    assert result.are < 0.02
