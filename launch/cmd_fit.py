@@ -167,6 +167,9 @@ def _print_report(console: Console, report: Any) -> None:
         + (f" [{number(spans['a'].low)}, {number(spans['a'].high)}]" if spans["a"] else "")
         + f", D_opt ∝ C^{number(b)}"
         + (f" [{number(spans['b'].low)}, {number(spans['b'].high)}]" if spans["b"] else ""))
+    if report.identity:
+        console.print("fitted on: " + ", ".join(f"{k} {v}" for k, v in report.identity.items()
+                                                 if v != "unknown"), highlight=False)
     if report.bootstrap is not None:
         console.print(f"bootstrap: {report.bootstrap.n_resamples} resamples of "
                       f"{report.observations.n_runs} runs, {report.bootstrap.n_failed} failed")

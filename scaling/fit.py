@@ -16,30 +16,22 @@ import numpy as np
 
 from chinchax.errors import ScalingError
 from scaling.curve_law import CurvePoints
-from scaling.fit_approach12 import IsoFlopProfile, PowerLawFit, fit_envelope, fit_isoflop, group_budgets
-from scaling.fit_approach3 import (HuberLogObjective, ParametricFit, fit_continual, fit_parametric,
-                                   theta_to_coefficients)
+from scaling.fit_approach12 import PowerLawFit, fit_envelope, fit_isoflop, group_budgets
+from scaling.fit_approach3 import HuberLogObjective, ParametricFit, fit_continual, fit_parametric
 from scaling.fit_bootstrap import (Bootstrap, Interval, bootstrap_parametric, bootstrap_power,
-                                   parametric_quantities, point_weights, power_quantities,
-                                   resample_runs)
+                                   parametric_quantities, point_weights, power_quantities, resample_runs)
+from scaling.fit_config import LABEL_ORDER, FitConfig, FitWarning, StartGrid, coarse_grid, config_dict
 from scaling.fit_curve import CurveFit, bootstrap_curve, fit_curve
-from scaling.fit_config import (APPROACHES, LABEL_ORDER, PARAMETER_NAMES, FitConfig, FitWarning,
-                                StartGrid, coarse_grid, config_dict)
 from scaling.identity import FIELDS as IDENTITY_FIELDS, UNKNOWN, nested
 from scaling.laws import Law, ParametricLaw
+from scaling.lbfgs import lbfgs_batched
 from scaling.lr_schedule import Schedule
-from scaling.lbfgs import BatchResult, lbfgs_batched
 from scaling.observations import Observations
 
-__all__ = [
-    "APPROACHES", "LABEL_ORDER", "PARAMETER_NAMES", "BatchResult", "Bootstrap", "Evaluation",
-    "FitConfig", "FitReport", "FitWarning", "HuberLogObjective", "Interval", "IsoFlopProfile",
-    "ParametricFit", "PowerLawFit", "StartGrid", "bootstrap_parametric", "bootstrap_power",
-    "coarse_grid", "config_dict", "default_target_flops", "evaluate", "fit", "fit_continual",
-    "fit_envelope", "fit_isoflop", "fit_parametric", "group_budgets", "lbfgs_batched",
-    "parametric_quantities", "point_weights", "power_quantities", "resample_runs",
-    "theta_to_coefficients", "write_law_file",
-]
+# Re-exported: callers import the fit's pieces from here.
+__all__ = ["LABEL_ORDER", "Bootstrap", "FitConfig", "FitWarning", "HuberLogObjective", "StartGrid",
+           "bootstrap_parametric", "coarse_grid", "fit_continual", "fit_envelope", "fit_isoflop",
+           "fit_parametric", "group_budgets", "lbfgs_batched", "point_weights", "resample_runs"]
 
 @dataclass(frozen=True)
 class FitReport:

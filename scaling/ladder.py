@@ -17,28 +17,22 @@ from typing import Any, Mapping, Optional
 
 from chinchax.errors import ChinchaxError, ScalingError
 from scaling.fit import FitReport
-from scaling.ladder_analysis import (DISAGREEMENT_FACTOR, LadderAnalysis, allocation_agreement, analyse_ladder,
-                                     extrapolation, fit_choice_sensitivity, fit_rungs, law_file_name,
-                                     rung_observations)
-from scaling.ladder_config import (ARE_TAIL, GRIDS, LAW_FILE, MIN_SIZES_PER_BUDGET, PLAN_FILE,
-                                   PREDICTION_FILE, REPORT_FILE, SUMMARY_FILE,
+from scaling.ladder_analysis import (DISAGREEMENT_FACTOR, LadderAnalysis, allocation_agreement,
+                                     analyse_ladder, extrapolation, fit_rungs, law_file_name)
+from scaling.ladder_config import (PLAN_FILE, PREDICTION_FILE, REPORT_FILE, SUMMARY_FILE,
                                    VERIFICATION_FILE, LadderConfig)
-from scaling.ladder_design import LadderPlan, Rung, compact_number, design_ladder, rung_name, shape_label
-from scaling.ladder_verify import PUBLISHED_ALLOCATIONS, published_comparison, verify_target
-from scaling.ladder_walltime import (CPU_GUESS_FLOPS_PER_SECOND, WallTimeModel, estimate_seconds, eval_tokens,
-                                     measured_wall_time_model, run_cost_flops)
+from scaling.ladder_design import LadderPlan, design_ladder, shape_label
+from scaling.ladder_verify import published_comparison, verify_target
+from scaling.ladder_walltime import (CPU_GUESS_FLOPS_PER_SECOND, WallTimeModel, estimate_seconds,
+                                     eval_tokens, measured_wall_time_model)
 from scaling.prediction import RunPrediction, predict_run
 
-__all__ = [
-    "ARE_TAIL", "CPU_GUESS_FLOPS_PER_SECOND", "DISAGREEMENT_FACTOR", "GRIDS", "LAW_FILE",
-    "MIN_SIZES_PER_BUDGET", "PLAN_FILE", "PREDICTION_FILE", "PUBLISHED_ALLOCATIONS", "REPORT_FILE",
-    "SUMMARY_FILE", "VERIFICATION_FILE", "LadderAnalysis", "LadderConfig", "LadderPlan", "Rung",
-    "ScalingError", "WallTimeModel", "allocation_agreement", "analyse_ladder", "compact_number",
-    "design_ladder", "estimate_seconds", "eval_tokens", "extrapolation", "fit_choice_sensitivity",
-    "fit_rungs", "law_file_name", "load_prediction", "measured_wall_time_model",
-    "predict_target", "published_comparison", "rung_name", "rung_observations", "rung_status",
-    "run_cost_flops", "shape_label", "verify_target",
-]
+# Re-exported: the launcher, the report and the tests import the ladder's pieces from here.
+__all__ = ["CPU_GUESS_FLOPS_PER_SECOND", "DISAGREEMENT_FACTOR", "PLAN_FILE", "PREDICTION_FILE",
+           "REPORT_FILE", "SUMMARY_FILE", "VERIFICATION_FILE", "LadderAnalysis", "LadderConfig",
+           "LadderPlan", "ScalingError", "WallTimeModel", "analyse_ladder", "design_ladder",
+           "estimate_seconds", "fit_rungs", "law_file_name", "measured_wall_time_model",
+           "published_comparison", "verify_target"]
 
 
 def rung_status(summary: Optional[Mapping[str, Any]], has_checkpoint: bool) -> str:

@@ -30,6 +30,7 @@ def test_curve_fit_writes_a_law_that_knows_its_data_and_its_backtest(
     assert main(["fit", str(runs), "--approach", "curve", "--backtest", "--out", str(out), *QUICK]) == 0
     text = capsys.readouterr().out
     assert "approach curve" in text and "backtest (approach curve)" in text
+    assert "fitted on: tokenizer.kind byte" in text
     data = json.loads(out.read_text())
     assert data["approach"] == "curve" and set(data["curve"]) >= {"E", "A", "B", "alpha", "beta", "C", "lambda"}
     identity = data["identity"]
