@@ -16,7 +16,8 @@ import yaml
 
 from scaling.curve_law import CurveLaw, CurvePoints
 from scaling.lr_schedule import Schedule
-from scaling.observations import Observations, write_run_dir
+from fixtures import write_run_dir
+from scaling.observations import Observations
 
 TRUTH = CurveLaw(E=1.1, A=40.0, B=30.0, alpha=0.4, beta=0.32, C=8e-6)
 TOKENS_PER_STEP = 2048.0
