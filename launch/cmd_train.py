@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,9 +45,23 @@ class _NoTraceback(logging.Filter):
         return True
 
 
+def _closed_loop(error: Optional[BaseException]) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_closed_loops() -> None:
+    """A save abandoned or restored past leaves checkpoint I/O callbacks that find orbax's event
+    loop closed; they are noise after the one-line report, so they print nothing."""
+    excepthook, thread_hook, unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
+    sys.excepthook = lambda t, e, tb: None if _closed_loop(e) else excepthook(t, e, tb)
+    threading.excepthook = lambda a: None if _closed_loop(a.exc_value) else thread_hook(a)
+    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else unraisable(u)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("absl").addFilter(_NoTraceback())
+    _quiet_closed_loops()
     try:
         return _run(args)
     except CheckpointError as error:
