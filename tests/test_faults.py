@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import yaml
 
-from chinchax.errors import CheckpointError
 from launch.config import load_run_config
 from models.sharding import make_mesh
 from scaling.rundir import RunLock, RunDirError, read_records
@@ -262,19 +261,17 @@ def test_a_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, stopped_
     with Checkpointer(run_dir / "checkpoints", cfg.checkpoint) as ckpt:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            try:
-                restored = ckpt.restore(None, target, require=("data",))
-            except CheckpointError as error:  # the other outcome allowed: one clear error
-                assert "checkpoint" in str(error) and error.hint
-                return
+            restored = ckpt.restore(None, target, require=("data",))
     assert restored.step == 5 and "data" in restored.extra
     assert any(issubclass(w.category, CheckpointFallbackWarning) for w in caught)
 
 
-def test_the_trainer_resumes_past_unusable_metadata_without_stray_tracebacks(tmp_path, stopped_at_10) -> None:
+@pytest.mark.parametrize("kind", ["extra_metadata_empty", "state_data_truncated"])
+def test_the_trainer_resumes_past_a_damaged_step_without_stray_tracebacks(tmp_path, stopped_at_10,
+                                                                          kind) -> None:
     shutil.copytree(stopped_at_10, tmp_path / "copy")
     run_dir = tmp_path / "copy" / "run"
-    (run_dir / "checkpoints" / "10" / "extra" / "metadata").write_text("{}")
+    CORRUPTIONS[kind](run_dir / "checkpoints" / "10")
     rc, out = _run(run_dir)  # the run directory form: trains into this copy, to the end
     assert rc == 0 and "Traceback" not in out and "Event loop is closed" not in out, out[-3000:]
     assert "resuming" in out and "from step 5 of 40" in out
