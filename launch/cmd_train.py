@@ -6,11 +6,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from chinchax.errors import ConfigError
+from chinchax.errors import CheckpointError, ConfigError
 from launch.config import (RESOLVED_CONFIG_NAME, data_parallel_size, load_experiment,
                            load_run_config, resolve, run_config_to_yaml)
 from training.preemption import PreemptionGuard
@@ -35,8 +37,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+class _NoTraceback(logging.Filter):
+    """orbax reports a failed background save with a traceback; ours names it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _closed_loop(error: Optional[BaseException]) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_closed_loops() -> None:
+    """A save abandoned or restored past leaves checkpoint I/O callbacks that find orbax's event
+    loop closed; they are noise after the one-line report, so they print nothing."""
+    excepthook, thread_hook, unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
+    sys.excepthook = lambda t, e, tb: None if _closed_loop(e) else excepthook(t, e, tb)
+    threading.excepthook = lambda a: None if _closed_loop(a.exc_value) else thread_hook(a)
+    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else unraisable(u)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("absl").addFilter(_NoTraceback())
+    _quiet_closed_loops()
+    try:
+        return _run(args)
+    except CheckpointError as error:
+        if not getattr(error, "abandoned", False):
+            raise
+        # a save thread may never return: report as the CLI does, then leave without joining it
+        print(f"chinchax train: error: {error}\n  hint: {error.hint}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+
+
+def _run(args: argparse.Namespace) -> int:
     with PreemptionGuard() as guard:  # before start-up: a SIGTERM from here on is a clean stop
         overrides = list(args.overrides)
         if args.run_dir:

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from chinchax.errors import ChinchaxError, ModelError
+from chinchax.errors import ModelError
 from models.config import ModelConfig
 
 

@@ -293,6 +293,27 @@ def _bootstrap_bounds(law: ParametricLaw, n: float, tokens: np.ndarray,
     return lower, upper, len(rows)
 
 
+def _check_schedule(schedule: str, decay_fraction: float, wsd_decay_shape: str) -> None:
+    if schedule not in SCHEDULES:
+        raise ScalingError(f"unknown schedule {schedule!r}", hint=f"use one of {', '.join(SCHEDULES)}")
+    if wsd_decay_shape not in WSD_DECAY_SHAPES:
+        raise ScalingError(f"unknown WSD decay shape {wsd_decay_shape!r}",
+                           hint=f"use one of {', '.join(WSD_DECAY_SHAPES)}")
+    _fraction("decay_fraction", decay_fraction, low_open=True, high_open=False,
+              hint="the share of the run spent decaying, e.g. 0.2")
+
+
+def _law_bounds(model: ParametricLaw, n: float, tokens: np.ndarray, loss: np.ndarray, level: float,
+                relative_band: float, noise_floor: float) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """The law's own interval: bootstrap quantiles (widened to the noise floor), else a band."""
+    lower, upper, n_samples = _bootstrap_bounds(model, n, tokens, level) if model.samples \
+        else (np.array([]), np.array([]), 0)
+    if lower.size:
+        return ("bootstrap", np.minimum(lower, loss * (1.0 - noise_floor)),
+                np.maximum(upper, loss * (1.0 + noise_floor)), n_samples)
+    return "relative-band", loss * (1.0 - relative_band), loss * (1.0 + relative_band), n_samples
+
+
 def predict_run(
     law: Union[str, Path, Law],
     n_params: float,
@@ -319,13 +340,7 @@ def predict_run(
     n = _positive("n_params", n_params)
     final = _positive("final_tokens", final_tokens)
     _check_interval_settings(level, relative_band, noise_floor, undecayed_slack, skip_fraction)
-    if schedule not in SCHEDULES:
-        raise ScalingError(f"unknown schedule {schedule!r}", hint=f"use one of {', '.join(SCHEDULES)}")
-    if wsd_decay_shape not in WSD_DECAY_SHAPES:
-        raise ScalingError(f"unknown WSD decay shape {wsd_decay_shape!r}",
-                              hint=f"use one of {', '.join(WSD_DECAY_SHAPES)}")
-    _fraction("decay_fraction", decay_fraction, low_open=True, high_open=False,
-              hint="the share of the run spent decaying, e.g. 0.2")
+    _check_schedule(schedule, decay_fraction, wsd_decay_shape)
     points = sorted({_positive("eval tokens", t) for t in tokens_at_evals} | {final})
     if points[-1] > final:
         raise ScalingError(f"an eval point at {points[-1]:.6g} tokens lies beyond the run's "
@@ -333,15 +348,11 @@ def predict_run(
                               hint="pass only evals within the run (tokens = step × batch × seq_len)")
     tokens = np.array(points, dtype=np.float64)
     loss = np.asarray(model.loss(n, tokens), dtype=np.float64)
-    lower, upper, n_samples = _bootstrap_bounds(model, n, tokens, level) if model.samples \
-        else (np.array([]), np.array([]), 0)
-    if lower.size:
-        method = "bootstrap"
-        law_lower = np.minimum(lower, loss * (1.0 - noise_floor))
-        law_upper = np.maximum(upper, loss * (1.0 + noise_floor))
-    else:
-        method = "relative-band"
-        law_lower, law_upper = loss * (1.0 - relative_band), loss * (1.0 + relative_band)
+    if not np.all(np.isfinite(loss)):
+        raise ScalingError(f"law {model.name} predicts a non-finite loss for N={n:.4g}",
+                           hint="check the law's coefficients (E, A, B, alpha, beta) are finite")
+    method, law_lower, law_upper, n_samples = _law_bounds(model, n, tokens, loss, level,
+                                                          relative_band, noise_floor)
     curve = []
     for i, t in enumerate(points):
         progress = t / final

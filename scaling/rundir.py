@@ -261,14 +261,6 @@ class RunSummary:
                 ordered.update({f"final_eval_loss/{k}": v for k, v in per_source.items()})
         return plain(ordered)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunSummary":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["eval_losses"] = {k.split("/", 1)[1]: v for k, v in data.items()
-                                 if k.startswith("final_eval_loss/")}
-        return cls(**values)
-
 
 def write_summary(run_dir: epath.PathLike, summary: RunSummary | Mapping[str, Any]) -> None:
     data = summary.to_dict() if isinstance(summary, RunSummary) else summary
@@ -361,10 +353,11 @@ def make_run_dir(run_dir: epath.PathLike) -> epath.Path:
 
 # -- same run or nothing ----------------------------------------------------------------------
 
-# Keys a rerun may change: they do not alter what is trained or in which order.
-HARMLESS_KEYS = ("name", "run_dir", "plan", "mesh", "checkpoint", "prediction", "train.log_every",
-                 "train.eval_every", "train.eval_batches", "train.stop_after_steps",
-                 "train.max_nonfinite_in_row")
+# Keys a rerun may change: they do not alter what is trained or in which order (``init`` applies
+# only at a fresh start: a resume takes its parameters from its own checkpoint).
+HARMLESS_KEYS = ("name", "run_dir", "plan", "mesh", "checkpoint", "prediction", "init",
+                 "train.log_every", "train.eval_every", "train.eval_batches",
+                 "train.stop_after_steps", "train.max_nonfinite_in_row")
 
 
 def _flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

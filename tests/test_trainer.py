@@ -15,10 +15,10 @@ import yaml
 
 from chinchax.errors import TrainingError
 from launch.cli import main
+from launch.cmd_train import train_with_law_watch
 from launch.config import load_experiment, resolve
 from training.checkpoint import Checkpointer, CheckpointConfig
 
-from launch.cmd_train import train_with_law_watch
 from training.metrics import read_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def run_in_process(exp: dict[str, Any]) -> dict[str, Any]:
     return train_with_law_watch(resolve(load_experiment(exp)))
 
 
-def test_run_directory_holds_what_a_fit_needs(tmp_path: Path) -> None:
+def test_run_directory_holds_what_a_fit_needs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     summary = run_in_process(tiny_experiment(tmp_path))
     run_dir = tmp_path / "run"
     assert summary["status"] == "complete" and summary["steps"] == 12
@@ -75,7 +75,9 @@ def test_run_directory_holds_what_a_fit_needs(tmp_path: Path) -> None:
     assert all("achieved_flops_per_s" in r and r["lr"] > 0 for r in train_records)
     assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
     # the run directory alone is enough to resume; a finished run stays finished, no step repeats
+    capsys.readouterr()
     assert main(["train", str(run_dir)]) == 0
+    assert "already complete" in capsys.readouterr().err
     assert [r["step"] for r in read_records(run_dir, "train")] == list(range(1, 13))
     kept = json.loads((run_dir / "summary.json").read_text())
     assert kept["status"] == "complete" and kept["final_eval_loss"] == summary["final_eval_loss"]
@@ -234,3 +236,48 @@ def test_a_run_that_follows_its_law_raises_no_alert(tmp_path: Path) -> None:
     assert summary["prediction"]["alerts"] == 0 and math.isfinite(
         summary["prediction"]["evals_checked"]
     )
+
+
+def test_a_run_directory_is_one_run(tmp_path: Path) -> None:
+    """Fresh starts drop stale records; a changed rerun refuses unless forced; a lost summary
+    is written again in full."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 99, "loss": 1.0}\n')
+    assert run_in_process(tiny_experiment(tmp_path, train={"stop_after_steps": 4}))["steps"] == 4
+    assert [r["step"] for r in read_records(run_dir, "train")] == [1, 2, 3, 4]
+    changed = tiny_experiment(tmp_path, optim={"learning_rate": 5e-2})
+    with pytest.raises(TrainingError, match="optim.learning_rate") as refused:
+        run_in_process(changed)
+    assert "--force" in (refused.value.hint or "")
+    harmless = tiny_experiment(tmp_path, train={"log_every": 2, "stop_after_steps": 8})
+    assert run_in_process(harmless)["steps"] == 8
+    summary = train_with_law_watch(resolve(load_experiment(changed)), force=True)
+    assert summary["status"] == "complete" and summary["steps"] == 12
+    (run_dir / "summary.json").unlink()  # killed after the final checkpoint, before the summary
+    again = run_in_process(changed)
+    assert again["status"] == "complete" and again["final_eval_loss"] == summary["final_eval_loss"]
+    assert again["tokens_per_s"] > 0 and again["mfu_causal"] == again["mfu"]
+
+
+def test_skip_counts_nonfinite_updates_and_stops_after_k_in_a_row(tmp_path: Path) -> None:
+    exp = tiny_experiment(
+        tmp_path,
+        optim={"learning_rate": 1e30, "warmup_steps": 0, "clip_norm": None},
+        train={"on_nonfinite": "skip", "max_nonfinite_in_row": 3, "log_every": 1},
+    )
+    summary = run_in_process(exp)
+    assert summary["status"] == "nonfinite" and summary["steps"] < 12
+    assert summary["nonfinite_skipped"] >= 3
+    alerts = read_records(tmp_path / "run", "alert")
+    assert alerts and alerts[-1]["nonfinite_skipped"] == summary["nonfinite_skipped"]
+
+
+def test_settings_out_of_range_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for bad in ("train.stop_after_steps=0", "train.stop_after_steps=-1",
+                "train.max_nonfinite_in_row=0"):
+        assert main(["train", str(_write_config(tmp_path, tiny_experiment(tmp_path))), bad,
+                     "--print-config"]) == 2
+        assert bad.split("=")[0] in capsys.readouterr().err
+    assert main(["grow", str(tmp_path), "--factor", "1e9", "--out", str(tmp_path / "g")]) == 2
+    assert "above" in capsys.readouterr().err

@@ -122,6 +122,9 @@ class InitConfig:
             raise TrainingError("init.from_run and init.grow_from are both set",
                                 hint="from_run loads a model of the same shape, grow_from widens "
                                 "a smaller one: keep one of them")
+        if self.factor < 1:
+            raise TrainingError(f"init.factor={self.factor} must be a positive integer",
+                                hint="the widening factor is 2, 3, ... (1 means no widening)")
         if self.factor != 1 and self.grow_from is None:
             raise TrainingError(f"init.factor={self.factor} is set without init.grow_from",
                                 hint="set init.grow_from to the smaller run to widen, or drop "

@@ -22,8 +22,8 @@ from models.config import ModelConfig
 from training.checkpoint import CheckpointConfig, Checkpointer
 from training.config import InitConfig
 from training.state import abstract
-from training.init import (PARAMS_KEY, InitSource, missing_hint, named_leaves, source_model,
-                           stored_tree, load_pretrained_params, resolve_source)
+from training.init import (PARAMS_KEY, InitSource, missing_hint, named_leaves, source_model_fields,
+                           read_stored_tree, load_pretrained_params, resolve_source)
 
 log = logging.getLogger("chinchax.init")
 
@@ -39,7 +39,7 @@ def _growth_source(path: str) -> InitSource:
 
 def source_model_config(source: InitSource) -> Optional[ModelConfig]:
     """The small run's ModelConfig from its config.yaml / summary.json (None without them)."""
-    fields = source_model(source)
+    fields = source_model_fields(source)
     if fields is None:
         return None
     known = set(ModelConfig.__dataclass_fields__)
@@ -139,7 +139,7 @@ def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
     if step is None:
         raise TrainingError(f"init.grow_from={cfg.grow_from} holds no checkpoint",
                         hint=missing_hint(cfg.grow_from).replace("init.from_run", "init.grow_from"))
-    stored = named_leaves(stored_tree(source, step))
+    stored = named_leaves(read_stored_tree(source, step))
     _check_stored_params(source, step, stored, named_leaves({PARAMS_KEY: _abstract_params(narrow)}))
     return GrowthSource(source, int(step), narrow, stored)
 

@@ -114,7 +114,7 @@ def named_leaves(tree: Any) -> dict[str, Any]:
     return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def stored_tree(source: InitSource, step: int) -> Any:
+def read_stored_tree(source: InitSource, step: int) -> Any:
     """The stored state's metadata tree (shape and dtype of every leaf), read without arrays."""
     try:
         return ocp.StandardCheckpointHandler().metadata(
@@ -134,7 +134,7 @@ def _read_mapping(path: epath.Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def source_model(source: InitSource) -> Optional[dict[str, Any]]:
+def source_model_fields(source: InitSource) -> Optional[dict[str, Any]]:
     """The source run's model fields: its resolved config.yaml, else its summary.json."""
     if source.run_dir is None:
         return None
@@ -147,7 +147,7 @@ def source_model(source: InitSource) -> Optional[dict[str, Any]]:
 
 def _shape_mismatch(source: InitSource, step: int, problem: str, model: ModelConfig) -> TrainingError:
     """A shape error that names the model fields that differ, when the source's config says."""
-    theirs = source_model(source)
+    theirs = source_model_fields(source)
     ours = model.to_dict()
     differing = ([f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours
                   if k in theirs and theirs[k] != ours[k]] if theirs else [])
@@ -222,7 +222,7 @@ def load_pretrained_params(path: str, abstract_state: dict[str, Any],
         step = source.step if source.step is not None else reader.latest_step()
         if step is None:
             raise TrainingError(f"init.from_run={path} holds no checkpoint", hint=missing_hint(path))
-        stored_tree = stored_tree(source, step)
+        stored_tree = read_stored_tree(source, step)
         _check_params(source, step, named_leaves(stored_tree), expected, model)
         target = _restore_target(stored_tree, expected, like, replicated)
         try:

@@ -200,10 +200,12 @@ def _save_failed(run: Run, error: CheckpointError) -> CheckpointError:
     run.metrics.close()
     run.ckpt.abandon()
     good = run.ckpt.last_good_step()
-    return CheckpointError(f"{error} (at step {run.step}); last good checkpoint: "
-                           f"{'none' if good is None else f'step {good}'}",
-                           hint="free space or fix write access to the run directory, then run "
-                           "the same command again to resume from there")
+    failed = CheckpointError(f"{error} (at step {run.step}); last good checkpoint: "
+                             f"{'none' if good is None else f'step {good}'}",
+                             hint="free space or fix write access to the run directory, then "
+                             "run the same command again to resume from there")
+    failed.abandoned = True  # background threads may be stuck: the caller should not wait on them
+    return failed
 
 
 def _finished(run: Run, hooks: Sequence[Hook], start_wall: float) -> dict[str, Any]:
