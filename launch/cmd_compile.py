@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="slices of a multi-slice job (TPU only; pair with mesh.dcn_*)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of a table")
+    parser.add_argument("--out", help="also write the JSON report to this file")
     parser.set_defaults(func=run)
 
 
@@ -54,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     run_cfg = resolve(experiment, data_parallel=data_parallel_size(experiment.mesh, len(devices)))
     label = topology.name if args.slices == 1 else f"{topology.name} × {args.slices} slices"
     report = compile_train_step(run_cfg, devices, topology=label)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -91,6 +97,8 @@ def _tpu_devices(topology: Topology, slices: int) -> List[Any]:
         raise libtpu_missing_error(topology.name, _jax_version())
     # No TPU here: do not ask the GCE metadata server which TPU this VM is.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # Compile-only: no chip is opened, so other processes holding libtpu are no conflict.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     kwargs = {"num_slices": slices} if slices > 1 else {}
@@ -104,7 +112,13 @@ def _tpu_devices(topology: Topology, slices: int) -> List[Any]:
         raise LaunchError(f"libtpu cannot lay out topology {topology.name!r}: {message}",
                             hint="check the generation and chip grid, e.g. v5e:4x4 or v4:2x2x2; "
                             "a libtpu that does not match jax also fails here") from None
-    return list(description.devices)
+    return one_device_per_chip(list(description.devices))
+
+
+def one_device_per_chip(devices: List[Any]) -> List[Any]:
+    """v4 and v5p chips hold two TensorCores; a compile-only topology lists both, but pods run
+    them as one device per chip (megacore), which is also what ``jax.make_mesh`` accepts."""
+    return [d for d in devices if getattr(d, "core_on_chip", 0) == 0]
 
 
 def _forced_cpu_count() -> int:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from chinchax.errors import ModelError
-from models.sharding import active_mesh_and_rules, logical_to_mesh_spec
+from models.sharding import active_mesh_and_rules, logical_to_mesh_spec, target_platform
 
 SPLASH_MODULE = "jax.experimental.pallas.ops.tpu.splash_attention"
 SPLASH_BLOCK = 512  # block edge for queries and keys (forward and backward); T must divide by it
@@ -105,7 +105,7 @@ def splash_attention(
     ``interpret=None`` compiles the kernel on TPU and interprets it elsewhere (tests only).
     """
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = target_platform() != "tpu"
     _block_for(q_BTNH.shape[1])  # one clear error before tracing the kernel
     local = functools.partial(_local_splash, interpret=interpret)
     active = active_mesh_and_rules()

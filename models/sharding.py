@@ -253,6 +253,15 @@ def active_mesh_and_rules() -> Optional[Tuple[Mesh, Tuple[Tuple[str, str], ...]]
     return _ACTIVE.get()
 
 
+def target_platform() -> str:
+    """The platform the traced program is for: the active mesh's devices (ahead-of-time
+    compilation for a TPU from a CPU host), else where JAX computes."""
+    active = _ACTIVE.get()
+    if active is None:
+        return jax.default_backend()
+    return active[0].devices.flat[0].platform
+
+
 def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
     """Sharding constraint from logical names; a no-op outside :func:`activation_sharding`."""
     active = _ACTIVE.get()

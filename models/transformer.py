@@ -23,7 +23,7 @@ from models.attention import splash_attention
 from models.config import ModelConfig
 from models.head import head_logits
 from models.remat import ATTENTION, POLICIES, SAVES_ATTENTION, with_named_residuals
-from models.sharding import constrain
+from models.sharding import constrain, target_platform
 
 Initializer = Callable[..., jax.Array]
 
@@ -140,8 +140,9 @@ def _check_cudnn_shape(cfg: ModelConfig) -> None:
 
 
 def backend_name() -> str:
-    """The platform JAX computes on (``cpu``, ``gpu``, ``tpu``)."""
-    return jax.default_backend()
+    """The platform the program is for (``cpu``, ``gpu``, ``tpu``; an AOT target counts)."""
+    platform = target_platform()
+    return "gpu" if platform in ("cuda", "rocm") else platform
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> Tuple[jax.Array, jax.Array]:

@@ -294,3 +294,25 @@ def test_first_reaching_interpolates_the_crossing_in_log_x() -> None:
     assert common.first_reaching(x, loss, 3.5) == 1e9   # already there at the first eval
     assert common.first_reaching(x, loss, 0.5) is None  # never reached
 
+
+
+def test_mfu_benchmark_imports_without_the_data_stack() -> None:
+    """A GPU image has jax, flax and optax only: the benchmark module must import there
+    (the trainer's config is imported when a step is built)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('grain', 'array_record', 'tensorflow_datasets',"
+        " 'tensorboardX'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        "import mfu\n"
+        "assert mfu.PRESETS['h100'].variants\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=BENCHMARKS.parent, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
