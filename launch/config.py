@@ -30,6 +30,7 @@ from training.config import RunConfig, TrainConfig
 from training.data import DataConfig, vocab_size
 from training.init import InitConfig
 from training.optim import OptimConfig
+from training.wandb_sink import LoggingConfig
 
 RESOLVED_CONFIG_NAME = "config.yaml"
 
@@ -60,6 +61,7 @@ class ExperimentConfig:
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     init: InitConfig = field(default_factory=InitConfig)  # init.from_run: continue from a run
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # logging.wandb: {project, entity, mode}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
         return RunConfig(name=exp.name, run_dir=run_dir, model=model, train=exp.train,
                          data=exp.data, optim=exp.optim, mesh=exp.mesh,
                          checkpoint=exp.checkpoint, prediction=exp.prediction, init=exp.init,
-                         seed=exp.seed)
+                         seed=exp.seed, logging=exp.logging)
 
     budget = dataclasses.replace(exp.budget, seq_len=exp.train.seq_len, vocab_size=vocab)
     if exp.train.global_batch is not None and budget.global_batch is None:
@@ -199,7 +201,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
         prediction = dataclasses.replace(prediction, law=budget.law)
     return RunConfig(name=exp.name, run_dir=run_dir, model=plan.model, train=train, data=exp.data,
                      optim=optim, mesh=exp.mesh, checkpoint=exp.checkpoint, prediction=prediction,
-                     init=exp.init, seed=exp.seed, plan=plan.to_dict())
+                     init=exp.init, seed=exp.seed, plan=plan.to_dict(), logging=exp.logging)
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:

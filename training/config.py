@@ -21,6 +21,7 @@ from training.checkpoint import CheckpointConfig
 from training.data import DataConfig
 from training.init import InitConfig
 from training.optim import OptimConfig
+from training.wandb_sink import LoggingConfig
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -79,6 +80,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     init: InitConfig = field(default_factory=InitConfig)  # start from another run's parameters
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # wandb beside TensorBoard
     seed: int = 0
     plan: Optional[dict] = None  # the allocator's plan (budget, law, predicted loss), if any
 

@@ -43,6 +43,7 @@ from training.metrics import MetricsWriter, Progress, mfu
 from training.optim import learning_rate_at_step
 from training.state import initial_train_state, jit_train_step
 from training.step import TrainState, make_eval_step
+from training.wandb_sink import open_sinks
 
 log = logging.getLogger("chinchax.train")
 
@@ -111,7 +112,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
 
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
-    metrics = MetricsWriter(run_dir, enabled=is_lead)
+    metrics = MetricsWriter(run_dir, enabled=is_lead, sinks=open_sinks(
+        cfg.logging, run_dir, cfg.name, cfg.to_dict()) if is_lead else ())
+    metrics.log_config(cfg.to_dict())
     data_iter = build_train_iterator(cfg.data, seq_len=seq_len, global_batch=cfg.global_batch,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
