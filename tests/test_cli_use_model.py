@@ -106,3 +106,16 @@ def test_plain_orbax_restores_the_parameters(tiny_run: Path) -> None:
     assert step == 6
     np.testing.assert_array_equal(params["embed"]["value"], model.embed[...])
     np.testing.assert_array_equal(params["blocks"]["q"]["kernel"]["value"], model.blocks.q.kernel[...])
+
+
+def test_a_mesh_larger_than_this_machine_falls_back_to_data_parallel(tiny_run: Path) -> None:
+    import dataclasses
+
+    from models.sharding import MeshConfig
+    from training.trained import run_mesh
+
+    cfg = load_run_config(tiny_run / "config.yaml")
+    pod = dataclasses.replace(cfg, mesh=MeshConfig(data=1, fsdp=16, tensor=2))
+    assert dict(run_mesh(pod).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    fits = dataclasses.replace(cfg, mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+    assert dict(run_mesh(fits).shape) == {"data": 2, "fsdp": 2, "tensor": 2}  # kept as it is
