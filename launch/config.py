@@ -33,6 +33,7 @@ from scaling.rundir import plan_for, plan_from_dict
 from training.config import CheckpointConfig, InitConfig, RunConfig, TrainConfig
 from training.data import DataConfig, vocab_size
 from training.optim import OptimConfig
+from training.wandb_sink import LoggingConfig
 
 RESOLVED_CONFIG_NAME = "config.yaml"
 MAX_SEED = 2**32 - 1
@@ -65,6 +66,7 @@ class ExperimentConfig:
     init: InitConfig = field(default_factory=InitConfig)  # init.from_run: continue from a run
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # XLA flags, GPU memory share
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # logging.wandb: {project, entity, mode}
 
     def __post_init__(self) -> None:
         seed = self.seed
@@ -290,7 +292,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
                          data=exp.data, optim=exp.optim, mesh=exp.mesh,
                          checkpoint=exp.checkpoint, prediction=exp.prediction, init=exp.init,
                          seed=exp.seed, plan=plan_for(model, exp.train.seq_len),
-                         runtime=runtime_record(exp.runtime, os.environ))
+                         runtime=runtime_record(exp.runtime, os.environ), logging=exp.logging)
 
     _check_budget_echoes(exp.budget, exp.train.seq_len, vocab)
     budget = dataclasses.replace(exp.budget, seq_len=exp.train.seq_len, vocab_size=vocab)
@@ -309,7 +311,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
                      optim=optim, mesh=exp.mesh, checkpoint=exp.checkpoint, prediction=prediction,
                      init=exp.init, seed=exp.seed,
                      plan=plan_for(plan.model, train.seq_len, plan.to_dict()),
-                     runtime=runtime_record(exp.runtime, os.environ))
+                     runtime=runtime_record(exp.runtime, os.environ), logging=exp.logging)
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:

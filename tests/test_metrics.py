@@ -98,7 +98,7 @@ def test_tensorboard_gets_the_scalars(tmp_path):
         writer.log_eval(step=3, tokens=192, flops=1.9e8, eval_loss=1.5)
     scalars = _event_scalars(tmp_path)
     assert scalars["train/loss"] == [(1, 3.0), (2, 2.0), (3, 1.0)]
-    assert scalars["eval/eval_loss"] == [(3, 1.5)]
+    assert scalars["eval/loss"] == [(3, 1.5)]  # the kind is said once in a tag
     assert "train/kind" not in scalars and "train/step" not in scalars
 
 

@@ -1,8 +1,6 @@
-"""Decoding: the KV cache changes nothing but speed; sampling is seeded; ``chinchax sample``."""
+"""Decoding: the KV cache changes nothing but speed; sampling is seeded."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +9,9 @@ import pytest
 from flax import nnx
 
 from chinchax.errors import ModelError
-from launch.cli import main
-from launch.config import load_experiment, resolve
 from models.config import ModelConfig
 from models.decode import SamplingConfig, forward_cached, generate, init_cache, sample_logits
 from models.transformer import Transformer
-from training.trainer import train
 
 
 def _model(**changes: object) -> Transformer:
@@ -59,43 +54,3 @@ def test_sampler_respects_temperature_top_p_and_vocab_limit() -> None:
     assert len(wide) > 1  # a hot temperature really samples
     with pytest.raises(ModelError, match="top_p"):
         SamplingConfig(top_p=0.0)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer byte-level model trained for 6 steps with the normal trainer."""
-    tmp = tmp_path_factory.mktemp("sample")
-    exp = {
-        "name": "tiny", "run_dir": str(tmp / "run"),
-        "model": {"vocab_size": 260, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-                  "d_ff": 64},
-        "data": {"source": "synthetic", "cache_dir": str(tmp / "cache"),
-                 "synthetic_documents": 32, "synthetic_document_length": 512},
-        "train": {"steps": 6, "global_batch": 8, "seq_len": 32, "eval_every": 6, "eval_batches": 1},
-        "optim": {"learning_rate": 1e-2, "warmup_steps": 1},
-        "checkpoint": {"every_steps": 3},
-    }
-    train(resolve(load_experiment(exp)))
-    return tmp / "run"
-
-
-def _sample(run: Path, capsys: pytest.CaptureFixture, *flags: str) -> str:
-    assert main(["sample", str(run), "--prompt", "def ", "--max-tokens", "12", *flags]) == 0
-    return capsys.readouterr().out
-
-
-def test_cli_sample_is_deterministic_under_a_seed(tiny_run: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
-    first = _sample(tiny_run, capsys, "--seed", "1", "--top-p", "0.95")
-    assert first.startswith("def ")
-    assert _sample(tiny_run, capsys, "--seed", "1", "--top-p", "0.95") == first
-    greedy = _sample(tiny_run, capsys, "--temperature", "0", "--seed", "1")
-    assert _sample(tiny_run, capsys, "--temperature", "0", "--seed", "2") == greedy
-    assert main(["sample", str(tiny_run), "--max-tokens", "4", "--step", "3"]) == 0
-    assert "step 3" in capsys.readouterr().err
-
-
-def test_cli_sample_refuses_a_folder_that_is_not_a_run(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
-    assert main(["sample", str(tmp_path), "--prompt", "x"]) == 2
-    assert "config.yaml" in capsys.readouterr().err

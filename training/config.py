@@ -21,6 +21,7 @@ from scaling.prediction import PredictionConfig
 from scaling.rundir import RunPlan, plan_for
 from training.data import DataConfig
 from training.optim import OptimConfig
+from training.wandb_sink import LoggingConfig
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -160,6 +161,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     init: InitConfig = field(default_factory=InitConfig)  # start from another run's parameters
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # wandb beside TensorBoard
     seed: int = 0
     plan: Optional[RunPlan] = None  # counts (N, FLOPs per token) and the allocator's plan, if any
     runtime: Optional[dict] = None  # XLA flags and allocator launch/ set (a record, not read)

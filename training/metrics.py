@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping, Optional, TextIO
+from typing import Any, Mapping, Optional, Sequence, TextIO
 
 import numpy as np
 from etils import epath
@@ -52,16 +52,35 @@ def mfu(flops_per_s: float, device_kind: str, n_devices: int) -> Optional[float]
     return float(flops_per_s) / (peak * n_devices)
 
 
+def tensorboard_tag(kind: str, name: str) -> str:
+    """``eval`` + ``eval_loss/python`` -> ``eval/loss/python``: the kind is said once."""
+    return f"{kind}/{name.removeprefix(kind + '_')}"
+
+
+def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"d_model": 64}}`` -> ``{"model.d_model": 64}``; values TensorBoard's hparams
+    accept (numbers, strings, booleans; anything else as its text)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_hparams(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
 class MetricsWriter:
     """Appends records to ``metrics.jsonl`` and TensorBoard; writes ``summary.json`` at the end.
 
     TensorBoard events go to ``run_dir`` itself (so ``tensorboard --logdir runs/`` lists runs by
-    name), one ``train/<field>`` or ``eval/<field>`` scalar per numeric field.  tensorboardX
+    name), one ``train/<field>`` or ``eval/<field>`` scalar per numeric field (``eval_loss`` is
+    ``eval/loss``: :func:`tensorboard_tag`).  ``sinks`` (e.g. wandb) get every record too.  tensorboardX
     writes them from a background queue: ``flush()`` pushes the file, ``close()`` drains all.
     """
 
     def __init__(self, run_dir: epath.PathLike, *, enabled: Optional[bool] = None,
-                 tensorboard: bool = True, remote_flush_s: float = 30.0) -> None:
+                 tensorboard: bool = True, remote_flush_s: float = 30.0,
+                 sinks: Sequence[Any] = ()) -> None:
         if enabled is None:
             import jax  # only here: the writer itself does not need devices
 
@@ -78,6 +97,7 @@ class MetricsWriter:
         self._lines: list[str] = []  # remote: the whole file, rewritten on flush
         self._dirty = False
         self._last_flush = time.monotonic()
+        self.sinks = list(sinks)  # e.g. training.wandb_sink.WandbSink: log, log_config, close
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +133,25 @@ class MetricsWriter:
             return written
         self._append_line(line + "\n")
         self._write_tensorboard(kind, written)
+        for sink in self.sinks:
+            sink.log(kind, written, written["step"])
         return written
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """The resolved run config: TensorBoard text and hparams, and every sink's config."""
+        if not self.enabled:
+            return
+        writer = self._tensorboard_writer()
+        if writer is not None:
+            from tensorboardX.summary import hparams
+
+            plain = json.loads(dumps(config))
+            writer.add_text("config", "```\n" + json.dumps(plain, indent=2) + "\n```", 0)
+            for summary in hparams(flat_hparams(plain), {"eval/loss": 0.0}):
+                writer.file_writer.add_summary(summary)
+            writer.flush()
+        for sink in self.sinks:
+            sink.log_config(config)
 
     def _append_line(self, line: str) -> None:
         if self._remote:
@@ -136,7 +174,7 @@ class MetricsWriter:
             if name in ("kind", "step") or isinstance(value, bool):
                 continue
             if isinstance(value, (int, float)):
-                writer.add_scalar(f"{kind}/{name}", value, step)
+                writer.add_scalar(tensorboard_tag(kind, name), value, step)
         if kind == "alert" and "message" in record:
             writer.add_text("alert", str(record["message"]), step)
         writer.flush()
@@ -211,6 +249,9 @@ class MetricsWriter:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def __enter__(self) -> "MetricsWriter":
         return self

@@ -27,6 +27,7 @@ from training.hooks import Run
 from training.metrics import MetricsWriter
 from training.state import abstract, initial_train_state, jit_train_step
 from training.step import make_eval_step
+from training.wandb_sink import open_sinks
 
 
 def notice(run_is_lead: bool, message: str) -> None:
@@ -90,6 +91,13 @@ def open_run(cfg: RunConfig, *, force: bool = False) -> Run:
         raise
 
 
+def _metrics_writer(cfg: RunConfig, run_dir: epath.Path, is_lead: bool) -> MetricsWriter:
+    sinks = open_sinks(cfg.logging, run_dir, cfg.name, cfg.to_dict()) if is_lead else ()
+    metrics = MetricsWriter(run_dir, enabled=is_lead, sinks=sinks)
+    metrics.log_config(cfg.to_dict())
+    return metrics
+
+
 def _build(cfg: RunConfig, run_dir: epath.Path, is_lead: bool, lock: Optional[RunLock],
            force: bool) -> Run:
     resumes = check_same_run(cfg, run_dir, force=force, write=is_lead)
@@ -102,7 +110,7 @@ def _build(cfg: RunConfig, run_dir: epath.Path, is_lead: bool, lock: Optional[Ru
         cfg=cfg, plan=cfg.run_plan, run_dir=run_dir, is_lead=is_lead, mesh=mesh,
         data_sharding=data_sharding, state=None, step=0,
         ckpt=Checkpointer(run_dir / CHECKPOINTS_DIR, cfg.checkpoint),
-        metrics=MetricsWriter(run_dir, enabled=is_lead),
+        metrics=_metrics_writer(cfg, run_dir, is_lead),
         data_iter=build_train_iterator(cfg.data, seq_len=cfg.train.seq_len,
                                        global_batch=cfg.global_batch, **place),
         # one held-out set per source; the first is the primary one (``eval_loss``)

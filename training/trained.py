@@ -10,6 +10,7 @@ hand-kept description of the layout.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,9 +19,9 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from chinchax.errors import CheckpointError
+from chinchax.errors import CheckpointError, ModelError
 from models.decode import SamplingConfig, decode_rules, generate
-from models.sharding import activation_sharding, make_mesh
+from models.sharding import MeshConfig, activation_sharding, make_mesh
 from models.transformer import Transformer
 from training.checkpoint import CheckpointConfig, Checkpointer
 from training.config import RunConfig
@@ -28,6 +29,8 @@ from training.state import abstract_train_state
 from training.tokenizer import load_tokenizer
 
 CHECKPOINTS_DIR = "checkpoints"
+
+log = logging.getLogger("chinchax.trained")
 
 
 @dataclass
@@ -49,12 +52,22 @@ def checkpoint_dir(run_dir: epath.PathLike) -> epath.Path:
     return directory
 
 
+def run_mesh(cfg: RunConfig) -> Mesh:
+    """The run's mesh over the devices here; where its sizes need devices this machine lacks
+    (a pod run read on a workstation), every device on the data axis with the run's rules."""
+    try:
+        return make_mesh(cfg.mesh)
+    except ModelError as error:
+        log.warning("the run's mesh does not fit here (%s); putting every device on data", error)
+        return make_mesh(MeshConfig(data=-1, rules=cfg.mesh.rules))
+
+
 def load_trained_model(cfg: RunConfig, run_dir: Optional[epath.PathLike] = None,
                        step: Optional[int] = None, mesh: Optional[Mesh] = None) -> TrainedModel:
     """Restore ``step`` (None: the newest) of the run ``cfg`` describes onto ``mesh`` (default:
-    the run's mesh section over the devices here)."""
+    :func:`run_mesh`)."""
     directory = checkpoint_dir(run_dir if run_dir is not None else cfg.run_dir)
-    mesh = make_mesh(cfg.mesh) if mesh is None else mesh
+    mesh = run_mesh(cfg) if mesh is None else mesh
     graphdef, abstract, _ = abstract_train_state(cfg, mesh)
     reader = Checkpointer(directory, CheckpointConfig(async_save=False))
     try:
