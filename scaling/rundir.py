@@ -355,7 +355,7 @@ def make_run_dir(run_dir: epath.PathLike) -> epath.Path:
 
 # Keys a rerun may change: they do not alter what is trained or in which order (``init`` applies
 # only at a fresh start: a resume takes its parameters from its own checkpoint).
-HARMLESS_KEYS = ("name", "run_dir", "plan", "mesh", "checkpoint", "prediction", "init",
+HARMLESS_KEYS = ("name", "run_dir", "plan", "mesh", "checkpoint", "prediction", "init", "runtime", "logging",
                  "train.log_every", "train.eval_every", "train.eval_batches",
                  "train.stop_after_steps", "train.max_nonfinite_in_row")
 
