@@ -1,9 +1,8 @@
-"""Will the run fit?  A lower bound on each device's memory, checked before compiling.
+"""Will the run fit? A per-device lower bound on memory, checked before compiling.
 
-Counted: parameters, gradients and AdamW's two moments in float32 (16 bytes a parameter),
-sharded over the fsdp and tensor axes; one micro-batch's logits (unless the loss is chunked)
-and one residual stream per layer.  XLA needs at least this, so a refusal is never wrong; a
-run that passes may still need more (XLA's own check after compile has the last word).
+Counted: float32 parameters, gradients and both AdamW moments (16 bytes a parameter) sharded over
+fsdp and tensor; one micro-batch's logits (unless chunked) and one residual per layer. A refusal
+is never wrong; XLA's check after compile has the last word on a pass.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ class MemoryEstimate:
 
 
 def estimate_memory(run: RunConfig, n_devices: int) -> MemoryEstimate:
-    """Per-device lower bound for ``run`` on ``n_devices`` devices."""
     data, fsdp, tensor = run.mesh.ici_shape(n_devices)
     dcn_data, dcn_fsdp, dcn_tensor = run.mesh.dcn_shape
     model = run.model
@@ -53,7 +51,7 @@ def host_memory_bytes() -> Optional[int]:
 
 
 def device_memory_bytes() -> Optional[int]:
-    """One local device's memory: the runtime's limit, else the host's share on CPU."""
+    """The runtime's limit, else the host's share on CPU."""
     import jax
 
     device = jax.local_devices()[0]
@@ -83,7 +81,7 @@ def check_fits(run: RunConfig, n_devices: int, capacity: Optional[int]) -> Memor
 
 
 def check_memory(run: RunConfig) -> MemoryEstimate:
-    """:func:`check_fits` on this process's devices (call after JAX's distributed start)."""
+    """Call after JAX's distributed start."""
     import jax
 
     return check_fits(run, jax.device_count(), device_memory_bytes())
