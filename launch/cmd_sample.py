@@ -1,4 +1,4 @@
-"""``chinchax sample RUN --prompt TEXT``: text from a run's newest checkpoint, deterministic by ``--seed``."""
+"""``chinchax sample RUN --prompt TEXT``: text from a run's newest checkpoint, deterministic by seed."""
 
 from __future__ import annotations
 

@@ -1,14 +1,10 @@
 """Continual pre-training (CPT) laws, Zheng et al. 2024, "Breaking Language Barriers".
 
-From scratch: ``E + A/N**alpha + B/D**beta``; CPT: ``E + A/N**alpha + B'/(D**beta' N**gamma)``
-with ``D`` = continual-training tokens only, and ``E``, ``A``, ``alpha`` shared with the
-from-scratch fit (only the data term is refitted; ``gamma > 0``: larger models need fewer new
-tokens). The paper prints no scratch ``B``, ``beta``; they are derived from its scratch
-allocation ``N_opt = 0.324 C**0.429`` (:func:`data_term_for_allocation`: ``beta = 0.30053``,
-``B = 718.54``). The same inverse on the CPT allocation returns ``B'``, ``beta'`` within 0.4% of
-the printed values, which supports sharing ``E``, ``A``, ``alpha``.
-
-The CPT data term is smaller only while ``D < D_x(N)`` (:func:`crossover_tokens`, ~3.6 tokens per
+CPT: ``E + A/N**alpha + B'/(D**beta' N**gamma)``, ``D`` = continual tokens only; ``E``, ``A``,
+``alpha`` stay the from-scratch fit's. The paper prints no scratch ``B``, ``beta``: they come
+from its allocation ``N_opt = 0.324 C**0.429`` (:func:`data_term_for_allocation`); the same
+inverse on the CPT allocation returns ``B'``, ``beta'`` within 0.4% of print, which supports the
+sharing. CPT's data term is smaller only below :func:`crossover_tokens` (~3.6 tokens per
 parameter at 1e8): savings for short continual runs, none at compute-optimal lengths.
 """
 
@@ -131,7 +127,7 @@ def equal_loss_tokens(scratch: ParametricLaw, cpt: ParametricLaw, n_params: floa
 
 
 def compute_saving(scratch: ParametricLaw, cpt: ParametricLaw, n_params: float, tokens: float) -> float:
-    """``1 - D'/D``: fraction of from-scratch FLOPs that CPT saves (source pre-training is sunk cost)."""
+    """``1 - D'/D``: share of from-scratch FLOPs saved (source pre-training is sunk cost)."""
     return 1.0 - equal_loss_tokens(scratch, cpt, n_params, tokens) / tokens
 
 

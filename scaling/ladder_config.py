@@ -37,9 +37,9 @@ class LadderConfig:
     ``target_sizing`` names the approach that sizes the target; ``sensitivity`` refits approach 3
     under other ``drop_early`` values. ``evals_per_run``/``eval_sequences`` give every run about as
     many evals on the same held-out set. Wall time: ``flops_per_second``, else measured on
-    finished rungs, else a CPU guess, plus ``run_overhead_s`` per run. ``fit: curve`` predicts with the loss-curve law, ``approach3``
-    with L(N, D); either is first backtested on the largest ``backtest_by``, and an ARE above
-    ``require_backtest_are`` (null: never) stops the ladder before its target.
+    finished rungs, else a CPU guess, plus ``run_overhead_s`` per run. ``fit: curve`` predicts
+    with the loss-curve law, ``approach3`` with L(N, D); either is first backtested on the largest
+    ``backtest_by``, and an ARE above ``require_backtest_are`` (null: never) stops the ladder.
     """
 
     budgets: List[float] = field(default_factory=lambda: [1e11, 3e11, 1e12, 3e12])

@@ -105,7 +105,7 @@ class ParametricLaw:
 
 @dataclass(frozen=True)
 class PowerLawAllocation:
-    """``N_opt = n_coef * C**a``, ``D_opt = d_coef * C**b``; with C = 6 N D only ``n_coef``, ``a`` are free."""
+    """``N_opt = n_coef * C**a``, ``D_opt = d_coef * C**b``; under C = 6 N D only ``n_coef``, ``a`` free."""
 
     a: float
     n_coef: float

@@ -30,9 +30,8 @@ STACKED_AXIS_NAMES = ("layers", "blocks", "scan", "stack")
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """``warmup_steps`` (updates) wins over ``warmup_fraction``. ``decay_fraction`` is WSD's decay share;
-    ``min_lr_ratio`` is the final rate over the peak for ``cosine`` and ``wsd``. ``clip_norm`` None or
-    0 disables clipping. ``z_loss`` weighs ``log(Z)^2``; the loss function applies it.
+    """``warmup_steps`` (updates) wins over ``warmup_fraction``; ``min_lr_ratio``: final rate over peak
+    (``cosine``, ``wsd``); ``clip_norm`` None or 0: no clipping; ``z_loss`` weighs ``log(Z)^2``.
     """
 
     learning_rate: float = 3e-3
@@ -101,9 +100,8 @@ def warmup_updates(cfg: OptimConfig, total_updates: int) -> int:
 
 
 def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
-    """Rate of update ``i`` (0-based): linear warmup, then ``cosine`` decay, ``wsd`` (stable, then a
-    decay over the last ``decay_fraction``; its stable phase can branch into shorter runs), or
-    ``constant``.
+    """Rate of update ``i`` (0-based): linear warmup, then ``cosine``, ``wsd`` (stable, then decay over
+    the last ``decay_fraction``: the stable phase can branch into shorter runs) or ``constant``.
     """
     import optax
 
@@ -190,9 +188,9 @@ def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAM
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any = None) -> optax.GradientTransformation:
-    """Clipping, then AdamW with the schedule and masked decay; ``total_steps`` counts ``tx.update`` calls.
+    """Clipping, then AdamW with the schedule and masked decay; ``total_steps`` counts updates.
 
-    ``params`` is accepted for callers' convenience: the mask is computed from the tree ``init`` sees.
+    The mask is computed from the tree ``init`` sees; ``params`` is accepted but not needed.
     """
     import optax
 

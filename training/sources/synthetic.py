@@ -21,9 +21,9 @@ def _entropy_nats(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class MarkovLanguage:
-    """Sparse Markov chain: ``transition[c, s]`` = P(symbol ``s`` | context ``c``), ``c`` the last ``order``
+    """Sparse Markov chain: ``transition[c, s]`` = P(``s`` | context ``c``), ``c`` the last ``order``
     symbols as a base-``alphabet`` number (most recent last). ``branching`` successors per context
-    with Dirichlet(1) weights, so the entropy rate is not a round number a model could guess.
+    with Dirichlet(1) weights, so the entropy rate is no round number a model could guess.
     """
 
     alphabet: int
@@ -54,7 +54,7 @@ class MarkovLanguage:
         return float(self.stationary @ _entropy_nats(self.transition))
 
     def conditional_entropy_nats(self, context_length: int) -> float:
-        """H(next | previous ``context_length`` symbols); the entropy rate once ``context_length >= order``."""
+        """H(next | previous ``context_length`` symbols); the entropy rate once that reaches ``order``."""
         if context_length >= self.order:
             return self.entropy_rate_nats()
         return self._block_entropy(context_length + 1) - self._block_entropy(context_length)
@@ -129,9 +129,7 @@ def _recurrent_class(transition: np.ndarray, alphabet: int) -> Optional[np.ndarr
 
 
 def _stationary(transition: np.ndarray, alphabet: int, members: np.ndarray) -> np.ndarray:
-    """Power iteration: a random sparse chain mixes in ~100 steps, while a direct sparse solve fills
-    in on the de Bruijn-like step graph.
-    """
+    """Power iteration: a random sparse chain mixes in ~100 steps; a direct sparse solve fills in."""
     step = _step_graph(transition, alphabet)[members][:, members].T.tocsr()
     law = np.full(members.size, 1.0 / members.size)
     for _ in range(100_000):
