@@ -1,5 +1,4 @@
-"""Command-line pieces shared by the sub-commands: ``CONFIG [key=value ...]`` with overrides
-accepted anywhere, also after flags (``chinchax train c.yaml --print-config train.steps=5``)."""
+"""``CONFIG [key=value ...]`` for every sub-command, overrides accepted after flags too."""
 
 from __future__ import annotations
 

@@ -68,7 +68,6 @@ def device_memory_bytes() -> Optional[int]:
 
 
 def check_fits(run: RunConfig, n_devices: int, capacity: Optional[int]) -> MemoryEstimate:
-    """``run``'s estimate, or a :class:`ConfigError` when it exceeds ``capacity`` bytes."""
     need = estimate_memory(run, n_devices)
     if capacity is not None and need.total_bytes > capacity:
         raise ConfigError(

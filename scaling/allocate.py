@@ -1,13 +1,9 @@
 """Budget to run, before the run: FLOPs and a law in; a model shape, tokens, batch, steps out.
 
-The law gives ``(N_opt, D_opt)`` under ``C = 6 N D`` (``N`` with embeddings, as Chinchilla);
-:func:`scaling.shapes.search_shape` picks the hardware-friendly shape nearest ``N_opt``; tokens
-come from the exact counter (:mod:`scaling.flops`), not ``6 N``, so the run spends the budget
-within 1% as the trainer counts it (small models with long sequences see fewer than ``D_opt``).
-Batch and learning rate follow DeepSeek LLM's fits.
-
-Chinchilla Table A3: ``chinchilla-unrounded`` matches it within 5% in ``N`` up to 67B, 5.7–7.3%
-from 175B up; the rounded law allocates 18–30% fewer parameters.
+The law's ``(N_opt, D_opt)`` (``C = 6 N D``, ``N`` with embeddings) picks the nearest
+hardware-friendly shape; tokens then come from the exact counter, so the run spends the budget
+within 1% as the trainer counts it. Chinchilla Table A3: ``chinchilla-unrounded`` is within 5%
+in ``N`` up to 67B, 5.7–7.3% from 175B; the rounded law allocates 18–30% fewer parameters.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""L-BFGS over a batch of independent problems in NumPy.
-
-Fitting every start of a grid at once costs a few thousand vectorised evaluations instead of
-thousands of optimiser runs; only the problems still moving are evaluated.
+"""L-BFGS over a batch of independent problems in NumPy: a few thousand vectorised evaluations
+instead of thousands of optimiser runs; only problems still moving are evaluated.
 """
 
 from __future__ import annotations
@@ -114,7 +112,7 @@ def lbfgs_batched(value_and_grad: ValueAndGrad, x0: np.ndarray, *, max_iter: int
 
 
 def _direction(act: _Active, iteration: int, memory: int) -> tuple[np.ndarray, np.ndarray]:
-    """The quasi-Newton direction and its slope; steepest descent where the history is stale."""
+    """Steepest descent where the history is stale."""
     order = [(iteration - 1 - j) % memory for j in range(min(iteration, memory))]
     direction = -_two_loop(act.g, act.s_hist, act.y_hist, act.rho, act.scale, order)
     slope = _dot(act.g, direction)
@@ -164,7 +162,7 @@ def _remember(act: _Active, s: np.ndarray, y: np.ndarray, accepted: np.ndarray, 
 
 def _two_loop(g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray, scale: np.ndarray,
               order: Sequence[int]) -> np.ndarray:
-    """``H g`` per problem from the history slots ``order`` (newest first); empty slots have rho 0."""
+    """Slots ``order`` newest first; empty slots have rho 0."""
     q = g.copy()
     alphas = []
     for j in order:

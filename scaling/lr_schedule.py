@@ -1,8 +1,7 @@
 """The trainer's learning-rate schedules in NumPy, and the areas a loss curve depends on.
 
-A fit reads a run's schedule from its ``config.yaml`` without JAX. Areas follow Tissue et al.
-(2024): ``S1 = sum lr_i`` and ``S2 = sum m_i``, ``m_i = lam m_(i-1) + max(lr_(i-1) - lr_i, 0)``
-(warmup anneals nothing), both in LR × tokens because batch grows across budgets.
+Areas follow Tissue et al. (2024): ``S1 = sum lr_i``, ``S2 = sum m_i`` with ``m_i = lam m_(i-1)
++ max(lr_(i-1) - lr_i, 0)``, both in LR × tokens because batch grows across budgets.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ DEFAULT_LAMBDA = 0.999
 
 @dataclass(frozen=True)
 class Schedule:
-    """One run's schedule: ``steps`` optimiser updates of ``tokens_per_step`` tokens."""
 
     kind: str
     peak: float
@@ -55,7 +53,6 @@ class Schedule:
                    min_lr_ratio=float(optim.get("min_lr_ratio", 0.1)))
 
     def rates(self) -> np.ndarray:
-        """The rate of every update ``0 … steps-1``, as optax's schedules give it."""
         count = np.arange(1, self.steps + 1, dtype=np.float64)  # the trainer evaluates count + 1
         peak, final, warmup = self.peak, self.peak * self.min_lr_ratio, self.warmup
         ramp = peak * np.minimum(count, warmup) / warmup if warmup > 0 else np.full_like(count, peak)

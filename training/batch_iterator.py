@@ -1,10 +1,9 @@
 """Host-local batches from an endless element stream, resumable from one number.
 
-Element ``k`` of the grain ``MapDataset`` is a pure function of ``k``, so the position is the
-count of elements the whole job consumed: the same on every host, independent of host count
-and batch size. ``MapDataset.mix`` orders a mixture stratified, so per-source counts follow from
-the position in closed form (:func:`interleave_counts`); weights become integers with the
-smallest scaled to 100, as grain does.
+Element ``k`` of the grain ``MapDataset`` is a pure function of ``k``, so the position (elements
+the whole job consumed) is the same on every host, for any host count and batch size. A mixture's
+per-source counts follow from it in closed form (:func:`interleave_counts`); weights become
+integers with the smallest scaled to 100, as grain does.
 """
 
 from __future__ import annotations
@@ -57,10 +56,8 @@ def inputs_and_targets(sequences: np.ndarray) -> Batch:
 
 class BatchIterator(Iterator[Batch]):
     """Global batch ``t`` is elements ``[start + t B, start + (t + 1) B)``; each host reads its own
-    contiguous rows, so the assembled global array is the same for any host count.
-
-    State ``{"version", "examples", "identity"}`` (+ ``"consumed"`` for a mixture); ``identity``
-    refuses a restore onto other data. Prefetching may read ahead; the state counts what was returned.
+    contiguous rows, so the global array is the same for any host count. The state's ``identity``
+    refuses a restore onto other data; it counts what was returned, not what prefetch read.
     """
 
     def __init__(self, elements: "grain.MapDataset", *, global_batch: int, process_index: int = 0,
@@ -115,7 +112,6 @@ class BatchIterator(Iterator[Batch]):
         return {name: count * self._seq_len for name, count in self.consumed().items()}
 
     def get_state(self) -> Dict[str, Any]:
-        """Small and JSON-serialisable; identical on every host."""
         state = {"version": STATE_VERSION, "examples": self._examples, "identity": copy.deepcopy(self._identity)}
         if self._proportions:
             state["consumed"] = self.consumed()

@@ -1,8 +1,7 @@
 """A run's trained model, read back from its checkpoint onto a mesh (for sampling and export).
 
-Restored with the trainer's own state tree, so parameters come back laid out by the run's rules
-on the devices here. Optimiser moments are read and dropped: a partial orbax restore would need
-a second, hand-kept description of the layout.
+Optimiser moments are restored too and dropped: a partial orbax restore would need a second,
+hand-kept description of the layout.
 """
 
 from __future__ import annotations
