@@ -49,10 +49,9 @@ _TRIO_HINT = (f"set distributed.coordinator_address, num_processes and process_i
 
 @dataclass(frozen=True)
 class DistributedConfig:
-    """``enabled``: ``auto`` joins whenever the environment names a multi-process job, ``on`` insists,
-    ``off`` stays alone. ``initialization_timeout`` (s): cold TPU pods and busy schedulers can exceed
-    JAX's default 300. ``local_device_ids`` empty: decided by :func:`plan_startup`.
-    ``cpu_devices_per_process`` is for tests and ``chinchax local``.
+    """``enabled``: ``auto`` joins when the environment names a multi-process job, ``on`` insists,
+    ``off`` stays alone. ``initialization_timeout`` (s): cold TPU pods and busy schedulers can
+    exceed JAX's default 300. Empty ``local_device_ids``: :func:`plan_startup` decides.
     """
 
     enabled: str = "auto"
@@ -104,8 +103,8 @@ def check_coordinator_address(address: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class StartupPlan:
-    """``mode`` is one of :data:`MODES`. Address, count and id are known up front only for ``explicit``
-    (and, for logging, ``slurm``/``mpi``); on TPU JAX asks the metadata server.
+    """Address, count and id are known up front only for ``explicit`` (and, for logging,
+    ``slurm``/``mpi``); on TPU JAX asks the metadata server.
     """
 
     mode: str
@@ -157,7 +156,7 @@ def tpu_env_reason(env: Mapping[str, str]) -> Optional[str]:
 
 
 def gpus_visible_to_process(env: Mapping[str, str], device_files: Sequence[str]) -> int:
-    """GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else the ``/dev/nvidiaN`` files."""
+    """``CUDA_VISIBLE_DEVICES`` if set, else the ``/dev/nvidiaN`` files."""
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])

@@ -87,9 +87,7 @@ def default_runtime_version(accelerator_type: str) -> str:
 
 @dataclass(frozen=True)
 class TpuTarget:
-    """``slices > 1``: a multi-slice queued resource with nodes ``NAME-0 ...``; ``zone``/``project``
-    None defer to gcloud's config.
-    """
+    """``slices > 1``: a queued resource with nodes ``NAME-0 ...``; ``zone``/``project`` None: gcloud's."""
 
     name: str
     zone: Optional[str] = None
@@ -152,9 +150,8 @@ def ssh_one_command(target: TpuTarget, command: str, node: Optional[str] = None,
 
 
 def remote_word(path: str, *, glob_name: bool = False) -> str:
-    """Quoted for the remote shell: scp's legacy protocol expands remote paths there.
-
-    ``glob_name`` keeps a wildcard file name (``worker-*.log``) live.
+    """Quoted for the remote shell (scp's legacy protocol expands remote paths there); ``glob_name``
+    keeps a wildcard file name (``worker-*.log``) live.
     """
     if glob_name and "/" in path:
         directory, name = path.rsplit("/", 1)
@@ -173,7 +170,6 @@ def scp_to_all_command(target: TpuTarget, local_path: str, remote_path: str) -> 
 
 def scp_from_worker_command(target: TpuTarget, node: str, worker: int, remote_path: str,
                             local_dir: str) -> List[str]:
-    """Copy ``remote_path`` (a remote glob is fine) from one worker into ``local_dir``."""
     remote = f"{node}:{remote_word(remote_path, glob_name=True)}"
     return [*TPUS, "tpu-vm", "scp", remote, local_dir, *target.location, f"--worker={worker}"]
 
@@ -228,9 +224,7 @@ def dquote(text: str) -> str:
 def setup_script(*, remote_dir: str = REMOTE_DIR, archive: Optional[str] = REMOTE_ARCHIVE,
                  git_url: Optional[str] = None, git_ref: str = "origin/HEAD",
                  python: str = DEFAULT_PYTHON, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
-    """Unpack (or clone) the project and install it into ``.venv`` with uv, which supplies the Python
-    the constraints need even on older images; idempotent.
-    """
+    """Unpack (or clone) and install into ``.venv`` with uv, which supplies the pinned Python; idempotent."""
     d = dquote(remote_dir)
     if git_url is not None:
         url, ref = dquote(git_url), dquote(git_ref)

@@ -1,8 +1,7 @@
 """Batch size, learning rate and steps from the budget: DeepSeek LLM's fits (DeepSeek-AI 2024, §3.1).
 
-Fitted on 1e17–3e20 FLOPs (AdamW, ``C`` as non-embedding ``M·D``, close to ``6 N D`` here). The
-optimum is broad, so they are a starting point a config may override. Batch grows slower than
-compute, so steps grow with the budget.
+Fitted on 1e17–3e20 FLOPs with ``C`` as non-embedding ``M·D`` (close to ``6 N D`` here); the
+optimum is broad, so a config may override them.
 """
 
 from __future__ import annotations
@@ -77,9 +76,8 @@ def fit_steps(
 ) -> StepPlan:
     """Steps and batch whose token count lands within ``tolerance`` of ``target_tokens``.
 
-    Rounding steps alone is off by at most ``0.5 / steps``, fine above ~50 steps. Shorter runs (or
-    below ``min_steps``) try other multiples of ``multiple`` up to 2× ``preferred_batch``, nearest
-    the preferred first. The result may still miss; the caller decides whether that is an error.
+    Rounding steps alone is off by at most ``0.5 / steps``; shorter runs (or below ``min_steps``) try
+    multiples of ``multiple`` up to 2× ``preferred_batch``. The caller decides if a miss is an error.
     """
     sequences = target_tokens / seq_len
 

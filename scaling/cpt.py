@@ -48,11 +48,10 @@ ZHENG_CPT_ALLOCATION = PowerLawAllocation(
 
 def data_term_for_allocation(allocation: PowerLawAllocation, *, A: float, alpha: float,
                              gamma: float = 0.0) -> Tuple[float, float]:
-    """``(B, beta)`` whose compute-optimal ``N_opt(C)`` is exactly ``n_coef * C**a``.
+    """``(B, beta)`` whose ``N_opt(C)`` is exactly ``n_coef * C**a`` (``E`` moves no optimum).
 
-    Inverts ``N_opt = g (C/6)**(beta/s)``, ``s = alpha + beta - gamma``:
-    ``beta = a (alpha - gamma) / (1 - a)``, ``g = k 6**a``, ``B = alpha A / ((beta - gamma) g**s)``.
-    ``E`` moves no optimum, so it plays no part.
+    Inverts ``N_opt = g (C/6)**(beta/s)``, ``s = alpha + beta - gamma``: ``beta = a (alpha - gamma)
+    / (1 - a)``, ``g = k 6**a``, ``B = alpha A / ((beta - gamma) g**s)``.
     """
     a, k = allocation.a, allocation.n_coef
     if not 0.0 < a < 1.0 or k <= 0.0:
@@ -114,10 +113,7 @@ def fit_cpt_law(observations: Observations, base: BaseLaw, config: FitConfig = F
 
 def equal_loss_tokens(scratch: ParametricLaw, cpt: ParametricLaw, n_params: float,
                       tokens: float) -> float:
-    """CPT tokens that reach the loss a from-scratch model of ``n_params`` reaches after ``tokens``.
-
-    The laws share ``E + A/N**alpha``, so equal loss means equal data terms.
-    """
+    """CPT tokens reaching the loss a scratch model of ``n_params`` reaches after ``tokens``."""
     _check_pair(scratch, cpt)
     if n_params <= 0 or tokens <= 0:
         raise ScalingError(f"N={n_params:g} and D={tokens:g} must be positive", hint="pass counts")

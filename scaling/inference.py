@@ -183,10 +183,8 @@ def _iso_loss_tokens(law: ParametricLaw, n: float, loss: float) -> float:
 
 
 def cheapest_for_loss(law: Law, loss: float, inference_tokens: float = 0.0) -> tuple[float, float]:
-    """``(N, D)`` reaching ``loss`` at the least ``6 N D + 2 N T``.
-
-    On the iso-loss curve (defined for ``N > (A / (loss - E))**(1/alpha)``) the slope in ``log N``
-    goes from ``-inf`` to ``6 D (1 - gamma/beta) + 2T > 0``, so a root exists.
+    """``(N, D)`` reaching ``loss`` at the least ``6 N D + 2 N T``; the slope in ``log N`` along the
+    iso-loss curve runs from ``-inf`` to ``6 D (1 - gamma/beta) + 2T > 0``, so a root exists.
     """
     law = _parametric(law)
     loss = _check_loss(law, loss)
@@ -209,10 +207,7 @@ def cheapest_for_loss(law: Law, loss: float, inference_tokens: float = 0.0) -> t
 
 def best_loss_for_total_cost(law: Law, total_flops: float,
                              inference_tokens: float = 0.0) -> tuple[float, float]:
-    """``(N, D)`` of least loss with ``6 N D + 2 N T = total_flops``.
-
-    On ``D = K / 6N - T/3``, ``dL/dlog N`` is negative for small ``N`` and ``+inf`` as ``D → 0``.
-    """
+    """``(N, D)`` of least loss at ``6 N D + 2 N T = total_flops``; ``dL/dlog N`` goes from < 0 to +inf."""
     law = _parametric(law)
     k = _check_flops(total_flops, "total compute")
     t = check_inference_tokens(inference_tokens)

@@ -165,11 +165,10 @@ def path_names(path: Sequence[Any]) -> list[str]:
 
 def should_decay(path: Sequence[Any], leaf: Any,
                  stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> bool:
-    """Matrices decay; norms and biases do not.
+    """Matrices decay (embeddings and head too); norms and biases do not.
 
-    Exempt when a path component contains ``norm``, ``bias`` or ``scale``, or when the rank is below 2
-    after dropping a stacked-layers axis (a component in ``stacked_axis_names``), so a scanned
-    RMSNorm scale ``[n_layers, d_model]`` is rank 1. Embeddings and the head decay.
+    Exempt by name (``norm``, ``bias``, ``scale``) or by rank < 2 after dropping a stacked-layers
+    axis, so a scanned RMSNorm scale ``[n_layers, d_model]`` counts as rank 1.
     """
     names = path_names(path)
     if any(NO_DECAY_NAME.search(name) for name in names):
@@ -188,10 +187,7 @@ def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAM
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any = None) -> optax.GradientTransformation:
-    """Clipping, then AdamW with the schedule and masked decay; ``total_steps`` counts updates.
-
-    The mask is computed from the tree ``init`` sees; ``params`` is accepted but not needed.
-    """
+    """Clipping, then AdamW with the schedule and masked decay; ``total_steps`` counts updates."""
     import optax
 
     del params  # the mask is a function of the tree passed to init/update

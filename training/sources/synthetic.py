@@ -104,10 +104,8 @@ def _step_graph(transition: np.ndarray, alphabet: int):
 
 
 def _recurrent_class(transition: np.ndarray, alphabet: int) -> Optional[np.ndarray]:
-    """Contexts of the largest closed communicating class, or ``None`` if it is periodic (redraw).
-
-    A random sparse chain has transient contexts with no stationary mass; on one closed aperiodic
-    class the chain has a single stationary law that every long document samples.
+    """Largest closed communicating class (transient contexts carry no stationary mass), or ``None``
+    if periodic (then redraw): on it every long document samples one stationary law.
     """
     from scipy.sparse.csgraph import connected_components, shortest_path  # noqa: PLC0415
 
@@ -169,11 +167,10 @@ def description(cfg: Any) -> str:
 
 
 def loss_floor_nats(cfg: Any, seq_len: int) -> float:
-    """Lowest expected loss per target with ``seq_len`` tokens of context.
+    """Lowest expected loss per target with ``seq_len`` tokens of context (short contexts cost more).
 
-    The first ``order - 1`` targets see less than the chain's order. Document boundaries are left
-    out: they raise the floor by at most ``(1 + ln L + order * ln alphabet) / (L + 1)`` nats per
-    token, ``L = synthetic_document_length`` (0.004 for the defaults).
+    Document boundaries are left out: they add at most ``(1 + ln L + order * ln alphabet) / (L + 1)``
+    nats per token, ``L = synthetic_document_length`` (0.004 for the defaults).
     """
     language = synthetic_language(cfg)
     costs = [language.conditional_entropy_nats(min(j + 1, language.order)) for j in range(seq_len)]
