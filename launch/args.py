@@ -10,8 +10,7 @@ _INTERMIXED = "_chinchax_intermixed"
 
 class Parser(argparse.ArgumentParser):
     """Parses intermixed when asked; ``add_parser`` uses the parent's class, so this reaches every
-    sub-command.
-    """
+    sub-command."""
 
     _parsing_intermixed = False
 

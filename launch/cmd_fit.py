@@ -1,6 +1,5 @@
 """``chinchax fit INPUT...``: fit a scaling law to runs or a CSV and write the law file that
-``chinchax allocate --law`` reads.
-"""
+``chinchax allocate --law`` reads."""
 
 from __future__ import annotations
 

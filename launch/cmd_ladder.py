@@ -163,8 +163,7 @@ def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str]
 def rung_experiment(setup: LadderSetup, name: str, plan: RunPlan, run_dir: str, seed: int, *,
                     prediction_law: Optional[str] = None) -> ExperimentConfig:
     """Explicit shape, steps, batch and rate. Rungs carry no loss prediction: the design law is only
-    the sweep's centre, and off-optimum rungs would be flagged for nothing.
-    """
+    the sweep's centre, and off-optimum rungs would be flagged for nothing."""
     exp = setup.experiment
     prediction = dataclasses.replace(exp.prediction, enabled=False, law=None)
     if prediction_law is not None:

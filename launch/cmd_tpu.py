@@ -1,6 +1,5 @@
 """``chinchax tpu create|setup|run|logs|delete``: a Cloud TPU VM (pod) from creation to deletion;
-``--dry-run`` prints the gcloud commands, shell-quoted, and runs nothing.
-"""
+``--dry-run`` prints the gcloud commands, shell-quoted, and runs nothing."""
 
 from __future__ import annotations
 

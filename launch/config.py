@@ -228,8 +228,7 @@ def _check_paths(exp: ExperimentConfig) -> None:
 
 def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
     """Data × fsdp, across slices. Without ``n_devices`` the ``-1`` axis counts as 1 (planning
-    elsewhere than the training machine).
-    """
+    elsewhere than the training machine)."""
     if n_devices is None:
         data, fsdp = max(mesh.data, 1), max(mesh.fsdp, 1)
     else:
@@ -239,8 +238,7 @@ def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
 
 def _check_budget_echoes(budget: BudgetConfig, seq_len: int, vocab: int) -> None:
     """budget.seq_len/vocab_size come from train: and the tokenizer; a differing hand-set value would
-    be ignored, so it is refused.
-    """
+    be ignored, so it is refused."""
     for key, value, source in (("seq_len", seq_len, "train.seq_len"), ("vocab_size", vocab, "the tokenizer")):
         given = getattr(budget, key)
         if given != getattr(BudgetConfig, key) and given != value:

@@ -51,8 +51,7 @@ _TRIO_HINT = (f"set distributed.coordinator_address, num_processes and process_i
 class DistributedConfig:
     """``enabled``: ``auto`` joins when the environment names a multi-process job, ``on`` insists,
     ``off`` stays alone. ``initialization_timeout`` (s): cold TPU pods and busy schedulers can
-    exceed JAX's default 300. Empty ``local_device_ids``: :func:`plan_startup` decides.
-    """
+    exceed JAX's default 300. Empty ``local_device_ids``: :func:`plan_startup` decides."""
 
     enabled: str = "auto"
     coordinator_address: Optional[str] = None
@@ -104,8 +103,7 @@ def check_coordinator_address(address: str, name: str) -> str:
 @dataclass(frozen=True)
 class StartupPlan:
     """Address, count and id are known up front only for ``explicit`` (and, for logging,
-    ``slurm``/``mpi``); on TPU JAX asks the metadata server.
-    """
+    ``slurm``/``mpi``); on TPU JAX asks the metadata server."""
 
     mode: str
     reason: str
@@ -179,8 +177,7 @@ def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> Optional[int]:
 
 def slurm_local_device_ids(env: Mapping[str, str], device_files: Sequence[str]) -> Optional[Tuple[int, ...]]:
     """Every visible GPU when SLURM binds GPUs to the task or it is the node's only task; otherwise
-    None, so JAX picks GPU ``SLURM_LOCALID``.
-    """
+    None, so JAX picks GPU ``SLURM_LOCALID``."""
     n_gpus = gpus_visible_to_process(env, device_files)
     if n_gpus == 0:
         return None
@@ -218,8 +215,7 @@ def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: i
                  gpu_device_files: Sequence[str] = ()) -> StartupPlan:
     """Order: ``enabled=off``; an explicit coordinator; a TPU job (environment, or chips on the PCI
     bus: a single-host VM becomes a one-process job); SLURM with > 1 task; Open MPI with > 1 rank;
-    otherwise one process.
-    """
+    otherwise one process."""
     cpu_devices = cfg.cpu_devices_per_process or _env_int(env, ENV_CPU_DEVICES)
     if cpu_devices is not None and cpu_devices < 1:
         raise LaunchError(f"{ENV_CPU_DEVICES}={cpu_devices} must be at least 1",

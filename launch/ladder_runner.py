@@ -141,8 +141,7 @@ def visible_gpus() -> list[str]:
 
 def device_groups(jobs: int, gpus: Optional[Sequence[str]] = None) -> list[dict[str, str]]:
     """Disjoint ``CUDA_VISIBLE_DEVICES`` groups; none without GPUs (CPU runs share the cores; a TPU VM
-    runs one rung at a time).
-    """
+    runs one rung at a time)."""
     gpus = visible_gpus() if gpus is None else list(gpus)
     if not gpus:
         return [{} for _ in range(jobs)]

@@ -151,8 +151,7 @@ def ssh_one_command(target: TpuTarget, command: str, node: Optional[str] = None,
 
 def remote_word(path: str, *, glob_name: bool = False) -> str:
     """Quoted for the remote shell (scp's legacy protocol expands remote paths there); ``glob_name``
-    keeps a wildcard file name (``worker-*.log``) live.
-    """
+    keeps a wildcard file name (``worker-*.log``) live."""
     if glob_name and "/" in path:
         directory, name = path.rsplit("/", 1)
         if re.fullmatch(r"[A-Za-z0-9_.*-]+", name):
@@ -214,8 +213,7 @@ def _join(steps: Sequence[str]) -> str:
 
 def dquote(text: str) -> str:
     """Double-quote for the remote shell; scripts avoid single quotes so the whole script fits in one
-    pasteable ``--command='...'``.
-    """
+    pasteable ``--command='...'``."""
     if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
         return text
     return '"' + re.sub(r'([$`"\\])', r"\\\1", text) + '"'

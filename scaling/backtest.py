@@ -1,7 +1,6 @@
 """Backtest: fit all but the largest budget (or model), score its predicted final losses (ARE,
 Choshen et al. 2024). The cheapest check before trusting a target five times larger: the runs
-exist already.
-"""
+exist already."""
 
 from __future__ import annotations
 

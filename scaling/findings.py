@@ -1,6 +1,5 @@
 """Degenerate fits stated as findings with what to do: a reader acts on the top of a report, not on
-a warning that scrolled past.
-"""
+a warning that scrolled past."""
 
 from __future__ import annotations
 

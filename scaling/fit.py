@@ -186,8 +186,7 @@ class Evaluation:
 def evaluate(obs: Observations, config: FitConfig = FitConfig(), *, target_run: str | None = None,
              holdout_fraction: float = 0.3) -> Evaluation:
     """Fit approach 3 without the last ``holdout_fraction`` of the target run (default: the largest)
-    and score ``ARE = mean |L - L_hat| / L`` there.
-    """
+    and score ``ARE = mean |L - L_hat| / L`` there."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ScalingError(f"holdout fraction must lie in (0, 1), got {holdout_fraction}",
                        hint="the Hitchhiker's default holds out the last 0.3 of the target run")

@@ -49,8 +49,7 @@ class PowerLawFit:
 
 def group_budgets(flops: np.ndarray, tolerance: float) -> np.ndarray:
     """Each group is anchored at its smallest member, so non-isoFLOP points cannot chain into one
-    wide budget.
-    """
+    wide budget."""
     log_c = np.log10(flops)
     order = np.argsort(log_c)
     labels = np.empty(flops.size, dtype=np.int64)
@@ -129,8 +128,7 @@ def _power_law(flops: np.ndarray, n_opt: np.ndarray, name: str, source: str) -> 
 def fit_envelope(obs: Observations, config: FitConfig = FitConfig(), *,
                  name: str = "fit-approach1", emit_warnings: bool = True) -> PowerLawFit:
     """Approach 1: the minimum-loss envelope in ``ln C``; points held by the smallest or largest
-    model are censored (the optimum may lie beyond the sizes trained) when enough others remain.
-    """
+    model are censored (the optimum may lie beyond the sizes trained) when enough others remain."""
     curves = []
     notes: list[str] = []
     for run in obs.runs:

@@ -210,8 +210,7 @@ def fit_continual(obs: Observations, base: ParametricLaw, config: FitConfig = Fi
 def _restarts(polished: np.ndarray, polished_f: np.ndarray, screened: np.ndarray,
               screened_f: np.ndarray, limit: int) -> np.ndarray:
     """Distinct polished optima, then spread-out screened points: a resample whose optimum moved is
-    still approached from several sides.
-    """
+    still approached from several sides."""
     chosen = [polished[i] for i in _distinct(polished, polished_f, limit)]
     for i in _distinct(screened, screened_f, 4 * limit, tol=1e-2):
         if len(chosen) == limit:

@@ -88,8 +88,7 @@ def power_quantities(law: PowerLawAllocation, target_flops: float) -> dict[str, 
 def bootstrap_parametric(obs: Observations, fit: ParametricFit, config: FitConfig,
                          target_flops: float, max_batch: int = 20_000) -> Bootstrap:
     """Each resample starts from the full fit's ``bootstrap_starts`` restarts (0: the whole grid),
-    in blocks of about ``max_batch``.
-    """
+    in blocks of about ``max_batch``."""
     fixed = config.fixed_values
     weights = point_weights(obs, resample_runs(obs.n_runs, config.bootstrap, config.seed))
     free_cols = [PARAMETER_NAMES.index(n) for n in fit.free]

@@ -184,8 +184,7 @@ def _iso_loss_tokens(law: ParametricLaw, n: float, loss: float) -> float:
 
 def cheapest_for_loss(law: Law, loss: float, inference_tokens: float = 0.0) -> tuple[float, float]:
     """``(N, D)`` reaching ``loss`` at the least ``6 N D + 2 N T``; the slope in ``log N`` along the
-    iso-loss curve runs from ``-inf`` to ``6 D (1 - gamma/beta) + 2T > 0``, so a root exists.
-    """
+    iso-loss curve runs from ``-inf`` to ``6 D (1 - gamma/beta) + 2T > 0``, so a root exists."""
     law = _parametric(law)
     loss = _check_loss(law, loss)
     t = check_inference_tokens(inference_tokens)

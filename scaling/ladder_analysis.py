@@ -176,8 +176,7 @@ def _size_target(plan: LadderPlan, budget_template: BudgetConfig, law_files: Map
                  sizing: int | str, data_parallel: int, base_model: Optional[ModelConfig]
                  ) -> tuple[RunPlan, int | str, str]:
     """The loss law stands behind the sizing law: an isoFLOP power law extrapolated from minima at the
-    sweep's edge can ask for an absurd size.
-    """
+    sweep's edge can ask for an absurd size."""
     fallback = "curve" if "curve" in law_files else 3
     failures: list[str] = []
     for approach in dict.fromkeys((sizing, fallback)):

@@ -1,6 +1,5 @@
 """A ladder's ``report.md`` and plots; adds the one picture only a ladder has: every rung's loss
-curve with the target's, and the band it was predicted to fall in before it ran.
-"""
+curve with the target's, and the band it was predicted to fall in before it ran."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """L-BFGS over a batch of independent problems in NumPy: a few thousand vectorised evaluations
-instead of thousands of optimiser runs; only problems still moving are evaluated.
-"""
+instead of thousands of optimiser runs; only problems still moving are evaluated."""
 
 from __future__ import annotations
 

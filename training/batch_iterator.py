@@ -57,8 +57,7 @@ def inputs_and_targets(sequences: np.ndarray) -> Batch:
 class BatchIterator(Iterator[Batch]):
     """Global batch ``t`` is elements ``[start + t B, start + (t + 1) B)``; each host reads its own
     contiguous rows, so the global array is the same for any host count. The state's ``identity``
-    refuses a restore onto other data; it counts what was returned, not what prefetch read.
-    """
+    refuses a restore onto other data; it counts what was returned, not what prefetch read."""
 
     def __init__(self, elements: "grain.MapDataset", *, global_batch: int, process_index: int = 0,
                  process_count: int = 1, identity: Optional[Mapping[str, Any]] = None, num_threads: int = 2,

@@ -33,8 +33,7 @@ SOURCE_MODULES: Dict[str, ModuleType] = {
 @dataclasses.dataclass(frozen=True)
 class TokenizedCorpus:
     """Document ``i`` (separator included) is ``tokens[offsets[i]:offsets[i + 1]]``; ``tokens`` is
-    memory-mapped, so a large corpus costs disk, not RAM.
-    """
+    memory-mapped, so a large corpus costs disk, not RAM."""
 
     tokens: np.ndarray  # [num_tokens], uint16 when the vocabulary fits, else int32
     offsets: np.ndarray  # [num_documents + 1], int64

@@ -119,8 +119,7 @@ def _check_synthetic(cfg: SourceConfig, where: str) -> None:
 class MixtureSource(SourceConfig):
     """Weights are relative over trained entries. A ``replay`` entry should repeat the original run's
     corpus fields and seeds, so it replays only that run's training documents and evaluates on the
-    ones it held out.
-    """
+    ones it held out."""
 
     name: str = ""
     weight: float = 1.0
@@ -144,8 +143,7 @@ class MixtureSource(SourceConfig):
 @dataclass(frozen=True)
 class DataConfig(SourceConfig):
     """The corpus fields, or ``mixture`` (then those are not read). Tokenizer, cache and reading
-    settings are shared: a model has one vocabulary.
-    """
+    settings are shared: a model has one vocabulary."""
 
     tokenizer: str = BYTE_TOKENIZER  # "byte", a SentencePiece .model, a tokenizer.json or an HF tokenizer folder
     cache_dir: Optional[str] = None  # None: ~/.cache/chinchax (or $XDG_CACHE_HOME/chinchax)

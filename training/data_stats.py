@@ -57,8 +57,7 @@ def unigram_entropy_nats(cfg: DataConfig) -> float:
 
 def eval_bytes_per_token(cfg: DataConfig) -> Dict[str, float]:
     """Per source's validation split, keyed like :func:`training.data.build_eval_sets`, so the eval
-    loss converts to bits per byte, comparable across tokenizers.
-    """
+    loss converts to bits per byte, comparable across tokenizers."""
     result = {}
     for source in data_sources(cfg):
         single = source.config

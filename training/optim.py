@@ -31,8 +31,7 @@ STACKED_AXIS_NAMES = ("layers", "blocks", "scan", "stack")
 @dataclass(frozen=True)
 class OptimConfig:
     """``warmup_steps`` (updates) wins over ``warmup_fraction``; ``min_lr_ratio``: final rate over peak
-    (``cosine``, ``wsd``); ``clip_norm`` None or 0: no clipping; ``z_loss`` weighs ``log(Z)^2``.
-    """
+    (``cosine``, ``wsd``); ``clip_norm`` None or 0: no clipping; ``z_loss`` weighs ``log(Z)^2``."""
 
     learning_rate: float = 3e-3
     schedule: str = "cosine"
@@ -101,8 +100,7 @@ def warmup_updates(cfg: OptimConfig, total_updates: int) -> int:
 
 def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
     """Rate of update ``i`` (0-based): linear warmup, then ``cosine``, ``wsd`` (stable, then decay over
-    the last ``decay_fraction``: the stable phase can branch into shorter runs) or ``constant``.
-    """
+    the last ``decay_fraction``: the stable phase can branch into shorter runs) or ``constant``."""
     import optax
 
     if total_updates < 1:

@@ -100,8 +100,7 @@ def _endless(source: Union[PackedSequences, ShardSequences], seed: int) -> "grai
 
 def train_sequences(cfg: DataConfig, *, seq_len: int, min_sequences: int = 1) -> "grain.MapDataset":
     """Infinite, reshuffled each epoch from ``cfg.seed``; a mixture interleaves its trained sources,
-    each shuffled and repeated on its own. Element ``k`` is a pure function of ``k``.
-    """
+    each shuffled and repeated on its own. Element ``k`` is a pure function of ``k``."""
     check_shape(seq_len, 1, "batch")
     sources = trained_sources(cfg)
     streams = []

@@ -130,8 +130,7 @@ def _eos_token(tokenizer_json: Path) -> Optional[str]:
 
 class HFTokenizer:
     """Special tokens not added. End-of-document: the folder's ``eos_token``, else a usual end token
-    (:data:`EOD_TOKENS`), else one extra id after the vocabulary.
-    """
+    (:data:`EOD_TOKENS`), else one extra id after the vocabulary."""
 
     def __init__(self, json_path: str) -> None:
         path = Path(json_path).expanduser()

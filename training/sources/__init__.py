@@ -1,3 +1,2 @@
 """One small module per document source; each gives ``documents(cfg, cache_dir)`` (raw ``bytes`` in
-a fixed order), ``cache_parts(cfg)`` (for the cache key) and ``description(cfg)``.
-"""
+a fixed order), ``cache_parts(cfg)`` (for the cache key) and ``description(cfg)``."""

@@ -72,8 +72,7 @@ def _topics() -> dict:
 
 def prose_documents() -> List[str]:
     """Grouped into documents of about :data:`PROSE_DOCUMENT_CHARS`, so a by-document split holds a
-    predictable share.
-    """
+    predictable share."""
     topics = _topics()
     result: List[str] = []
     for name in sorted(topics):

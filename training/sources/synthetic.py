@@ -23,8 +23,7 @@ def _entropy_nats(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
 class MarkovLanguage:
     """Sparse Markov chain: ``transition[c, s]`` = P(``s`` | context ``c``), ``c`` the last ``order``
     symbols as a base-``alphabet`` number (most recent last). ``branching`` successors per context
-    with Dirichlet(1) weights, so the entropy rate is no round number a model could guess.
-    """
+    with Dirichlet(1) weights, so the entropy rate is no round number a model could guess."""
 
     alphabet: int
     order: int
@@ -105,8 +104,7 @@ def _step_graph(transition: np.ndarray, alphabet: int):
 
 def _recurrent_class(transition: np.ndarray, alphabet: int) -> Optional[np.ndarray]:
     """Largest closed communicating class (transient contexts carry no stationary mass), or ``None``
-    if periodic (then redraw): on it every long document samples one stationary law.
-    """
+    if periodic (then redraw): on it every long document samples one stationary law."""
     from scipy.sparse.csgraph import connected_components, shortest_path  # noqa: PLC0415
 
     graph = _step_graph(transition, alphabet).tocoo()
