@@ -1,7 +1,5 @@
-"""Batch size, learning rate and steps from the budget: DeepSeek LLM's fits (DeepSeek-AI 2024, §3.1).
-
-Fitted on 1e17–3e20 FLOPs with ``C`` as non-embedding ``M·D`` (close to ``6 N D`` here); the
-optimum is broad, so a config may override them.
+"""Batch size, learning rate and steps from the budget: DeepSeek LLM's fits (DeepSeek-AI 2024, §3.1),
+made on 1e17–3e20 FLOPs; the optimum is broad, so a config may override them.
 """
 
 from __future__ import annotations
@@ -74,10 +72,8 @@ def fit_steps(
     min_steps: int = 1,
     fixed_batch: bool = False,
 ) -> StepPlan:
-    """Steps and batch whose token count lands within ``tolerance`` of ``target_tokens``.
-
-    Rounding steps alone is off by at most ``0.5 / steps``; shorter runs (or below ``min_steps``) try
-    multiples of ``multiple`` up to 2× ``preferred_batch``. The caller decides if a miss is an error.
+    """Steps and batch within ``tolerance`` of ``target_tokens``: rounding steps is off by at most
+    ``0.5 / steps``, so short runs also try multiples of ``multiple`` up to 2× ``preferred_batch``.
     """
     sequences = target_tokens / seq_len
 

@@ -1,11 +1,9 @@
 """Continual pre-training (CPT) laws, Zheng et al. 2024, "Breaking Language Barriers".
 
-CPT: ``E + A/N**alpha + B'/(D**beta' N**gamma)``, ``D`` = continual tokens only; ``E``, ``A``,
-``alpha`` stay the from-scratch fit's. The paper prints no scratch ``B``, ``beta``: they come
-from its allocation ``N_opt = 0.324 C**0.429`` (:func:`data_term_for_allocation`); the same
-inverse on the CPT allocation returns ``B'``, ``beta'`` within 0.4% of print, which supports the
-sharing. CPT's data term is smaller only below :func:`crossover_tokens` (~3.6 tokens per
-parameter at 1e8): savings for short continual runs, none at compute-optimal lengths.
+CPT: ``E + A/N**alpha + B'/(D**beta' N**gamma)``, ``D`` = continual tokens only, ``E``, ``A``,
+``alpha`` shared with the scratch fit. The paper's scratch ``B``, ``beta`` are derived from its
+allocation (:func:`data_term_for_allocation`); the same inverse reproduces the printed CPT ``B'``,
+``beta'`` within 0.4%. CPT saves only below :func:`crossover_tokens` (~3.6 tokens/param at 1e8).
 """
 
 from __future__ import annotations
@@ -48,10 +46,8 @@ ZHENG_CPT_ALLOCATION = PowerLawAllocation(
 
 def data_term_for_allocation(allocation: PowerLawAllocation, *, A: float, alpha: float,
                              gamma: float = 0.0) -> Tuple[float, float]:
-    """``(B, beta)`` whose ``N_opt(C)`` is exactly ``n_coef * C**a`` (``E`` moves no optimum).
-
-    Inverts ``N_opt = g (C/6)**(beta/s)``, ``s = alpha + beta - gamma``: ``beta = a (alpha - gamma)
-    / (1 - a)``, ``g = k 6**a``, ``B = alpha A / ((beta - gamma) g**s)``.
+    """``(B, beta)`` whose ``N_opt(C)`` is ``k C**a``: ``beta = a (alpha - gamma) / (1 - a)``,
+    ``B = alpha A / ((beta - gamma) g**s)``, ``g = k 6**a``, ``s = alpha + beta - gamma``.
     """
     a, k = allocation.a, allocation.n_coef
     if not 0.0 < a < 1.0 or k <= 0.0:

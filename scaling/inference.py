@@ -1,11 +1,10 @@
 """Sizing a model for training plus serving compute (Sardana et al. 2024, "Beyond Chinchilla-Optimal").
 
-Serving costs ~``2 N`` FLOPs per token, so a life of ``T`` served tokens costs ``6 N D + 2 N T``;
-for large ``T`` a smaller model on more tokens reaches the same loss for less. Three options:
-``chinchilla`` (``law.allocate``), ``same_loss`` (least total compute at Chinchilla's loss) and
-``same_cost`` (least loss at Chinchilla's total). Both searches are ``brentq`` on analytic
-derivatives in ``log N`` between sign-changing brackets: exact, no starting guess, and equal to
-Chinchilla's optimum at ``T = 0``. Both give ``N`` at most Chinchilla's.
+Serving costs ~``2 N`` FLOPs a token, so ``T`` served tokens make ``6 N D + 2 N T``. Options:
+``chinchilla`` (``law.allocate``), ``same_loss`` (least total at Chinchilla's loss), ``same_cost``
+(least loss at Chinchilla's total), both ``brentq`` on analytic derivatives in ``log N`` between
+sign-changing brackets: exact, no start guess, Chinchilla's optimum at ``T = 0``.
+Both give ``N`` at most Chinchilla's: a larger model costs more to train and to serve.
 
 Worked example (``epoch-2024``, PaLM's ``C = 2.53e24``, ``T = 1e13``; the tests recompute it):
 
