@@ -1,7 +1,5 @@
-"""``chinchax tokenize INPUTS --out DIR``: text to pre-tokenized ArrayRecord shards, once.
-
-A killed job continues where it stopped; hosts share one job with ``--host-index i --host-count
-n``. Train on the folder with ``data.source=shards data.path=DIR``.
+"""``chinchax tokenize INPUTS --out DIR``: text to pre-tokenized ArrayRecord shards, once; a killed
+job resumes, and hosts share one with ``--host-index i --host-count n``.
 """
 
 from __future__ import annotations

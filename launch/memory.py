@@ -1,8 +1,6 @@
-"""Will the run fit? A per-device lower bound on memory, checked before compiling.
-
-Counted: float32 parameters, gradients and both AdamW moments (16 bytes a parameter) sharded over
-fsdp and tensor; one micro-batch's logits (unless chunked) and one residual per layer. A refusal
-is never wrong; XLA's check after compile has the last word on a pass.
+"""Will the run fit? A per-device lower bound, checked before compiling: float32 params, grads and
+AdamW moments (16 B/param) over fsdp × tensor, one micro-batch's logits (unless chunked) and one
+residual per layer. A refusal is never wrong; XLA's own check after compile judges a pass.
 """
 
 from __future__ import annotations

@@ -38,11 +38,8 @@ MAX_PARAM_OVERSHOOT = 2.0
 
 @dataclass(frozen=True)
 class BudgetConfig(ShapeSpace):
-    """A ``budget:`` section: compute, law and run rules on top of :class:`ShapeSpace`.
-
-    ``global_batch`` (sequences) and ``learning_rate`` override DeepSeek's fits; ``min_steps`` is
-    the shortest run accepted; ``inference_tokens``/``objective="total"`` plan for serving too
-    (:mod:`scaling.inference`).
+    """A ``budget:`` section on top of :class:`ShapeSpace`: ``global_batch`` (sequences) and
+    ``learning_rate`` override DeepSeek's fits; ``min_steps`` is the shortest run accepted.
     """
 
     flops: float = 1e19
@@ -79,10 +76,8 @@ class BudgetConfig(ShapeSpace):
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run decided before it starts.
-
-    ``flops`` is the exact counter times tokens; ``law_n_params``/``law_tokens`` are the law's own
-    optimum, for comparison; ``predicted_loss`` is ``None`` for power laws.
+    """``flops``: exact counter × tokens; ``law_n_params``/``law_tokens``: the law's own optimum, for
+    comparison; ``predicted_loss`` is ``None`` for power laws.
     """
 
     model: ModelConfig

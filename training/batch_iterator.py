@@ -1,9 +1,8 @@
 """Host-local batches from an endless element stream, resumable from one number.
 
-Element ``k`` of the grain ``MapDataset`` is a pure function of ``k``, so the position (elements
-the whole job consumed) is the same on every host, for any host count and batch size. A mixture's
-per-source counts follow from it in closed form (:func:`interleave_counts`); weights become
-integers with the smallest scaled to 100, as grain does.
+Element ``k`` is a pure function of ``k``, so the position (elements the whole job consumed) is
+the same on every host for any host count and batch size; a mixture's per-source counts follow
+in closed form (:func:`interleave_counts`, weights as integers, smallest scaled to 100 as grain).
 """
 
 from __future__ import annotations

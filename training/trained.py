@@ -1,7 +1,5 @@
 """A run's trained model, read back from its checkpoint onto a mesh (for sampling and export).
-
-Optimiser moments are restored too and dropped: a partial orbax restore would need a second,
-hand-kept description of the layout.
+Optimiser moments are restored and dropped: a partial orbax restore would need a second layout.
 """
 
 from __future__ import annotations
