@@ -22,8 +22,8 @@ def _entropy_nats(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class MarkovLanguage:
     """``transition[c, s]`` = P(``s`` | context ``c``), ``c`` the last ``order`` symbols in base
-    ``alphabet``; Dirichlet(1) weights make the entropy rate no round number a model could guess.
-    """
+    ``alphabet``. ``branching`` successors per context with Dirichlet(1) weights, so the entropy
+    rate is no round number a model could guess."""
 
     alphabet: int
     order: int
@@ -166,8 +166,7 @@ def description(cfg: Any) -> str:
 
 def loss_floor_nats(cfg: Any, seq_len: int) -> float:
     """Lowest expected loss per target with ``seq_len`` of context. Document boundaries are left out:
-    they add at most ``(1 + ln L + order ln alphabet) / (L + 1)`` nats/token (0.004 by default).
-    """
+    they add at most ``(1 + ln L + order ln alphabet) / (L + 1)`` nats/token (0.004 by default)."""
     language = synthetic_language(cfg)
     costs = [language.conditional_entropy_nats(min(j + 1, language.order)) for j in range(seq_len)]
     return float(math.fsum(costs) / seq_len)
