@@ -1,10 +1,7 @@
 """The main job's train step with the system allocator and with the CLI's better one, side by side.
 
-XLA's CPU runtime allocates each step's temporaries afresh; glibc's malloc then pays tens of
-thousands of page faults a step.  The CLI re-executes itself under tcmalloc (when installed) or
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (``launch/runtime_env.py``).  An allocator applies
-from process start, so each measurement is a fresh worker process; the settings alternate
-(A B B A ...) so load drift on a shared machine falls on both equally.
+Each measurement is a fresh worker process (an allocator applies from process start); sides
+alternate (A B B A ...) so load drift on a shared machine falls on both equally.
 
     python benchmarks/allocator.py                    # writes results/step_cpu_allocator.json
     python benchmarks/allocator.py --rounds 1 --steps 2 --repeats 1 train.seq_len=64 ...  # smoke
@@ -35,7 +32,6 @@ MAIN_JOB = REPO / "configs" / "cpu_tiny.yaml"
 
 
 def worker(config: str, overrides: Sequence[str], *, warmup: int, steps: int, repeats: int) -> Dict[str, Any]:
-    """Time the main job's compiled train step in this process (the allocator it started with)."""
     import jax
 
     from launch.config import load_experiment, resolve

@@ -1,36 +1,18 @@
 """What does continual pre-training (CPT) buy on CPU?  Tiny models, Python source -> English prose.
 
-For each model size three runs are made from the example configs in ``configs/``:
+Per size: ``base`` (scratch on Python, ``cpt_python.yaml``), ``scratch`` (scratch on prose, the
+baseline) and ``cpt0`` (base continued on prose, Python as ``role: eval``); at one size also
+``cpt10``/``cpt30`` with 10%/30% of every batch replayed from Python. Same steps and schedule.
 
-* ``base``: from scratch on the embedded Python source (``cpt_python.yaml``);
-* ``scratch``: from scratch on English prose (``cpt_prose_scratch.yaml``), the baseline;
-* ``cpt0``: the base model continued on prose with no replay (``cpt_prose_from_python.yaml``
-  with the Python entry as ``role: eval``, so its held-out loss is still reported);
-
-and at one size (``d48``; the larger one with ``--quick``) also ``cpt10`` and ``cpt30``: the
-same with 10% and 30% of every batch replayed from the Python source.  All runs of one size
-have the same steps and schedule.
-
-Measured:
-
-1. **FLOPs saved.**  The first FLOP count at which a CPT run's held-out prose loss reaches the
-   scratch run's *final* prose loss (log-linear interpolation between evals), against the
-   scratch run's total.  FLOPs come from the trainer's records, i.e. from the shared counter
-   ``scaling.flops.train_flops_per_token`` (no ``6N`` shortcut).  Reported twice: CPT FLOPs
-   only (the paper's view: the base model is sunk cost) and including the base run's FLOPs
-   (``summary.json["init"]["source_flops"]``).  Replay tokens count as CPT FLOPs.
-2. **Forgetting.**  Held-out Python loss of the base model at the end of its run, and of each
-   CPT run at its end (0%, 10%, 30% replay), on the same held-out documents.
-3. **The extended law.**  A from-scratch approach-3 fit on the scratch runs' intermediate evals
-   gives ``E, A, alpha``; :func:`scaling.cpt.fit_cpt_law` then fits ``B', beta', gamma`` on the
-   no-replay CPT runs (``D`` = CPT tokens).  With three tiny models of one length each this is
-   a demonstration, not an estimate: the report carries the fit's own warnings.
+Measured: FLOPs saved (first FLOPs at which CPT's prose loss reaches scratch's final loss,
+log-linear between evals, from the trainer's exact counter; with and without the base run's
+FLOPs, replay counted as CPT); forgetting (held-out Python loss); and the CPT law fitted on the
+no-replay runs, a demonstration rather than an estimate with three tiny models.
 
     python benchmarks/cpt.py            # 3 sizes x 3 runs + 2 replay runs (~10 minutes)
     python benchmarks/cpt.py --quick    # 2 sizes, fewer steps, no law fit (~3 minutes)
 
-Runs on one CPU device (no fake devices), sequentially, in this process.  Prints a table and
-writes ``benchmarks/results/cpt.json`` and ``benchmarks/results/cpt.png``.
+Writes ``benchmarks/results/cpt.json`` and ``cpt.png``.
 """
 
 from __future__ import annotations
@@ -96,7 +78,6 @@ def _mixture(replay: float) -> list[dict[str, Any]]:
 
 def experiment(config: str, name: str, root: Path, size: dict[str, int], args: argparse.Namespace,
                cache: Path, **changes: Any) -> dict[str, Any]:
-    """One of the example configs at the benchmark's size, length and run directory."""
     exp = _load_yaml(config)
     exp["name"], exp["run_dir"] = name, str(root / name)
     exp["model"].update(size)
@@ -111,7 +92,7 @@ def experiment(config: str, name: str, root: Path, size: dict[str, int], args: a
 
 
 def share_compilations(directory: Path) -> None:
-    """JAX's persistent compilation cache, so runs of one size (same programs) compile once."""
+    """Runs of one size share programs, so they compile once."""
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(directory))
@@ -120,7 +101,6 @@ def share_compilations(directory: Path) -> None:
 
 
 def run(exp: dict[str, Any], log: io.TextIOBase) -> dict[str, Any]:
-    """Train in this process, its progress lines into ``log``."""
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         return train(resolve(load_experiment(exp)))
 
@@ -133,7 +113,6 @@ def eval_curve(run_dir: Path, key: str = "eval_loss") -> tuple[np.ndarray, np.nd
 
 
 def curves(run_dir: Path) -> dict[str, dict[str, list[float]]]:
-    """Every eval curve of a run (prose and, where evaluated, Python), for the JSON."""
     out = {}
     for key in ("eval_loss", "eval_loss/python"):
         step, flops, loss = eval_curve(run_dir, key)
@@ -180,7 +159,6 @@ def fit_laws(scratch_dirs: list[Path], cpt_dirs: list[Path], drop_early: float) 
 
 
 def describe_fit(law_fit: dict[str, Any]) -> str:
-    """The fitted coefficients and the fit's warnings, a few lines."""
     if "cpt_law" not in law_fit:
         return f"CPT law fit: {law_fit.get('skipped') or law_fit.get('error')}"
     s, c = law_fit["scratch_law"], law_fit["cpt_law"]
@@ -285,7 +263,6 @@ def _parse_args() -> argparse.Namespace:
 
 def _train_all(args: argparse.Namespace, root: Path, sizes: list[str], forgetting_size: str,
                console: Console, log: Any) -> dict[str, dict[str, Any]]:
-    """Base, scratch and continued runs of every size (replay shares at ``forgetting_size``)."""
     cache = root / "cache"
     summaries: dict[str, dict[str, Any]] = {}
 

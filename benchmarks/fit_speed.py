@@ -1,21 +1,12 @@
 """How fast is the approach-3 fit?  chinchax's batched L-BFGS against a plain scipy loop.
 
-Two tasks on Epoch's extracted Chinchilla data (240 points after dropping the 5 highest
-losses):
-
-1. the full fit: L-BFGS from all 4,500 starts of Chinchilla's grid, keep the best;
-2. a 1,000-resample bootstrap over runs, each resample refitted from the same restarts.
-
-Each task runs twice: with ``scaling.fit`` (all starts, or all resample x restart pairs, in
-one vectorised batch) and with a plain loop of ``scipy.optimize.minimize(method="L-BFGS-B")``
-over the same starts, the same objective (mean Huber of log residuals, analytic gradient)
-and the same resample weights.  The scipy loop may be timed on an evenly spaced share of its
-problems (``--scipy-share``) and scaled up; the report says when it was.
+On Epoch's Chinchilla data (240 points): the full 4,500-start fit, and a 1,000-resample
+bootstrap. ``scaling.fit`` batches all problems; the baseline loops ``scipy.optimize.minimize``
+(L-BFGS-B) over the same starts, objective and weights, optionally on a share of its problems
+(``--scipy-share``) scaled up, as the report says.
 
     python benchmarks/fit_speed.py            # full sizes (several minutes: the scipy loops)
     python benchmarks/fit_speed.py --quick    # 450 starts, 50 resamples
-
-Prints a table and writes ``benchmarks/results/fit_speed.json``.
 """
 
 from __future__ import annotations
@@ -53,7 +44,7 @@ GOALS = {"full_fit": 10.0, "bootstrap": 300.0}  # seconds, from the issue
 
 def huber_objective(log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float,
                     weights: np.ndarray) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
-    """One start's objective and gradient, written as a careful scipy user would."""
+    """As a careful scipy user would write it."""
     norm = 1.0 / (delta * weights.sum())
 
     def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -96,8 +87,7 @@ def scipy_loop(obs: Observations, starts: np.ndarray, weights: np.ndarray, delta
 
 
 class Timer:
-    """Wall-clock and process CPU time of a block: on a shared machine the CPU time is the
-    steadier figure, the wall clock the one a user waits for."""
+    """On a shared machine CPU time is the steadier figure, wall clock what a user waits for."""
 
     def __enter__(self) -> "Timer":
         self._wall, self._cpu = time.perf_counter(), time.process_time()

@@ -1,5 +1,4 @@
-"""Command-line pieces shared by the sub-commands: ``CONFIG [key=value ...]`` with overrides
-accepted anywhere, also after flags (``chinchax train c.yaml --print-config train.steps=5``)."""
+"""``CONFIG [key=value ...]`` for every sub-command, overrides accepted after flags too."""
 
 from __future__ import annotations
 
@@ -10,11 +9,8 @@ _INTERMIXED = "_chinchax_intermixed"
 
 
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that parses intermixed when :func:`add_config_arguments` asked.
-
-    Sub-parsers are built by ``add_parser`` from the parent's class, so setting this class on
-    the top-level parser reaches every sub-command.
-    """
+    """Parses intermixed when asked; ``add_parser`` uses the parent's class, so this reaches every
+    sub-command."""
 
     _parsing_intermixed = False
 
@@ -33,7 +29,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, *,
                          config_help: str = "experiment YAML, e.g. configs/cpu_tiny.yaml",
                          overrides_help: str = "dotted overrides, e.g. train.steps=300 model.d_model=256",
                          ) -> None:
-    """``config`` and ``overrides`` positionals; the overrides may follow the flags."""
     parser.add_argument("config", help=config_help)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     setattr(parser, _INTERMIXED, True)

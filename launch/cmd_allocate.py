@@ -1,11 +1,8 @@
 """``chinchax allocate --flops C``: what a compute budget buys, before any run starts.
 
-``--inference-tokens T`` adds the model's serving cost (``2 N`` FLOPs per token) and prints
-Chinchilla's allocation beside the two inference-aware ones of :mod:`scaling.inference`: the
-same loss at the least total compute, and the least loss at Chinchilla's total compute.
-``--objective`` says which one the run is planned for: ``train`` (default) keeps Chinchilla's
-allocation and only reports what inference will cost; ``total`` plans the run for the least
-total compute (training + inference) that reaches Chinchilla's loss.
+``--inference-tokens T`` adds serving cost and prints the inference-aware allocations beside
+Chinchilla's; ``--objective total`` plans for least training + inference compute at
+Chinchilla's loss, ``train`` (default) only reports it.
 """
 
 from __future__ import annotations
@@ -102,7 +99,6 @@ def _count(x: float) -> str:
 
 
 def plan_table(plan: RunPlan) -> Table:
-    """The plan as a two-column table: the law's optimum, then the concrete run."""
     m = plan.model
     loss = "n/a (power law)" if plan.predicted_loss is None else f"{plan.predicted_loss:.4f}"
     title = f"{plan.target_flops:.3g} FLOPs with law {plan.law}"

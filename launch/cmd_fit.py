@@ -1,8 +1,5 @@
-"""``chinchax fit INPUT...``: fit a scaling law to runs or a CSV and write a law file.
-
-Prints the coefficients with bootstrap intervals and the compute-optimal exponents, writes
-the law (``--out``) that ``chinchax allocate --law`` reads, and optionally plots (``--plot``).
-"""
+"""``chinchax fit INPUT...``: fit a scaling law to runs or a CSV and write the law file that
+``chinchax allocate --law`` reads."""
 
 from __future__ import annotations
 

@@ -1,17 +1,10 @@
 """``chinchax ladder CONFIG``: design an isoFLOP ladder, run it, fit it, predict the target, check.
 
-A ladder YAML is an ordinary experiment plus a ``ladder:`` section
-(:class:`scaling.ladder.LadderConfig`); overrides address either (``ladder.bootstrap=100``).
-One invocation resumes whatever an earlier one left: **design** (``plan.json`` and
-``experiments/<rung>.yaml``; ``--dry-run`` stops here), **run** the rungs not yet complete
-(:mod:`launch.ladder_runner`), **fit** (``law.json``, ``law_approach2.json``), **predict** the
-target (``prediction.json``, never rewritten once the target has started), **train** and
-**verify** it (``verification.json``), and **report** (``report.md`` and plots).
-
-Across machines: each rung is an independent ``chinchax train LADDER_DIR/experiments/<rung>.yaml``,
-so rungs can run on several VMs sharing a bucket (``ladder.rungs_dir: gs://...``); a later
-``chinchax ladder CONFIG`` finds the finished rungs there, skips them, fits and predicts
-(``ladder.train_target: false`` stops after the prediction).
+A ladder YAML is an experiment plus a ``ladder:`` section; overrides address either. Each
+invocation resumes: design (``plan.json``, ``experiments/<rung>.yaml``; ``--dry-run`` stops
+here), run, fit, predict (``prediction.json``, never rewritten once the target started), train
+and verify the target, report. Rungs are independent ``chinchax train`` runs, so several VMs
+can share a bucket (``ladder.rungs_dir: gs://...``); a later invocation skips finished rungs.
 """
 
 from __future__ import annotations
@@ -96,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
 # ===================================================================================== set-up
 @dataclass(frozen=True)
 class LadderSetup:
-    """A ladder YAML read and validated, with every directory decided."""
 
     name: str
     experiment: ExperimentConfig
@@ -113,7 +105,7 @@ class LadderSetup:
 
 
 def load_ladder_config(section: Mapping[str, Any], overrides: Sequence[str] = ()) -> LadderConfig:
-    """The ``ladder:`` section (plus ``key=value`` overrides without the ``ladder.`` prefix)."""
+    """Overrides here are without the ``ladder.`` prefix."""
     schema = OmegaConf.structured(LadderConfig)
     OmegaConf.set_readonly(schema, False)
     try:
@@ -128,7 +120,7 @@ def load_ladder_config(section: Mapping[str, Any], overrides: Sequence[str] = ()
 
 
 def _data_parallel(exp: ExperimentConfig) -> int:
-    """Devices a batch is split over, as ``chinchax train`` plans: explicit mesh sizes only."""
+    """As ``chinchax train`` plans: explicit mesh sizes only."""
     sizes = (exp.mesh.data, exp.mesh.fsdp, exp.mesh.dcn_data, exp.mesh.dcn_fsdp)
     product = 1
     for size in sizes:
@@ -138,7 +130,6 @@ def _data_parallel(exp: ExperimentConfig) -> int:
 
 def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *,
                 ladder_dir: str | Path | None = None, data_parallel: Optional[int] = None) -> LadderSetup:
-    """Read a ladder YAML (or dict) with overrides into a :class:`LadderSetup`."""
     from training.data import vocab_size  # the tokenizer decides the vocabulary
 
     data = dict(source) if isinstance(source, Mapping) else read_yaml(Path(source))
@@ -171,11 +162,8 @@ def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str]
 # ============================================================================== experiments
 def rung_experiment(setup: LadderSetup, name: str, plan: RunPlan, run_dir: str, seed: int, *,
                     prediction_law: Optional[str] = None) -> ExperimentConfig:
-    """An ordinary experiment that trains ``plan``: explicit shape, steps, batch and rate.
-
-    Rungs carry no loss prediction (the design law is only a centre for the sweep, and
-    off-optimum rungs would be flagged for nothing); the target carries the fitted law's.
-    """
+    """Explicit shape, steps, batch and rate. Rungs carry no loss prediction: the design law is only
+    the sweep's centre, and off-optimum rungs would be flagged for nothing."""
     exp = setup.experiment
     prediction = dataclasses.replace(exp.prediction, enabled=False, law=None)
     if prediction_law is not None:
@@ -197,7 +185,7 @@ def experiment_yaml(exp: ExperimentConfig) -> str:
 
 
 def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, started: bool) -> Path:
-    """Write ``experiments/<name>.yaml``; refuse to change the experiment of a started run."""
+    """Refuses to change the experiment of a started run."""
     path = setup.ladder_dir / EXPERIMENTS_DIR / f"{name}.yaml"
     text = experiment_yaml(exp)
     if path.is_file() and path.read_text() != text and started:
@@ -214,7 +202,6 @@ def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, star
 # ================================================================================ the ladder
 @dataclass
 class LadderOutcome:
-    """What :func:`run_ladder` did and where it wrote it."""
 
     plan: LadderPlan
     ladder_dir: Path
@@ -266,7 +253,7 @@ def plan_table(setup: LadderSetup, plan: LadderPlan, statuses: Mapping[str, str]
 
 
 def _console() -> Console:
-    """A console wide enough for the plan table even when the output is a file or a pipe."""
+    """Wide enough for the plan table even when output is a file or a pipe."""
     console = Console()
     return console if console.is_terminal else Console(width=max(console.width, 180))
 
@@ -293,11 +280,7 @@ def _json_default(value: Any) -> Any:
 def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
                use_subprocess: bool = False, console: Optional[Console] = None,
                on_rung_done: Optional[Callable[[str], None]] = None) -> LadderOutcome:
-    """Design, run, fit, predict, train the target, verify and report (resuming any of it).
-
-    ``on_rung_done(name)`` is called after each rung finishes training in this invocation
-    (progress hooks; raising from it stops the ladder, which the next invocation resumes).
-    """
+    """``on_rung_done(name)`` runs after each rung trained here; raising stops the ladder (resumable)."""
     console = console or _console()
     started = time.perf_counter()
     outcome, summaries, experiments = _design(setup, console)
@@ -343,8 +326,7 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
 
 def _design(setup: LadderSetup, console: Console
             ) -> tuple[LadderOutcome, dict[str, dict[str, Any]], list[tuple[str, Path]]]:
-    """Plan the rungs, write plan.json and their experiments, and print the plan; returns the
-    outcome so far, the finished rungs' summaries and the experiments still to train."""
+    """Returns the outcome so far, the finished rungs' summaries and the experiments still to train."""
     plan = design_ladder(setup.ladder, setup.budget_template, setup.data_parallel,
                          setup.experiment.model)
     setup.ladder_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +357,7 @@ def _design(setup: LadderSetup, console: Console
 
 def _finished_rungs(setup: LadderSetup, plan: LadderPlan,
                     summaries: dict[str, dict[str, Any]]) -> list[Path]:
-    """Every rung's local run directory (mirrored when remote); all must be complete."""
+    """Local (mirrored when remote) run directories; all must be complete."""
     run_dirs = []
     for rung in plan.rungs:
         status, summary = run_state(setup.rung_dir(rung.name))
@@ -400,7 +382,7 @@ def _fit(setup: LadderSetup, plan: LadderPlan, run_dirs: Sequence[Path],
 
 
 def _predict(setup: LadderSetup, analysis: LadderAnalysis, console: Console) -> dict[str, Any]:
-    """Write prediction.json before the target starts; once it has, read it back unchanged."""
+    """Written before the target starts; once it has, read back unchanged."""
     target_status, _ = run_state(setup.target_dir)
     prediction_path = setup.ladder_dir / PREDICTION_FILE
     if target_status == "new" or not prediction_path.is_file():
@@ -419,7 +401,6 @@ def _predict(setup: LadderSetup, analysis: LadderAnalysis, console: Console) -> 
 
 def _train_target(setup: LadderSetup, outcome: LadderOutcome, runner: Runner,
                   console: Console) -> str:
-    """Train the target (unless ``ladder.train_target`` is false) and verify it when complete."""
     analysis, prediction = outcome.analysis, outcome.prediction
     assert analysis is not None and prediction is not None
     target_status, _ = run_state(setup.target_dir)

@@ -1,8 +1,4 @@
-"""``chinchax sample RUN --prompt TEXT``: text from a trained run's newest checkpoint.
-
-The run directory's resolved ``config.yaml`` gives the model, tokenizer and mesh; decoding
-uses a key/value cache (``models/decode.py``) and is deterministic under ``--seed``.
-"""
+"""``chinchax sample RUN --prompt TEXT``: text from a run's newest checkpoint, deterministic by seed."""
 
 from __future__ import annotations
 
@@ -30,7 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def read_run_config(run_dir: Path):  # -> training.config.RunConfig
-    """The resolved config a run directory holds, or one ConfigError saying it has none."""
     config = run_dir / RESOLVED_CONFIG_NAME
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no {RESOLVED_CONFIG_NAME}",

@@ -1,8 +1,5 @@
-"""``chinchax tokenize INPUTS --out DIR``: text to pre-tokenized ArrayRecord shards, once.
-
-Shards are independent: a killed job continues where it stopped, and hosts share one job
-with ``--host-index i --host-count n`` (each writes shards ``i, i+n, ...``; the last to
-finish writes the manifest).  Train on the folder with ``data.source=shards data.path=DIR``.
+"""``chinchax tokenize INPUTS --out DIR``: text to pre-tokenized ArrayRecord shards, once; a killed
+job resumes, and hosts share one with ``--host-index i --host-count n``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""``chinchax tpu create|setup|run|logs|delete``: a Cloud TPU VM (pod) from creation to deletion.
-
-Each sub-command is a short sequence of ``gcloud`` commands built by :mod:`launch.tpu` and run
-by :class:`launch.gcloud.Gcloud`; ``--dry-run`` prints them, shell-quoted, and runs nothing.
-"""
+"""``chinchax tpu create|setup|run|logs|delete``: a Cloud TPU VM (pod) from creation to deletion;
+``--dry-run`` prints the gcloud commands, shell-quoted, and runs nothing."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Experiment files: YAML validated into frozen dataclasses, dotted overrides, budget resolution.
 
-A YAML experiment names either a ``model:`` (explicit shape) or a ``budget:`` (FLOPs and a law);
-:func:`resolve` turns it into the :class:`training.config.RunConfig` the trainer runs, asking the
-allocator for shape, batch, steps and learning rate when a budget is given.  Parsing, type
-checking and "did you mean" suggestions come from OmegaConf structured configs; this module only
-translates their exceptions into one-line :class:`ConfigError` messages.
+OmegaConf structured configs do parsing, type checks and "did you mean"; this module turns their
+exceptions into one-line :class:`ConfigError` messages, and :func:`resolve` asks the allocator
+for shape, batch, steps and learning rate when a ``budget:`` is given.
 """
 
 from __future__ import annotations
@@ -46,11 +44,7 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "h
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The schema of ``configs/*.yaml``.
-
-    ``budget`` set: the allocator picks shape, batch, steps and learning rate, and ``model`` (if
-    any) only contributes non-shape fields.  ``budget`` unset: ``model`` is the shape.
-    """
+    """With ``budget`` set, ``model`` (if any) only contributes non-shape fields."""
 
     name: str = "run"
     run_dir: Optional[str] = None  # default: runs/<name>
@@ -86,7 +80,6 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def parse_yaml(text: str, what: str) -> Any:
-    """``text`` as YAML without aliases, or one :class:`ConfigError` naming ``what`` and where."""
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -122,7 +115,6 @@ def read_text(path: Path, what: str = "config file") -> str:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``, or one :class:`ConfigError` naming what is wrong with it."""
     data = parse_yaml(read_text(path), f"config file {path}")
     if data is None:
         return {}
@@ -133,7 +125,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _section_names() -> frozenset[str]:
-    """Keys of :class:`ExperimentConfig` that hold a section (a dataclass), not a value."""
     hints = typing.get_type_hints(ExperimentConfig)
     return frozenset(name for name, hint in hints.items()
                      if any(dataclasses.is_dataclass(t) for t in (hint, *typing.get_args(hint))))
@@ -172,7 +163,6 @@ def _parse_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def config_error(exc: OmegaConfBaseException) -> ConfigError:
-    """An OmegaConf validation error as one line (the key, the problem) plus a hint."""
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     message = (str(getattr(exc, "msg", None) or exc).splitlines() or ["invalid value"])[0][:300]
     where = f"{key}: " if key else ""
@@ -207,11 +197,6 @@ def _check_budget_model_fields(data: dict[str, Any], overrides: Sequence[str]) -
 
 
 def load_experiment(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML file (or a dict), apply ``key=value`` overrides, validate everything.
-
-    With a ``budget:`` section a ``model:`` section may still set the non-shape fields
-    (dtypes, remat, attention implementation, scanning); the allocator picks the shape.
-    """
     data = source if isinstance(source, dict) else read_yaml(Path(source))
     for key, value in data.items():
         _check_section(str(key), value, "config")
@@ -244,11 +229,8 @@ def _check_paths(exp: ExperimentConfig) -> None:
 
 
 def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
-    """Ways the global batch is split (data × fsdp, across slices too).
-
-    With ``n_devices`` the ``-1`` axis is resolved; without, it counts as 1 (planning on a
-    machine that is not the one that will train).
-    """
+    """Data × fsdp, across slices. Without ``n_devices`` the ``-1`` axis counts as 1 (planning
+    elsewhere than the training machine)."""
     if n_devices is None:
         data, fsdp = max(mesh.data, 1), max(mesh.fsdp, 1)
     else:
@@ -257,8 +239,8 @@ def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
 
 
 def _check_budget_echoes(budget: BudgetConfig, seq_len: int, vocab: int) -> None:
-    """budget.seq_len and budget.vocab_size come from train: and the tokenizer; a different
-    value set by hand would be ignored, so it is refused."""
+    """budget.seq_len/vocab_size come from train: and the tokenizer; a differing hand-set value would
+    be ignored, so it is refused."""
     for key, value, source in (("seq_len", seq_len, "train.seq_len"), ("vocab_size", vocab, "the tokenizer")):
         given = getattr(budget, key)
         if given != getattr(BudgetConfig, key) and given != value:
@@ -267,11 +249,7 @@ def _check_budget_echoes(budget: BudgetConfig, seq_len: int, vocab: int) -> None
 
 
 def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunConfig:
-    """Turn an experiment into a run: the allocator fills shape, batch, steps, learning rate.
-
-    ``data_parallel`` (devices the batch is split over) defaults to what the mesh section
-    names explicitly; the launcher passes the real number once devices are known.
-    """
+    """``data_parallel`` defaults to the mesh section's explicit axes; the launcher passes the real one."""
     if exp.model is None and exp.budget is None:
         raise ConfigError("the config has neither a model: nor a budget: section",
                           hint="add budget: {flops: 3e13} or an explicit model: shape")
@@ -315,12 +293,10 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:
-    """The resolved config as YAML (what the trainer writes into the run directory)."""
     return cfg.to_yaml()
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read back a resolved ``config.yaml`` from a run directory."""
     data = read_yaml(Path(path))
     stored_plan = data.pop("plan", None)
     schema = OmegaConf.structured(RunConfig(name="", run_dir="", model=ModelConfig(),

@@ -1,13 +1,9 @@
 """Multi-process start-up: one call, early in every process, before any JAX computation.
 
-JAX runs one *controller* process per host (or per GPU); they find each other through
-``jax.distributed.initialize``.  Where the cluster tells JAX everything (a Cloud TPU pod, a
-SLURM step, Open MPI) the call takes no addresses; elsewhere (a GPU box, two CPU processes in
-a test) the coordinator address, process count and process id come from the config or from
-``CHINCHAX_*`` environment variables set by a launcher such as ``chinchax local``.
-
-The decision is a pure function of the config and the environment (:func:`plan_startup`), so
-it is testable without a cluster; :func:`initialize_distributed` only carries it out.
+Where the cluster tells JAX everything (Cloud TPU pod, SLURM, Open MPI) ``jax.distributed``
+needs no addresses; elsewhere they come from the config or ``CHINCHAX_*`` variables set by a
+launcher such as ``chinchax local``. The decision (:func:`plan_startup`) is a pure function of
+config and environment, so it is testable without a cluster.
 """
 
 from __future__ import annotations
@@ -53,17 +49,9 @@ _TRIO_HINT = (f"set distributed.coordinator_address, num_processes and process_i
 
 @dataclass(frozen=True)
 class DistributedConfig:
-    """How this process joins the others.
-
-    ``enabled``: ``auto`` starts JAX's distributed runtime whenever the environment names a
-    multi-process job (TPU VM, SLURM step, Open MPI, or an explicit coordinator); ``on``
-    insists (an error if nothing is found); ``off`` stays single-process whatever the
-    environment says.  ``initialization_timeout`` is how long (seconds) a process waits for
-    its peers: cold TPU pods and busy schedulers can exceed JAX's default of 300.
-    ``local_device_ids`` restricts a GPU process to some local devices (empty: decided by
-    :func:`plan_startup`).  ``cpu_devices_per_process`` splits the CPU into that many devices
-    (tests and ``chinchax local``).
-    """
+    """``enabled``: ``auto`` joins when the environment names a multi-process job, ``on`` insists,
+    ``off`` stays alone. ``initialization_timeout`` (s): cold TPU pods and busy schedulers can
+    exceed JAX's default 300. Empty ``local_device_ids``: :func:`plan_startup` decides."""
 
     enabled: str = "auto"
     coordinator_address: Optional[str] = None
@@ -105,7 +93,6 @@ class DistributedConfig:
 
 
 def check_coordinator_address(address: str, name: str) -> str:
-    """``host:port`` (IPv6 in brackets) or a :class:`LaunchError` naming ``name``."""
     match = _HOST_PORT.match(address.strip())
     if not match or not 0 < int(match.group(2)) < 65536:
         raise LaunchError(f"{name}={address!r} is not host:port",
@@ -115,12 +102,8 @@ def check_coordinator_address(address: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class StartupPlan:
-    """What :func:`initialize_distributed` will do, decided from config and environment only.
-
-    ``mode`` is one of :data:`MODES`.  The address, count and id are known up front only for
-    ``explicit`` (and, for logging, ``slurm``/``mpi``); on TPU JAX asks the metadata server.
-    ``local_device_ids`` of None leaves the choice to JAX.
-    """
+    """Address, count and id are known up front only for ``explicit`` (and, for logging,
+    ``slurm``/``mpi``); on TPU JAX asks the metadata server."""
 
     mode: str
     reason: str
@@ -151,12 +134,11 @@ def _host_count(hostnames: Optional[str]) -> int:
 
 
 def tpu_env_reason(env: Mapping[str, str]) -> Optional[str]:
-    """Why the environment says "this is one host of a multi-host TPU job", or None.
+    """Why the environment says "one host of a multi-host TPU job", or None.
 
-    GKE and multi-slice jobs put the worker list and slice settings into the environment
-    (``TPU_WORKER_HOSTNAMES``, ``TPU_PROCESS_ADDRESSES``, ``MEGASCALE_*``); older pod runtimes
-    set ``CLOUD_TPU_TASK_ID``.  Plain Cloud TPU VMs keep the worker list in the metadata server
-    instead, which is why attached TPU chips count too (see :func:`plan_startup`).
+    GKE and multi-slice jobs set ``TPU_WORKER_HOSTNAMES``/``TPU_PROCESS_ADDRESSES``/``MEGASCALE_*``,
+    older pod runtimes ``CLOUD_TPU_TASK_ID``; plain TPU VMs keep the worker list in the metadata
+    server, which is why attached chips count too.
     """
     for name in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
         if _host_count(env.get(name)) > 1:
@@ -172,7 +154,7 @@ def tpu_env_reason(env: Mapping[str, str]) -> Optional[str]:
 
 
 def gpus_visible_to_process(env: Mapping[str, str], device_files: Sequence[str]) -> int:
-    """GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else the ``/dev/nvidiaN`` files."""
+    """``CUDA_VISIBLE_DEVICES`` if set, else the ``/dev/nvidiaN`` files."""
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
@@ -194,9 +176,8 @@ def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> Optional[int]:
 
 
 def slurm_local_device_ids(env: Mapping[str, str], device_files: Sequence[str]) -> Optional[Tuple[int, ...]]:
-    """Local GPU ids for a SLURM task: every GPU the task can see when SLURM binds GPUs to it
-    (``CUDA_VISIBLE_DEVICES`` set) or when it is the node's only task; otherwise None, which
-    lets JAX pick GPU ``SLURM_LOCALID`` (one process per GPU)."""
+    """Every visible GPU when SLURM binds GPUs to the task or it is the node's only task; otherwise
+    None, so JAX picks GPU ``SLURM_LOCALID``."""
     n_gpus = gpus_visible_to_process(env, device_files)
     if n_gpus == 0:
         return None
@@ -207,7 +188,7 @@ def slurm_local_device_ids(env: Mapping[str, str], device_files: Sequence[str]) 
 
 def _explicit_plan(cfg: DistributedConfig, env: Mapping[str, str], ids: Optional[Tuple[int, ...]],
                    cpu_devices: Optional[int]) -> Optional[StartupPlan]:
-    """The plan when a coordinator, count or id is given (config first, then ``CHINCHAX_*``)."""
+    """Config first, then ``CHINCHAX_*``."""
     coordinator = cfg.coordinator_address or env.get(ENV_COORDINATOR) or None
     num = cfg.num_processes if cfg.num_processes is not None else _env_int(env, ENV_NUM_PROCESSES)
     pid = cfg.process_id if cfg.process_id is not None else _env_int(env, ENV_PROCESS_ID)
@@ -232,13 +213,9 @@ def _explicit_plan(cfg: DistributedConfig, env: Mapping[str, str], ids: Optional
 
 def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: int = 0,
                  gpu_device_files: Sequence[str] = ()) -> StartupPlan:
-    """Decide how this process starts, from ``cfg``, the environment and attached hardware.
-
-    Order: ``enabled=off``; an explicit coordinator (config, then ``CHINCHAX_*``); a TPU job
-    (environment, or TPU chips on the PCI bus: JAX then reads the worker list from the
-    metadata server, and a single-host VM becomes a one-process job); a SLURM step with more
-    than one task; an Open MPI job with more than one rank; otherwise one process.
-    """
+    """Order: ``enabled=off``; an explicit coordinator; a TPU job (environment, or chips on the PCI
+    bus: a single-host VM becomes a one-process job); SLURM with > 1 task; Open MPI with > 1 rank;
+    otherwise one process."""
     cpu_devices = cfg.cpu_devices_per_process or _env_int(env, ENV_CPU_DEVICES)
     if cpu_devices is not None and cpu_devices < 1:
         raise LaunchError(f"{ENV_CPU_DEVICES}={cpu_devices} must be at least 1",
@@ -278,7 +255,7 @@ def plan_startup(cfg: DistributedConfig, env: Mapping[str, str], *, tpu_chips: i
 
 
 def attached_tpu_chips(sys_root: str | Path = "/sys") -> int:
-    """Number of TPU chips on this machine's PCI bus (Google vendor id and a TPU device id)."""
+    """By Google's PCI vendor id and a TPU device id."""
     count = 0
     for device in glob.glob(os.path.join(str(sys_root), "bus", "pci", "devices", "*")):
         try:
@@ -292,7 +269,6 @@ def attached_tpu_chips(sys_root: str | Path = "/sys") -> int:
 
 @dataclass(frozen=True)
 class DistributedInfo:
-    """Where this process stands, for the first lines of its log."""
 
     mode: str
     process_index: int
@@ -322,11 +298,10 @@ def _set_cpu_devices(count: int) -> None:
 
 def initialize_distributed(cfg: Optional[DistributedConfig] = None,
                            env: Optional[Mapping[str, str]] = None) -> DistributedInfo:
-    """Join the job this process belongs to (or stay alone) and describe the result.
+    """Call once per process before any JAX computation; later calls return the first result.
 
-    Call once per process before any JAX computation; later calls return the first result.
-    If a peer never arrives, JAX aborts the process after ``initialization_timeout`` seconds
-    (on CPU with SIGABRT, not a Python exception): launchers must bound processes in time.
+    A peer that never arrives makes JAX abort after ``initialization_timeout`` (SIGABRT on CPU, not
+    an exception): launchers must bound processes in time.
     """
     global _STARTED
     if _STARTED is not None:

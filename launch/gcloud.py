@@ -1,10 +1,8 @@
 """Running ``gcloud`` argv lists: dry runs, retries for flaky SSH, and clear set-up errors.
 
-Command construction lives in :mod:`launch.tpu` (pure); this module only executes.  Every
-command is echoed shell-quoted before it runs, so what a user sees can be pasted into a shell;
-``dry_run`` prints the same lines and runs nothing.  SSH to dozens of TPU workers fails now and
-then for reasons that go away (exit code 255, "Connection closed by remote host"), so such
-failures are retried with exponential backoff; anything else fails at once.
+Every command is echoed shell-quoted, so output can be pasted into a shell. SSH to many TPU
+workers fails now and then for passing reasons (exit 255, "Connection closed by remote host"),
+so those are retried with exponential backoff; anything else fails at once.
 """
 
 from __future__ import annotations
@@ -59,13 +57,11 @@ def _quote_token(token: str) -> str:
 
 
 def format_command(argv: Sequence[str]) -> str:
-    """The argv as one shell-quoted line, exactly as a user would type it."""
     return " ".join(_quote_token(token) for token in argv)
 
 
 def is_transient_failure(returncode: int, output: str) -> bool:
-    """Whether a failed command is worth running again: SSH's own exit code, or a known
-    network message in its output."""
+    """SSH's own exit code, or a known network message in the output."""
     if returncode == 0:
         return False
     if returncode == SSH_FAILURE_EXIT_CODE:
@@ -91,7 +87,6 @@ class RetryPolicy:
             raise LaunchError("retry delays must be non-negative and grow", hint="first delay >= 0, factor >= 1")
 
     def delays(self) -> List[float]:
-        """The waits between attempts (``attempts - 1`` of them)."""
         return [min(self.first_delay_s * self.factor ** i, self.max_delay_s) for i in range(self.attempts - 1)]
 
 
@@ -122,8 +117,7 @@ class CommandResult:
 
 
 def _pump(stream, sink: TextIO, tail: deque) -> None:
-    """Copy ``stream`` to ``sink`` as it arrives (prompts without a newline included) and keep
-    the last few kilobytes for the failure message and the transient check."""
+    """Copy as it arrives (prompts without newline too), keeping the tail for errors and the retry check."""
     fd = stream.fileno()
     while True:
         chunk = os.read(fd, 4096)
@@ -136,7 +130,6 @@ def _pump(stream, sink: TextIO, tail: deque) -> None:
 
 
 class Gcloud:
-    """Runs gcloud argv lists, echoing each one; prints instead of running in dry-run mode."""
 
     def __init__(self, *, dry_run: bool = False, retry: RetryPolicy = RetryPolicy(),
                  out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> None:
@@ -147,25 +140,21 @@ class Gcloud:
         self._ready = False
 
     def wait(self, seconds: float) -> None:
-        """Pause between attempts (a method so that tests can skip the waiting)."""
+        """A method so tests can skip the waiting."""
         time.sleep(seconds)
 
     def ensure_ready(self) -> None:
-        """Check once that gcloud exists and is logged in (skipped in dry-run mode)."""
         if not self.dry_run and not self._ready:
             require_gcloud()
             self._ready = True
 
     def note(self, text: str) -> None:
-        """A local step or remark, printed as a shell comment so dry-run output stays pasteable."""
+        """Printed as a shell comment so dry-run output stays pasteable."""
         print(f"# {text}", file=self.out if self.dry_run else self.err, flush=True)
 
     def run(self, argv: Sequence[str], *, retry: bool = True, capture: bool = False,
             check: bool = True, quiet: bool = False) -> CommandResult:
-        """Run one command; retry transient failures if ``retry``; raise on failure if ``check``.
-
-        ``capture`` keeps stdout (for descriptions); ``quiet`` keeps stderr from the terminal
-        (for probes whose failure is an answer, not a problem)."""
+        """``capture`` keeps stdout; ``quiet`` hides stderr (for probes whose failure is an answer)."""
         line = format_command(argv)
         if self.dry_run:
             print(line, file=self.out, flush=True)

@@ -41,7 +41,6 @@ def _has_checkpoint(run_dir: epath.Path) -> bool:
 
 
 def run_state(run_dir: str | epath.Path) -> tuple[str, Optional[dict[str, Any]]]:
-    """``(status, summary)`` of a run directory: ``complete``, ``partial`` or ``new``."""
     path = epath.Path(run_dir)
     if not path.exists():
         return "new", None
@@ -54,7 +53,7 @@ def _is_remote(path: str) -> bool:
 
 
 def local_copy(ladder_dir: Path, run_dir: str, name: str) -> Path:
-    """The run directory itself when local; else its summary and metrics copied under mirror/."""
+    """Remote runs: summary and metrics copied under mirror/."""
     if not _is_remote(run_dir):
         return Path(run_dir)
     local = ladder_dir / MIRROR_DIR / name
@@ -78,7 +77,6 @@ class Runner:
         self.use_subprocess = use_subprocess or jobs > 1
 
     def train(self, items: Sequence[tuple[str, Path]], on_done: Callable[[str], None]) -> None:
-        """Train each ``(name, experiment file)``; ``on_done(name)`` after each one finishes."""
         if not self.use_subprocess:
             for name, path in items:
                 _train_in_process(path)
@@ -127,7 +125,7 @@ def _train_subprocess(experiment_path: Path, log_path: Path, env: Mapping[str, s
 
 
 def visible_gpus() -> list[str]:
-    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``'s count."""
+    """``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``'s count."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [d for d in listed.split(",") if d.strip()]
@@ -142,8 +140,8 @@ def visible_gpus() -> list[str]:
 
 
 def device_groups(jobs: int, gpus: Optional[Sequence[str]] = None) -> list[dict[str, str]]:
-    """Disjoint ``CUDA_VISIBLE_DEVICES`` groups for ``jobs`` concurrent runs (none without
-    GPUs: CPU runs share the cores; a TPU VM runs one rung at a time)."""
+    """Disjoint ``CUDA_VISIBLE_DEVICES`` groups; none without GPUs (CPU runs share the cores; a TPU VM
+    runs one rung at a time)."""
     gpus = visible_gpus() if gpus is None else list(gpus)
     if not gpus:
         return [{} for _ in range(jobs)]

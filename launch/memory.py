@@ -1,9 +1,6 @@
-"""Will the run fit?  A lower bound on each device's memory, checked before compiling.
-
-Counted: parameters, gradients and AdamW's two moments in float32 (16 bytes a parameter),
-sharded over the fsdp and tensor axes; one micro-batch's logits (unless the loss is chunked)
-and one residual stream per layer.  XLA needs at least this, so a refusal is never wrong; a
-run that passes may still need more (XLA's own check after compile has the last word).
+"""Will the run fit? A per-device lower bound, checked before compiling: float32 params, grads and
+AdamW moments (16 B/param) over fsdp × tensor, one micro-batch's logits (unless chunked) and one
+residual per layer. A refusal is never wrong; XLA's own check after compile judges a pass.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ class MemoryEstimate:
 
 
 def estimate_memory(run: RunConfig, n_devices: int) -> MemoryEstimate:
-    """Per-device lower bound for ``run`` on ``n_devices`` devices."""
     data, fsdp, tensor = run.mesh.ici_shape(n_devices)
     dcn_data, dcn_fsdp, dcn_tensor = run.mesh.dcn_shape
     model = run.model
@@ -53,7 +49,7 @@ def host_memory_bytes() -> Optional[int]:
 
 
 def device_memory_bytes() -> Optional[int]:
-    """One local device's memory: the runtime's limit, else the host's share on CPU."""
+    """The runtime's limit, else the host's share on CPU."""
     import jax
 
     device = jax.local_devices()[0]
@@ -70,7 +66,6 @@ def device_memory_bytes() -> Optional[int]:
 
 
 def check_fits(run: RunConfig, n_devices: int, capacity: Optional[int]) -> MemoryEstimate:
-    """``run``'s estimate, or a :class:`ConfigError` when it exceeds ``capacity`` bytes."""
     need = estimate_memory(run, n_devices)
     if capacity is not None and need.total_bytes > capacity:
         raise ConfigError(
@@ -83,7 +78,7 @@ def check_fits(run: RunConfig, n_devices: int, capacity: Optional[int]) -> Memor
 
 
 def check_memory(run: RunConfig) -> MemoryEstimate:
-    """:func:`check_fits` on this process's devices (call after JAX's distributed start)."""
+    """Call after JAX's distributed start."""
     import jax
 
     return check_fits(run, jax.device_count(), device_memory_bytes())

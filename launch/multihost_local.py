@@ -1,14 +1,10 @@
 """``chinchax local N CONFIG [overrides]``: N cooperating ``chinchax train`` processes on this host.
 
-Each process gets a share of the CPU as its own devices and the ``CHINCHAX_*`` variables that
-:func:`launch.distributed.initialize_distributed` turns into ``jax.distributed.initialize``
-(coordinator on 127.0.0.1, a free port), so the mesh spans all of them exactly as it would
-span the hosts of a pod.  It is how multi-host code paths (per-process data shards, collective
-checkpoints, lead-only writes) are exercised without a cluster.
-
-Every process writes ``RUN_DIR/logs/process-<i>.log``; process 0's output is also shown live.
-A process that never meets its peers aborts inside JAX without a Python error, so the whole
-group runs under a deadline, and one failure stops the rest.
+Each gets a share of the CPU as its devices and ``CHINCHAX_*`` variables for
+``jax.distributed`` (coordinator on 127.0.0.1), so multi-host paths (per-process shards,
+collective checkpoints, lead-only writes) run without a cluster. Logs go to
+``RUN_DIR/logs/process-<i>.log``. A process that never meets its peers aborts inside JAX without
+a Python error, so the group runs under a deadline and one failure stops the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ CommandBuilder = Callable[[int], List[str]]
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -46,7 +41,6 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def process_env(base: Mapping[str, str], *, port: int, num_processes: int, process_id: int,
                 cpu_devices: int) -> dict:
-    """The environment of process ``process_id``: CPU only, its device count, its place in the job."""
     env = dict(base)
     env.update({
         ENV_COORDINATOR: f"{LOOPBACK}:{port}",
@@ -69,8 +63,7 @@ def process_env(base: Mapping[str, str], *, port: int, num_processes: int, proce
 # command does not start the distributed runtime itself; where it does, its own call finds the
 # runtime started and returns the same record (initialize_distributed is idempotent).
 def train_command(config: str, overrides: Sequence[str], run_dir: Optional[str] = None) -> List[str]:
-    """``chinchax train`` run by this interpreter (no reliance on PATH); it joins the job
-    from the ``CHINCHAX_*`` environment this launcher sets."""
+    """Run by this interpreter (no reliance on PATH)."""
     extra = ["--run-dir", run_dir] if run_dir else []
     return [sys.executable, "-m", "launch.cli", "train", config, *overrides, *extra]
 
@@ -135,11 +128,10 @@ def _stop(procs: Sequence[subprocess.Popen], grace_s: float) -> List[bool]:
 def run_processes(num_processes: int, command: CommandBuilder, log_dir: Path, *, cpu_devices: int = 2,
                   timeout_s: float = 600.0, port: Optional[int] = None, echo: Optional[IO[str]] = None,
                   base_env: Optional[Mapping[str, str]] = None, grace_s: float = GRACE_S) -> List[ProcessOutcome]:
-    """Start ``num_processes`` processes (``command(i)`` each) as one JAX job and wait for all.
+    """One outcome per process; never leaves a child behind.
 
-    Returns one outcome per process; never leaves a child behind.  After the first failure the
-    others get ``grace_s`` to finish before they are stopped (their collectives would wait for
-    the dead peer until JAX's heartbeat timeout); at ``timeout_s`` everything is stopped.
+    After the first failure the others get ``grace_s`` (their collectives would wait for the dead
+    peer until JAX's heartbeat timeout); at ``timeout_s`` everything is stopped.
     """
     if num_processes < 1:
         raise LaunchError(f"number of processes {num_processes} must be at least 1", hint="e.g. chinchax local 2 ...")
@@ -191,7 +183,6 @@ def run_processes(num_processes: int, command: CommandBuilder, log_dir: Path, *,
 
 
 def check_outcomes(outcomes: Sequence[ProcessOutcome], timeout_s: float) -> None:
-    """Raise one :class:`LaunchError` naming every process that failed, with its last log lines."""
     bad = [o for o in outcomes if not o.ok]
     if not bad:
         return
@@ -208,7 +199,7 @@ def check_outcomes(outcomes: Sequence[ProcessOutcome], timeout_s: float) -> None
 
 
 def log_dir_for(run_dir: str) -> Path:
-    """``RUN_DIR/logs`` (a remote run directory keeps its logs under ./runs/<name>/logs)."""
+    """A remote run directory keeps its logs under ./runs/<name>/logs."""
     if "://" in run_dir:
         return Path("runs") / run_dir.rstrip("/").rsplit("/", 1)[-1] / "logs"
     return Path(run_dir) / "logs"

@@ -1,10 +1,9 @@
-"""The process environment a run wants before JAX starts: XLA's GPU flags and memory fraction,
-and a faster CPU allocator (the CLI re-executes itself once to get it).
+"""The environment a run wants before JAX starts: XLA GPU flags and memory fraction, and a faster
+CPU allocator (the CLI re-executes itself once to get it).
 
-XLA flags, by precedence: the environment's own ``XLA_FLAGS``, then ``runtime.xla_flags`` from
-the config, then :data:`GPU_XLA_FLAGS` (only when an NVIDIA GPU is visible).  The CPU allocator
-matters because XLA's CPU runtime allocates each step's temporaries afresh: with glibc's malloc
-that costs tens of thousands of page faults a step.
+XLA flags by precedence: the environment's ``XLA_FLAGS``, ``runtime.xla_flags``, then
+:data:`GPU_XLA_FLAGS` (NVIDIA only). XLA's CPU runtime allocates each step's temporaries afresh:
+with glibc's malloc that costs tens of thousands of page faults a step.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ GPU_XLA_FLAGS = (
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """``runtime:``: extra XLA flags (every platform), and the GPU defaults on or off."""
 
     xla_flags: List[str] = field(default_factory=list)
     gpu_defaults: bool = True
@@ -93,7 +91,7 @@ def gpu_visible(env: Mapping[str, str]) -> bool:
 
 
 def runtime_environment(cfg: RuntimeConfig, env: Mapping[str, str], *, gpu: bool) -> Dict[str, str]:
-    """The variables to change for ``cfg`` (pure: the caller sets them)."""
+    """Pure: the caller sets them."""
     flags = list(cfg.xla_flags)
     changes: Dict[str, str] = {}
     if gpu and cfg.gpu_defaults and env.get(ENV_GPU_DEFAULTS, "1").lower() not in OFF:
@@ -115,14 +113,12 @@ def _backends_started() -> bool:
 
 
 def runtime_record(cfg: RuntimeConfig, env: Mapping[str, str]) -> Dict[str, str]:
-    """What a run with ``cfg`` runs under, as its resolved config records it."""
     view = {**env, **runtime_environment(cfg, env, gpu=gpu_visible(env))}
     return {"xla_flags": view.get("XLA_FLAGS", ""), "gpu_memory_fraction": view.get(MEM_FRACTION, ""),
             "allocator": view.get(ENV_ALLOCATOR_SET, "system")}
 
 
 def apply_runtime(cfg: RuntimeConfig, env: Optional[MutableMapping[str, str]] = None) -> Dict[str, str]:
-    """Set ``cfg``'s variables in this process (before JAX starts its backends); the record."""
     env = os.environ if env is None else env
     changes = runtime_environment(cfg, env, gpu=gpu_visible(env))
     if changes and _backends_started():
@@ -146,7 +142,6 @@ def find_tcmalloc() -> Optional[str]:
 
 
 def glibc_has_hugetlb() -> bool:
-    """glibc >= 2.35 knows the ``glibc.malloc.hugetlb`` tunable."""
     name, version = platform.libc_ver()
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     return name == "glibc" and parts >= (2, 35)
@@ -174,7 +169,6 @@ def allocator_environment(env: Mapping[str, str], *, tcmalloc: Optional[str],
 
 
 def command_of(argv: Sequence[str]) -> Optional[str]:
-    """The sub-command named in ``argv`` (the first word that is not a flag)."""
     return next((a for a in argv if not a.startswith("-")), None)
 
 

@@ -23,7 +23,6 @@ def number(value: float) -> str:
 
 
 def report_table(report: FitReport) -> Table:
-    """Coefficients, exponents and the target allocation, with intervals where bootstrapped."""
     level = f"{report.bootstrap.confidence:.0%} interval" if report.bootstrap else "interval"
     title = (f"approach {report.approach}: {len(report.observations)} points, "
              f"{report.observations.n_runs} runs; target C* = {report.target_flops:.3g} FLOPs")
@@ -47,7 +46,6 @@ def report_table(report: FitReport) -> Table:
 
 
 def backtest_table(backtest: Backtest) -> Table:
-    """Actual against predicted final loss of each left-out run, and the ARE."""
     table = Table(title=f"backtest (approach {backtest.approach}): fitted on {backtest.fit_runs} runs, "
                   f"largest {backtest.held_out_by} left out; ARE {backtest.are:.2%}")
     for column in ("run", "N", "C (exact FLOPs)", "actual", "predicted", "error"):

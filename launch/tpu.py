@@ -1,17 +1,14 @@
 """Cloud TPU VM commands as data: the exact ``gcloud`` argv lists and remote shell scripts.
 
-Nothing here runs anything, so every command line is testable and ``--dry-run`` shows the
-real thing.  Syntax follows the current ``gcloud compute tpus`` reference: ``tpu-vm create``
-takes ``--accelerator-type`` and ``--version``; ``queued-resources create`` takes
-``--runtime-version`` and ``--node-id`` (one slice) or ``--node-count``/``--node-prefix``
-(multi-slice); ``tpu-vm scp`` copies *to* every worker with ``--worker=all`` but *from* only
-one worker at a time, so logs come back one scp per worker.
+Nothing here runs anything, so every command is testable and ``--dry-run`` shows the real one.
+``tpu-vm scp`` copies *to* every worker with ``--worker=all`` but *from* one worker at a time,
+so logs come back one scp per worker.
 
-Remote layout (relative to the login directory of each worker)::
+Remote layout (relative to each worker's login directory)::
 
-    chinchax/            the project (from a tarball of this checkout, or a git clone)
-    chinchax/.venv/      its virtualenv, made by uv with the Python the constraints were pinned for
-    chinchax/logs/       worker-<hostname>.log, one per worker and run
+    chinchax/            the project (tarball of this checkout, or a git clone)
+    chinchax/.venv/      made by uv with the Python the constraints were pinned for
+    chinchax/logs/       worker-<hostname>.log
     chinchax/.run-configs/  the experiment file copied at ``run`` time
 """
 
@@ -81,7 +78,6 @@ def accelerator_generation(accelerator_type: str) -> str:
 
 
 def default_runtime_version(accelerator_type: str) -> str:
-    """The TPU software version (runtime image) to create ``accelerator_type`` with."""
     generation = accelerator_generation(accelerator_type)
     if generation not in RUNTIME_VERSIONS:
         raise LaunchError(f"no default TPU software version for {generation} ({accelerator_type})",
@@ -91,8 +87,7 @@ def default_runtime_version(accelerator_type: str) -> str:
 
 @dataclass(frozen=True)
 class TpuTarget:
-    """Which TPU, where.  ``slices > 1`` is a multi-slice queued resource whose nodes are
-    ``NAME-0 ... NAME-(slices-1)``; ``zone``/``project`` of None defer to gcloud's config."""
+    """``slices > 1``: a queued resource with nodes ``NAME-0 ...``; ``zone``/``project`` None: gcloud's."""
 
     name: str
     zone: Optional[str] = None
@@ -115,7 +110,6 @@ class TpuTarget:
 
     @property
     def nodes(self) -> List[str]:
-        """TPU VM node ids: the name itself, or one per slice."""
         if self.slices == 1:
             return [self.name]
         return [f"{self.name}-{i}" for i in range(self.slices)]
@@ -123,7 +117,7 @@ class TpuTarget:
 
 def create_command(target: TpuTarget, accelerator_type: str, *, version: Optional[str] = None,
                    spot: bool = False, reserved: bool = False, queued: bool = False) -> List[str]:
-    """``tpu-vm create``, or ``queued-resources create`` when ``queued`` (required for slices > 1)."""
+    """``queued-resources create`` when ``queued`` (required for slices > 1)."""
     if spot and reserved:
         raise LaunchError("--spot and --reserved exclude each other",
                           hint="spot: cheap and preemptible; reserved: your reservation; pick one")
@@ -143,7 +137,6 @@ def create_command(target: TpuTarget, accelerator_type: str, *, version: Optiona
 
 
 def ssh_all_command(target: TpuTarget, command: str) -> List[str]:
-    """Run ``command`` on every worker (of every slice) at once."""
     if target.slices == 1:
         return [*TPUS, "tpu-vm", "ssh", target.name, *target.location, "--worker=all", f"--command={command}"]
     return [*TPUS, "queued-resources", "ssh", target.name, *target.location, "--node=all", "--worker=all",
@@ -151,15 +144,14 @@ def ssh_all_command(target: TpuTarget, command: str) -> List[str]:
 
 
 def ssh_one_command(target: TpuTarget, command: str, node: Optional[str] = None, worker: int = 0) -> List[str]:
-    """Run ``command`` on one worker (default: worker 0 of the first slice, the lead process)."""
+    """Default: worker 0 of the first slice, the lead process."""
     return [*TPUS, "tpu-vm", "ssh", node or target.nodes[0], *target.location, f"--worker={worker}",
             f"--command={command}"]
 
 
 def remote_word(path: str, *, glob_name: bool = False) -> str:
-    """``path`` quoted for the remote shell: scp's legacy protocol expands remote paths there.
-
-    ``glob_name`` keeps a wildcard file name (``worker-*.log``) live; its directory is quoted."""
+    """Quoted for the remote shell (scp's legacy protocol expands remote paths there); ``glob_name``
+    keeps a wildcard file name (``worker-*.log``) live."""
     if glob_name and "/" in path:
         directory, name = path.rsplit("/", 1)
         if re.fullmatch(r"[A-Za-z0-9_.*-]+", name):
@@ -168,7 +160,6 @@ def remote_word(path: str, *, glob_name: bool = False) -> str:
 
 
 def scp_to_all_command(target: TpuTarget, local_path: str, remote_path: str) -> List[str]:
-    """Copy one local file to the same path on every worker."""
     remote = f"{target.name}:{remote_word(remote_path)}"
     if target.slices == 1:
         return [*TPUS, "tpu-vm", "scp", local_path, remote, *target.location, "--worker=all"]
@@ -178,7 +169,6 @@ def scp_to_all_command(target: TpuTarget, local_path: str, remote_path: str) -> 
 
 def scp_from_worker_command(target: TpuTarget, node: str, worker: int, remote_path: str,
                             local_dir: str) -> List[str]:
-    """Copy ``remote_path`` (a remote glob is fine) from one worker into ``local_dir``."""
     remote = f"{node}:{remote_word(remote_path, glob_name=True)}"
     return [*TPUS, "tpu-vm", "scp", remote, local_dir, *target.location, f"--worker={worker}"]
 
@@ -192,7 +182,7 @@ def queued_describe_command(target: TpuTarget) -> List[str]:
 
 
 def worker_count(describe_json: str) -> int:
-    """Workers (hosts) of a node, from ``tpu-vm describe --format=json``: one network endpoint each."""
+    """From ``tpu-vm describe --format=json``: one network endpoint per worker."""
     try:
         endpoints = json.loads(describe_json).get("networkEndpoints") or []
     except (json.JSONDecodeError, AttributeError):
@@ -205,7 +195,6 @@ def worker_count(describe_json: str) -> int:
 
 
 def delete_command(target: TpuTarget, *, queued: bool, quiet: bool = False) -> List[str]:
-    """Delete the node, or the queued resource with its nodes (``--force``) when ``queued``."""
     if target.slices > 1 and not queued:
         raise LaunchError(f"{target.slices} slices live in a queued resource",
                           hint="add --queued so the queued resource and all its slices are deleted")
@@ -223,10 +212,8 @@ def _join(steps: Sequence[str]) -> str:
 
 
 def dquote(text: str) -> str:
-    """Double-quote for the remote shell (``$``, backquote, ``"`` and ``\\`` escaped).
-
-    Remote scripts avoid single quotes so that the whole script fits in one single-quoted
-    ``--command='...'`` when printed, which is what a reader pastes into a terminal."""
+    """Double-quote for the remote shell; scripts avoid single quotes so the whole script fits in one
+    pasteable ``--command='...'``."""
     if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
         return text
     return '"' + re.sub(r'([$`"\\])', r"\\\1", text) + '"'
@@ -235,10 +222,7 @@ def dquote(text: str) -> str:
 def setup_script(*, remote_dir: str = REMOTE_DIR, archive: Optional[str] = REMOTE_ARCHIVE,
                  git_url: Optional[str] = None, git_ref: str = "origin/HEAD",
                  python: str = DEFAULT_PYTHON, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
-    """Shell run on every worker: unpack (or clone/update) the project, then make ``.venv`` with
-    uv and install the project with its pinned constraints plus ``extras`` (see
-    :data:`DEFAULT_EXTRAS`).  uv supplies the Python version the constraints need even where the
-    image ships an older one; reruns are idempotent."""
+    """Unpack (or clone) and install into ``.venv`` with uv, which supplies the pinned Python; idempotent."""
     d = dquote(remote_dir)
     if git_url is not None:
         url, ref = dquote(git_url), dquote(git_ref)
@@ -279,21 +263,15 @@ def check_env_assignments(assignments: Sequence[str]) -> List[Tuple[str, str]]:
 
 
 def train_command(config: str, overrides: Sequence[str], env: Sequence[str] = ()) -> str:
-    """``chinchax train`` from the project's virtualenv (under ``env NAME=VALUE ...`` when
-    variables are given), every argument quoted for the remote shell."""
     prefix = ["env", *(dquote(f"{name}={value}") for name, value in check_env_assignments(env))] if env else []
     return " ".join([*prefix, ".venv/bin/chinchax", "train", dquote(config), *(dquote(o) for o in overrides)])
 
 
 def run_script(config: str, overrides: Sequence[str], *, remote_dir: str = REMOTE_DIR,
                env: Sequence[str] = (), detach: bool = False) -> str:
-    """Shell run on every worker: the same ``chinchax train`` everywhere (JAX finds its peers
-    through the TPU metadata), output to the terminal and to ``logs/worker-<hostname>.log``.
-
-    Attached (default), gcloud streams every worker's output until training ends; a dropped
-    connection stops the run, and running the same command again resumes from the last
-    checkpoint.  ``detach`` starts it under ``nohup`` and returns at once (follow it with
-    ``chinchax tpu logs --follow``).
+    """The same ``chinchax train`` on every worker (peers found through TPU metadata), logged to
+    ``logs/worker-<hostname>.log``. Attached, a dropped connection stops the run and rerunning
+    resumes from the last checkpoint; ``detach`` uses ``nohup`` (follow with ``tpu logs --follow``).
     """
     train = train_command(config, overrides, env)
     start = [f"cd {dquote(remote_dir)}", "mkdir -p logs"]
@@ -311,7 +289,6 @@ def remote_logs_glob(remote_dir: str = REMOTE_DIR) -> str:
 
 
 def remote_config_path(local_config: str) -> str:
-    """Where ``run`` copies the experiment file, relative to the project on each worker."""
     return f"{REMOTE_CONFIG_DIR}/{Path(local_config).name}"
 
 
@@ -323,7 +300,7 @@ def _excluded(relative: Path) -> bool:
 
 
 def project_files(source: Path) -> List[Path]:
-    """Files to ship, relative to ``source``: everything but VCS data, caches, runs and envs."""
+    """Everything but VCS data, caches, runs and envs."""
     files = []
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
@@ -343,7 +320,6 @@ def check_project(source: Path) -> Path:
 
 
 def pack_project(source: Path, archive: Path) -> Tuple[int, int]:
-    """Write ``source`` (see :func:`project_files`) into a gzipped tarball; (files, bytes)."""
     source = check_project(source)
     files = project_files(source)
     with tarfile.open(archive, "w:gz") as tar:
@@ -353,5 +329,5 @@ def pack_project(source: Path, archive: Path) -> Tuple[int, int]:
 
 
 def default_source() -> Path:
-    """This checkout (an editable install), where the project and its constraints live."""
+    """This checkout (an editable install)."""
     return Path(__file__).resolve().parent.parent

@@ -1,20 +1,10 @@
-"""Autoregressive decoding with a key/value cache, and the sampler it draws tokens with.
+"""Autoregressive decoding with a key/value cache, and its sampler.
 
-Why a separate module.  Training never needs a cache, so the training forward pass
-(``models/transformer.py``) stays as it is; decoding reuses the model's own layers (its
-norms, projections, RoPE tables and MLP) and only replaces the attention core: each new
-position writes its keys and values into the cache (``[L, B, S, K, H]``, S = prompt +
-new tokens) and attends to every cached position at or before it.  The prompt fills the
-cache in one pass (prefill), then each token is one pass of length 1.
-
-Determinism.  Token ``i`` is drawn with ``split(key(seed), max_tokens)[i]``, whether or not
-a cache is used, so a seed fixes the output and :func:`generate` with ``use_cache=False``
-(the full forward pass over the whole buffer at every step) is the reference the cached
-path is tested against.
-
-Sharding.  Call inside :func:`models.sharding.activation_sharding` with the parameters laid
-out as in training: the model's constraints apply as in a training step.  Use
-:func:`decode_rules` to replicate the (usually tiny) batch instead of splitting it.
+Training needs no cache, so decoding reuses the model's layers and replaces only the attention
+core: the cache is ``[L, B, S, K, H]`` (S = prompt + new tokens), filled by one prefill pass.
+Token ``i`` is drawn with ``split(key(seed), max_tokens)[i]`` with or without the cache, so
+``use_cache=False`` is the reference the cached path is tested against. Call inside
+:func:`models.sharding.activation_sharding`; :func:`decode_rules` replicates the tiny batch.
 """
 
 from __future__ import annotations
@@ -55,20 +45,18 @@ class SamplingConfig:
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer and cached position, in the compute dtype."""
+    """In the compute dtype."""
 
     k_LBSKH: jax.Array
     v_LBSKH: jax.Array
 
 
 def decode_rules(rules: Sequence[Sequence[str]]) -> list[list[str]]:
-    """The training rules with the batch replicated: parameters stay sharded as in training,
-    while a batch of one prompt is not split over data-parallel devices."""
+    """Parameters stay sharded as in training; a batch of one prompt is not split over data devices."""
     return [[name, "" if name == "batch" else axes] for name, axes in rules]
 
 
 def init_cache(model: Transformer, batch: int, length: int) -> KVCache:
-    """An empty cache for ``batch`` sequences of up to ``length`` positions."""
     cfg = model.cfg
     shape = (cfg.n_layers, batch, length, cfg.kv_heads, cfg.resolved_head_dim)
     zeros = jnp.zeros(shape, jnp.dtype(cfg.compute_dtype))
@@ -78,7 +66,7 @@ def init_cache(model: Transformer, batch: int, length: int) -> KVCache:
 def _cached_attention(block: Block, x_BTD: jax.Array, sin_TH2: jax.Array, cos_TH2: jax.Array,
                       k_BSKH: jax.Array, v_BSKH: jax.Array,
                       start: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
-    """Attention of positions ``start..start+T-1`` over the cache, after writing their k, v."""
+    """Writes positions ``start..start+T-1``'s k, v into the cache, then attends over it."""
     B, T, _ = x_BTD.shape
     N, K, H = block.n_heads, block.n_kv_heads, block.head_dim
     q_BTNH = apply_rope(block.q(x_BTD).reshape(B, T, N, H), sin_TH2, cos_TH2)
@@ -98,7 +86,6 @@ def _cached_attention(block: Block, x_BTD: jax.Array, sin_TH2: jax.Array, cos_TH
 def _block_step(block: Block, x_BTD: jax.Array, sin_TH2: jax.Array, cos_TH2: jax.Array,
                 k_BSKH: jax.Array, v_BSKH: jax.Array,
                 start: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
-    """One pre-norm decoder layer (as ``Block.__call__``) with cached attention."""
     h_BTD, k_BSKH, v_BSKH = _cached_attention(block, block.attn_norm(x_BTD), sin_TH2, cos_TH2,
                                               k_BSKH, v_BSKH, start)
     x_BTD = x_BTD + h_BTD
@@ -108,7 +95,6 @@ def _block_step(block: Block, x_BTD: jax.Array, sin_TH2: jax.Array, cos_TH2: jax
 
 def _blocks_cached(model: Transformer, x_BTD: jax.Array, sin_TH2: jax.Array, cos_TH2: jax.Array,
                    cache: KVCache, start: jax.Array) -> Tuple[jax.Array, KVCache]:
-    """Every layer in order, scanned over the stacked blocks when the model scans."""
     if model.cfg.scan_layers:
         graphdef, state_L = nnx.split(model.blocks)
 
@@ -130,8 +116,7 @@ def _blocks_cached(model: Transformer, x_BTD: jax.Array, sin_TH2: jax.Array, cos
 
 def forward_cached(model: Transformer, tokens_BT: jax.Array, cache: KVCache,
                    start: jax.Array) -> Tuple[jax.Array, KVCache]:
-    """Float32 logits of ``tokens_BT`` placed at positions ``start..start+T-1``, and the cache
-    with their keys and values written in.  Positions before ``start`` must be cached."""
+    """Float32 logits and the updated cache; positions before ``start`` must be cached."""
     cfg = model.cfg
     T, S = tokens_BT.shape[1], cache.k_LBSKH.shape[2]
     sin_SH2, cos_SH2 = rope_tables(S, cfg.resolved_head_dim, cfg.rope_theta)
@@ -146,8 +131,7 @@ def forward_cached(model: Transformer, tokens_BT: jax.Array, cache: KVCache,
 
 def sample_logits(logits_BV: jax.Array, key: jax.Array, temperature: float, top_p: float,
                   vocab_limit: Optional[int] = None) -> jax.Array:
-    """One token per row: argmax at temperature 0, else a draw from the tempered distribution
-    cut to its top-``top_p`` mass; ids at or above ``vocab_limit`` are never chosen."""
+    """Argmax at temperature 0, else nucleus sampling; ids at or above ``vocab_limit`` never chosen."""
     logits_BV = logits_BV.astype(jnp.float32)
     if vocab_limit is not None and vocab_limit < logits_BV.shape[-1]:
         logits_BV = jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_limit, logits_BV, -jnp.inf)
@@ -184,7 +168,6 @@ def _generate_cached(model: Transformer, prompt_BT: jax.Array, keys: jax.Array,
 
 def _generate_uncached(model: Transformer, prompt_BT: jax.Array, keys: jax.Array,
                        sampling: SamplingConfig, vocab_limit: Optional[int]) -> jax.Array:
-    """The reference: the full causal forward pass over the whole buffer for every token."""
     B, T = prompt_BT.shape
     n = sampling.max_tokens
     buffer_BS = jnp.zeros((B, T + n), jnp.int32).at[:, :T].set(prompt_BT)
@@ -200,10 +183,7 @@ def _generate_uncached(model: Transformer, prompt_BT: jax.Array, keys: jax.Array
 
 def generate(model: Transformer, prompt_BT: jax.Array, sampling: SamplingConfig, *,
              use_cache: bool = True, vocab_limit: Optional[int] = None) -> jax.Array:
-    """``sampling.max_tokens`` new tokens ``[B, N]`` after each prompt row (one jitted program).
-
-    ``vocab_limit``: the tokenizer's size when the model's vocabulary is padded beyond it.
-    """
+    """``[B, max_tokens]`` new tokens; ``vocab_limit``: the tokenizer's size if the vocabulary is padded."""
     prompt_BT = jnp.asarray(prompt_BT, jnp.int32)
     if prompt_BT.ndim != 2 or prompt_BT.shape[1] == 0:
         raise ModelError(f"the prompt must be a non-empty [batch, length] array, got shape "
@@ -217,8 +197,7 @@ def generate(model: Transformer, prompt_BT: jax.Array, sampling: SamplingConfig,
 @functools.lru_cache(maxsize=16)
 def _program(graphdef: nnx.GraphDef, use_cache: bool, sampling: SamplingConfig,
              vocab_limit: Optional[int]) -> Callable:
-    """The jitted generation program, kept per model structure and sampling settings (the
-    seed enters as keys, so a new seed does not compile again)."""
+    """Cached per model structure and sampling settings; the seed enters as keys, so no recompile."""
     body = _generate_cached if use_cache else _generate_uncached
 
     @jax.jit

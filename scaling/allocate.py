@@ -1,19 +1,9 @@
 """Budget to run, before the run: FLOPs and a law in; a model shape, tokens, batch, steps out.
 
-1. :func:`allocate`: the law's ``(N_opt, D_opt)`` under ``C = 6 N D`` (``N`` with embeddings,
-   as Chinchilla counts).
-2. :func:`scaling.shapes.search_shape`: the hardware-friendly shape nearest ``N_opt``.
-3. Tokens from the *exact* counter (:mod:`scaling.flops`), not ``6 N``, split into DeepSeek's
-   ``B_opt`` batch times steps, so the run spends the budget within 1% as the trainer counts it
-   (small models with long sequences and large vocabularies thus see fewer tokens than ``D_opt``).
-
-Table A3: the ``chinchilla-unrounded`` law matches it within 5% in ``N`` up to 67B parameters
-but only 5.7–7.3% from 175B up (the table's rows follow ``N = 1.223 (C/6)**0.4586``; the
-coefficients give exponent 0.4565); the rounded law allocates 18–30% fewer parameters.
-
-:func:`plan_run_at_size` replaces step 1 by a requested ``N`` (one isoFLOP rung).
-``inference_tokens`` with ``objective="total"`` plans the least training + inference compute
-that reaches Chinchilla's loss (:mod:`scaling.inference`): a smaller model on more tokens.
+The law's ``(N_opt, D_opt)`` (``C = 6 N D``, ``N`` with embeddings) picks the nearest
+hardware-friendly shape; tokens then come from the exact counter, so the run spends the budget
+within 1% as the trainer counts it. Chinchilla Table A3: ``chinchilla-unrounded`` is within 5%
+in ``N`` up to 67B, 5.7–7.3% from 175B; the rounded law allocates 18–30% fewer parameters.
 """
 
 from __future__ import annotations
@@ -48,12 +38,8 @@ MAX_PARAM_OVERSHOOT = 2.0
 
 @dataclass(frozen=True)
 class BudgetConfig(ShapeSpace):
-    """A ``budget:`` section: compute, law and run rules on top of the shape constraints.
-
-    The shape fields come from :class:`ShapeSpace` (inherited, so OmegaConf sees them).
-    ``global_batch`` (sequences) and ``learning_rate`` override DeepSeek LLM's fits;
-    ``min_steps`` is the shortest run accepted.  ``inference_tokens``/``objective``: see the
-    module docstring.
+    """A ``budget:`` section on top of :class:`ShapeSpace`: ``global_batch`` (sequences) and
+    ``learning_rate`` override DeepSeek's fits; ``min_steps`` is the shortest run accepted.
     """
 
     flops: float = 1e19
@@ -90,12 +76,8 @@ class BudgetConfig(ShapeSpace):
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run decided before it starts.
-
-    ``flops`` is the exact counter times the tokens trained, within tolerance of
-    ``target_flops``; ``law_n_params``/``law_tokens`` are the law's own optimum (``C = 6 N D``)
-    for comparison; ``predicted_loss`` is ``None`` for power laws.  ``inference`` holds the
-    three allocations of :mod:`scaling.inference` when ``inference_tokens > 0``.
+    """``flops``: exact counter × tokens; ``law_n_params``/``law_tokens``: the law's own optimum, for
+    comparison; ``predicted_loss`` is ``None`` for power laws.
     """
 
     model: ModelConfig
@@ -121,7 +103,6 @@ class RunPlan:
 
     @property
     def total_flops(self) -> float:
-        """Training plus inference FLOPs (exact counter)."""
         return self.flops + self.inference_flops
 
     @property
@@ -134,11 +115,9 @@ class RunPlan:
 
     @property
     def flops_error(self) -> float:
-        """``flops / target_flops - 1``."""
         return self.flops / self.target_flops - 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: the shape under ``model``, derived numbers included."""
         out = asdict(self)
         out.update(tokens_per_param=self.tokens_per_param, batch_tokens=self.batch_tokens,
                    flops_error=self.flops_error,
@@ -156,7 +135,6 @@ def _check_flops(flops: Any) -> None:
 
 
 def resolve_law(law: Union[str, Path, Law]) -> Law:
-    """A law object from a published name or a law-file path (errors as ScalingError)."""
     if not isinstance(law, (str, Path)):
         return law
     try:
@@ -166,7 +144,6 @@ def resolve_law(law: Union[str, Path, Law]) -> Law:
 
 
 def allocate(flops: float, law: Union[str, Law] = "chinchilla") -> Allocation:
-    """The law's compute-optimal ``N_opt``, ``D_opt`` (``C = 6 N D``) and predicted loss."""
     _check_flops(flops)
     return resolve_law(law).allocate(float(flops))
 
@@ -184,12 +161,7 @@ def _check_data_parallel(budget: BudgetConfig, data_parallel: int) -> None:
 
 def plan_run(budget: BudgetConfig, *, data_parallel: int = 1,
              base_model: Optional[ModelConfig] = None) -> RunPlan:
-    """Turn a budget into a concrete run (shape, tokens, batch, steps, learning rate).
-
-    ``data_parallel`` is the number of ways the global batch is split (data × fsdp devices ×
-    gradient-accumulation steps); the batch is a multiple of it.  ``base_model`` supplies the
-    model's non-shape fields (dtypes, remat, ...).  Deterministic and instant (pure Python).
-    """
+    """``data_parallel`` (data × fsdp × grad-accumulation) divides the batch; pure Python, instant."""
     _check_data_parallel(budget, data_parallel)
     law = resolve_law(budget.law)
     tradeoff = None
@@ -207,15 +179,10 @@ def plan_run(budget: BudgetConfig, *, data_parallel: int = 1,
 
 def plan_run_at_size(budget: BudgetConfig, n_params: float, *, data_parallel: int = 1,
                      base_model: Optional[ModelConfig] = None) -> RunPlan:
-    """A run of about ``n_params`` parameters that spends ``budget.flops``: one isoFLOP rung.
+    """One isoFLOP rung: the shape nearest ``n_params`` spending ``budget.flops``.
 
-    The shape is the hardware-friendly one nearest ``n_params`` (not the law's optimum), and,
-    as in :func:`plan_run`, the tokens come from the exact counter so the run spends the
-    budget within its tolerance.  The law still supplies the plan's ``law_n_params`` /
-    ``law_tokens`` (its optimum at this budget, for comparison), the predicted loss and the
-    batch and learning-rate rules, which depend on the budget alone, so every size of one
-    budget trains with the same batch and learning rate.  ``RunPlan.requested_n_params``
-    records ``n_params``.  Inference settings of ``budget`` are ignored here.
+    Batch and learning rate depend on the budget alone, so every size of one budget trains alike;
+    ``budget``'s inference settings are ignored.
     """
     _check_data_parallel(budget, data_parallel)
     if isinstance(n_params, bool) or not isinstance(n_params, (int, float)) \
@@ -249,7 +216,6 @@ def _check_size(budget: BudgetConfig, train_target: float, target_params: float,
 def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target_params: float, *,
                      data_parallel: int, base_model: Optional[ModelConfig],
                      tradeoff: Optional[InferenceTradeoff], wanted: str) -> RunPlan:
-    """Shape nearest ``target_params``, then tokens, batch and steps spending ``optimum.flops``."""
     train_target = optimum.flops
     model = search_shape(target_params, budget, base_model)
     n_params = count_params(model)

@@ -1,9 +1,6 @@
-"""A backtest: fit all runs but the largest budget (or model), predict the left-out runs' final
-losses, and score the prediction (ARE, Choshen et al. 2024) before trusting it on a target.
-
-A prediction that cannot reach the ladder's own top rung from the rungs below is no basis for a
-target five times larger; this is the cheapest check there is, because the runs exist already.
-"""
+"""Backtest: fit all but the largest budget (or model), score its predicted final losses (ARE,
+Choshen et al. 2024). The cheapest check before trusting a target five times larger: the runs
+exist already."""
 
 from __future__ import annotations
 
@@ -46,7 +43,7 @@ class Backtest:
 
 
 def held_out_runs(obs: Observations, by: str = "budget", tolerance: float = 0.1) -> set[str]:
-    """The runs of the largest budget (final FLOPs within ``tolerance`` decades) or largest model."""
+    """Runs of the largest budget (final FLOPs within ``tolerance`` decades) or largest model."""
     if by not in HOLD_OUT:
         raise ScalingError(f"cannot hold out by {by!r}", hint="use 'budget' or 'model'")
     final = obs.final_points()
@@ -70,7 +67,6 @@ def _rows(obs: Observations, predicted: np.ndarray) -> tuple[dict[str, Any], ...
 
 
 def backtest_curve(points: CurvePoints, config: FitConfig, by: str = "budget") -> Backtest:
-    """Fit the curve law without the held-out runs; predict their final evals."""
     held = held_out_runs(points.obs, by, config.budget_tolerance)
     in_held = np.isin(points.obs.run_id.astype(str), list(held))
     fitted = fit_curve(points.select(~in_held), replace(config, bootstrap=0))
@@ -80,7 +76,6 @@ def backtest_curve(points: CurvePoints, config: FitConfig, by: str = "budget") -
 
 
 def backtest_parametric(obs: Observations, config: FitConfig, by: str = "budget") -> Backtest:
-    """Fit approach 3 without the held-out runs; predict their final evals as ``L(N, D)``."""
     held = held_out_runs(obs, by, config.budget_tolerance)
     in_held = np.isin(obs.run_id.astype(str), list(held))
     fitted = fit_parametric(obs.select(~in_held), replace(config, bootstrap=0), emit_warnings=False)

@@ -1,15 +1,5 @@
-"""Global batch size, learning rate and step count from the compute budget.
-
-The defaults are the compute-optimal hyper-parameter fits of DeepSeek LLM (DeepSeek-AI 2024,
-"DeepSeek LLM: Scaling Open-Source Language Models with Longtermism", section 3.1):
-
-* ``B_opt = 0.2920 · C**0.3271`` tokens per step,
-* ``η_opt = 0.3118 · C**-0.1250``,
-
-fitted on budgets from 1e17 to 3e20 FLOPs (AdamW, multi-step schedule, ``C`` in their
-non-embedding ``M·D`` convention, which is close to ``6 N D`` for the models we build).  They
-are a starting point, not a law of nature: the optimum is broad, and a run's config may
-override both.  Batch sizes grow more slowly than compute, so steps grow with the budget.
+"""Batch size, learning rate and steps from the budget: DeepSeek LLM's fits (DeepSeek-AI 2024, §3.1),
+made on 1e17–3e20 FLOPs; the optimum is broad, so a config may override them.
 """
 
 from __future__ import annotations
@@ -35,13 +25,11 @@ def _check_flops(flops: float) -> None:
 
 
 def optimal_batch_tokens(flops: float) -> float:
-    """DeepSeek LLM's compute-optimal batch size in tokens, ``0.2920 · C**0.3271``."""
     _check_flops(flops)
     return DEEPSEEK_BATCH_COEF * flops**DEEPSEEK_BATCH_EXPONENT
 
 
 def optimal_learning_rate(flops: float) -> float:
-    """DeepSeek LLM's compute-optimal peak learning rate, ``0.3118 · C**-0.1250``."""
     _check_flops(flops)
     return DEEPSEEK_LR_COEF * flops**DEEPSEEK_LR_EXPONENT
 
@@ -52,7 +40,6 @@ def round_to_multiple(value: float, multiple: int) -> int:
 
 
 def optimal_batch_sequences(flops: float, seq_len: int, multiple: int = 1) -> int:
-    """:func:`optimal_batch_tokens` in sequences, rounded to a multiple of the data-parallel size."""
     if seq_len <= 0 or multiple <= 0:
         raise ScalingError(f"seq_len and data-parallel size must be positive, got {seq_len}, {multiple}",
                               hint="use e.g. seq_len 2048 and the number of data-parallel devices")
@@ -61,7 +48,7 @@ def optimal_batch_sequences(flops: float, seq_len: int, multiple: int = 1) -> in
 
 @dataclass(frozen=True)
 class StepPlan:
-    """A global batch (sequences) and a number of steps; ``tokens = steps · batch · seq_len``."""
+    """``tokens = steps · batch · seq_len`` (batch in sequences)."""
 
     global_batch: int
     steps: int
@@ -85,14 +72,8 @@ def fit_steps(
     min_steps: int = 1,
     fixed_batch: bool = False,
 ) -> StepPlan:
-    """Steps and batch whose token count lands within ``tolerance`` of ``target_tokens``.
-
-    Rounding the step count alone is off by at most ``0.5 / steps``, enough whenever a run has
-    more than ~50 steps.  Shorter runs (or a run that would have fewer than ``min_steps``) try
-    the other batch sizes that are multiples of ``multiple`` up to twice ``preferred_batch``,
-    preferring one that meets both targets and, among those, the one nearest the preferred
-    batch.  ``fixed_batch`` keeps ``preferred_batch`` as given (a user override).  The result
-    may still miss a target; the caller decides whether that is an error.
+    """Steps and batch within ``tolerance`` of ``target_tokens``: rounding steps is off by at most
+    ``0.5 / steps``, so short runs also try multiples of ``multiple`` up to 2× ``preferred_batch``.
     """
     sequences = target_tokens / seq_len
 

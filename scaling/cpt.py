@@ -1,31 +1,9 @@
-"""Scaling laws of continual pre-training (CPT): Zheng et al. 2024, "Breaking Language Barriers".
+"""Continual pre-training (CPT) laws, Zheng et al. 2024, "Breaking Language Barriers".
 
-Two laws describe a model of ``N`` parameters trained on ``D`` tokens of a new language:
-
-* from scratch, Chinchilla's form ``L(N, D) = E + A / N**alpha + B / D**beta``;
-* continually pre-trained from a model trained on another language,
-  ``L(N, D) = E + A / N**alpha + B' / (D**beta' * N**gamma)``, where ``D`` counts the
-  continual-training tokens only.  ``E``, ``A`` and ``alpha`` are held at the from-scratch
-  fit's values (the model's capacity does not change with its initialisation); only the
-  data term is refitted, and ``gamma > 0`` says larger models need fewer new tokens.
-
-Both are :class:`scaling.laws.ParametricLaw` values (``gamma`` = 0 for the first), so the
-allocator and ``chinchax allocate --law`` use them as they are.
-
-Published numbers: the CPT fit is ``E = 1.55``, ``A = 420``, ``alpha = 0.40``, ``B' = 433.3``,
-``beta' = 0.20``, ``gamma = 0.08``, with allocations ``N_opt = 0.324 C**0.429`` (scratch) and
-``4.79 C**0.385`` (CPT).  The scratch ``B``, ``beta`` are not printed; they follow from the
-scratch allocation once ``E``, ``A``, ``alpha`` are shared.  With ``C = 6ND`` and ``dL/dN = 0``,
-``N_opt = g (C/6)**(beta/s)``, ``s = alpha + beta - gamma``, ``g = (alpha A / ((beta - gamma)
-B))**(1/s)``; inverting ``N_opt = k C**a`` (:func:`data_term_for_allocation`) gives ``beta = a
-(alpha - gamma) / (1 - a)``, ``g = k 6**a``, ``B = alpha A / ((beta - gamma) g**s)``: from
-scratch ``beta = 0.30053``, ``B = 718.54``.  Applied to the CPT allocation the same inverse
-returns ``beta' = 0.2003``, ``B' = 431.6``, within 0.4% of the printed values, which supports
-sharing ``E``, ``A``, ``alpha`` (``E`` enters no allocation, so nothing checks it).
-
-The CPT data term is the smaller only while ``D < D_x(N) = (B N**gamma / B')**(1 / (beta -
-beta'))`` (:func:`crossover_tokens`; ~3.6 tokens per parameter at 1e8): the published pair
-predicts savings for short continual runs and none at compute-optimal lengths.
+CPT: ``E + A/N**alpha + B'/(D**beta' N**gamma)``, ``D`` = continual tokens only, ``E``, ``A``,
+``alpha`` shared with the scratch fit. The paper's scratch ``B``, ``beta`` are derived from its
+allocation (:func:`data_term_for_allocation`); the same inverse reproduces the printed CPT ``B'``,
+``beta'`` within 0.4%. CPT saves only below :func:`crossover_tokens` (~3.6 tokens/param at 1e8).
 """
 
 from __future__ import annotations
@@ -68,10 +46,8 @@ ZHENG_CPT_ALLOCATION = PowerLawAllocation(
 
 def data_term_for_allocation(allocation: PowerLawAllocation, *, A: float, alpha: float,
                              gamma: float = 0.0) -> Tuple[float, float]:
-    """``(B, beta)`` of the law ``E + A/N**alpha + B/(D**beta N**gamma)`` whose compute-optimal
-    ``N_opt(C)`` is exactly ``allocation``'s ``n_coef * C**a`` (see the module docstring).
-
-    ``E`` plays no part: it shifts every loss alike and moves no optimum.
+    """``(B, beta)`` whose ``N_opt(C)`` is ``k C**a``: ``beta = a (alpha - gamma) / (1 - a)``,
+    ``B = alpha A / ((beta - gamma) g**s)``, ``g = k 6**a``, ``s = alpha + beta - gamma``.
     """
     a, k = allocation.a, allocation.n_coef
     if not 0.0 < a < 1.0 or k <= 0.0:
@@ -116,8 +92,7 @@ def _base_law(base: BaseLaw) -> ParametricLaw:
 
 
 def cpt_fit_config(base: BaseLaw, config: FitConfig = FitConfig()) -> FitConfig:
-    """``config`` with ``E``, ``A``, ``alpha`` fixed at ``base``'s values and ``gamma`` free:
-    the approach-3 fit then moves only ``B'``, ``beta'`` and ``gamma``."""
+    """``config`` with ``E``, ``A``, ``alpha`` fixed at ``base``'s values and ``gamma`` free."""
     law = _base_law(base)
     if config.approach != 3:
         raise ScalingError(f"the CPT law is fitted by approach 3, not approach {config.approach}",
@@ -128,26 +103,13 @@ def cpt_fit_config(base: BaseLaw, config: FitConfig = FitConfig()) -> FitConfig:
 
 def fit_cpt_law(observations: Observations, base: BaseLaw, config: FitConfig = FitConfig(), *,
                 name: str = "cpt") -> FitReport:
-    """Fit ``L = E + A/N**alpha + B'/(D**beta' N**gamma)`` to CPT runs, E, A, alpha from ``base``.
-
-    ``observations`` are evals of continually pre-trained runs with ``D`` = tokens of
-    continual training (not counting the source model's pre-training).  The optimiser is
-    :func:`scaling.fit.fit` (Huber on log-residuals, multi-start L-BFGS, optional bootstrap
-    over runs); the report writes a law file with :func:`scaling.fit.write_law_file` that
-    ``chinchax allocate --law`` reads.  ``gamma`` needs runs of at least two model sizes.
-    """
+    """Fit the CPT law to runs whose ``D`` counts continual tokens only; needs >= 2 model sizes."""
     return fit(observations, cpt_fit_config(base, config), name=name)
 
 
 def equal_loss_tokens(scratch: ParametricLaw, cpt: ParametricLaw, n_params: float,
                       tokens: float) -> float:
-    """Tokens of continual training after which a CPT model of ``n_params`` reaches the loss
-    a from-scratch model of the same size reaches after ``tokens``.
-
-    Both laws share ``E + A/N**alpha`` (checked), so equal loss means equal data terms:
-    ``B' / (D'**beta' N**gamma) = B / D**beta``, i.e.
-    ``D' = (B' D**beta / (B N**gamma))**(1 / beta')``.
-    """
+    """CPT tokens reaching the loss a scratch model of ``n_params`` reaches after ``tokens``."""
     _check_pair(scratch, cpt)
     if n_params <= 0 or tokens <= 0:
         raise ScalingError(f"N={n_params:g} and D={tokens:g} must be positive", hint="pass counts")
@@ -157,18 +119,12 @@ def equal_loss_tokens(scratch: ParametricLaw, cpt: ParametricLaw, n_params: floa
 
 
 def compute_saving(scratch: ParametricLaw, cpt: ParametricLaw, n_params: float, tokens: float) -> float:
-    """Fraction of the from-scratch training FLOPs that CPT of the same model saves in
-    reaching the same loss: ``1 - D'/D`` (negative when CPT needs more tokens).
-
-    The source model's own pre-training is not counted: it is sunk cost, as in the paper.
-    """
+    """``1 - D'/D``: share of from-scratch FLOPs saved (source pre-training is sunk cost)."""
     return 1.0 - equal_loss_tokens(scratch, cpt, n_params, tokens) / tokens
 
 
 def crossover_tokens(scratch: ParametricLaw, cpt: ParametricLaw, n_params: float) -> float:
-    """The token count up to which CPT's data term is below the from-scratch one, for a
-    model of ``n_params``: ``(B N**gamma / B')**(1 / (beta - beta'))``.  ``inf`` when the
-    CPT exponent is the larger (CPT then wins at every length)."""
+    """Tokens up to which CPT's data term is the smaller; ``inf`` when CPT's exponent is the larger."""
     _check_pair(scratch, cpt)
     if cpt.beta >= scratch.beta:
         return math.inf

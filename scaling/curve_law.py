@@ -1,11 +1,9 @@
-"""A loss-curve law: ``L(N, t) = E + A/N**alpha + B/S1(t)**beta - C*S2(t)`` (Tissue et al. 2024).
+"""Loss-curve law ``L(N, t) = E + A/N**alpha + B/S1(t)**beta - C*S2(t)`` (Tissue et al. 2024).
 
-``S1`` and ``S2`` are a run's forward and annealing areas of its learning-rate schedule up to
-step ``t``, in LR × tokens (:mod:`scaling.lr_schedule`), so every eval of every run is a point
-of the same law, mid-run cosine evals included: they sit above an annealed run's loss exactly
-by the annealing they have not had yet.  For a run of a given schedule, the law at its end is
-Chinchilla's ``L(N, D)`` with ``E' = E - C*S2_end`` and ``B' = B*(D/S1_end)**beta``
-(:meth:`CurveLaw.reduced`), which is what allocation and ``chinchax allocate --law`` use.
+``S1``, ``S2``: the schedule's forward and annealing areas up to step ``t`` in LR × tokens, so
+every eval of every run, mid-run cosine evals included, is a point of one law. At a run's end
+it reduces to Chinchilla's ``L(N, D)`` with ``E' = E - C*S2_end``, ``B' = B*(D/S1_end)**beta``
+(:meth:`CurveLaw.reduced`), which allocation uses.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ class CurveLaw:
         return float(self.loss(n_params, s1[-1], s2[-1]))
 
     def replicate_losses(self, n_params: float, schedule: Schedule) -> np.ndarray:
-        """The final loss under every bootstrap replicate (empty without samples)."""
         if not self.samples:
             return np.empty(0)
         s1, s2 = schedule.areas(self.lam)
@@ -103,7 +100,6 @@ class CurvePoints:
                            {r: self.schedules[r] for r in obs.runs}, self.lam)
 
     def final_mask(self) -> np.ndarray:
-        """Each run's last eval (most tokens)."""
         codes, keep = self.obs.run_codes, np.zeros(len(self), dtype=bool)
         for code in range(self.obs.n_runs):
             rows = np.flatnonzero(codes == code)
@@ -113,7 +109,6 @@ class CurvePoints:
 
 def read_curve_points(run_dirs: Sequence[str | Path], drop_early: float = 0.1,
                       lam: float = DEFAULT_LAMBDA) -> CurvePoints:
-    """The evals of ``run_dirs`` past ``drop_early`` of each run's tokens, with their areas."""
     if not 0.0 <= drop_early < 1.0:
         raise ScalingError(f"drop-early fraction must lie in [0, 1), got {drop_early}",
                            hint="use e.g. 0.1 to drop the first 10% of each run's tokens")

@@ -1,5 +1,5 @@
-"""Degenerate fits stated as findings, each with what to do: a reader acts on the top of a
-report, not on a warning that scrolled past."""
+"""Degenerate fits stated as findings with what to do: a reader acts on the top of a report, not on
+a warning that scrolled past."""
 
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ def approach2_n_opt(obs: Observations, config: FitConfig, target_flops: float) -
 
 def fit_findings(estimates: dict[str, Any], intervals: dict[str, Any], obs: Observations,
                  config: FitConfig, target_flops: float) -> list[str]:
-    """Findings of one parametric (approach 3 or curve) fit."""
     found = []
     if "E" in estimates and "E" not in config.fixed:
         span = intervals.get("E")

@@ -1,9 +1,7 @@
 """``fit``: one entry point for Chinchilla's approaches 1, 2 and 3, bootstrapped, and the law file.
 
-The pieces live apart: :mod:`scaling.fit_config` (settings), :mod:`scaling.lbfgs` (the batched
-optimiser), :mod:`scaling.fit_approach3`, :mod:`scaling.fit_approach12` and
-:mod:`scaling.fit_bootstrap`.  :func:`evaluate` scores a fit on held-out points (ARE, Choshen
-et al. 2024).  Compute follows the papers' ``C = 6 N D``, as in ``scaling/laws.py``.
+:func:`evaluate` scores a fit on held-out points (ARE, Choshen et al. 2024). Compute follows the
+papers' ``C = 6 N D``.
 """
 
 from __future__ import annotations
@@ -80,12 +78,11 @@ class FitReport:
 
 
 def default_target_flops(obs: Observations) -> float:
-    """One decade beyond the largest budget in the data: the next run one would plan."""
+    """One decade beyond the largest budget: the next run one would plan."""
     return float(10.0 * obs.compute.max())
 
 
 def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None = None) -> FitReport:
-    """Fit with ``config.approach``, bootstrap it if asked, and collect estimates and intervals."""
     target = config.target_flops or default_target_flops(obs)
     law_name = name or f"fit-approach{config.approach}"
     boot: Bootstrap | None = None
@@ -120,8 +117,7 @@ def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None 
 
 def fit_curve_report(points: CurvePoints, config: FitConfig = FitConfig(), *, name: str = "fit-curve",
                      reference: Optional[Schedule] = None) -> FitReport:
-    """The curve law fitted and bootstrapped, reported as the L(N, D) law of runs shaped like
-    ``reference`` (default: the run with the most compute), which allocation reads."""
+    """Reported as the L(N, D) of runs shaped like ``reference`` (default: most compute)."""
     detail = fit_curve(points, config)
     if config.bootstrap:
         detail = bootstrap_curve(points, detail, config)
@@ -132,7 +128,6 @@ def fit_curve_report(points: CurvePoints, config: FitConfig = FitConfig(), *, na
 
 def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, reference: Schedule, *,
                  name: str = "fit-curve") -> FitReport:
-    """A fitted curve law as a :class:`FitReport` of its L(N, D) reduction at ``reference``."""
     target = config.target_flops or default_target_flops(obs)
     law = detail.law.reduced(reference, name=name, source=f"chinchax fit, curve law (Tissue et al. "
                              f"2024) on {len(obs)} evals from {obs.n_runs} runs")
@@ -160,7 +155,6 @@ def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, referen
 
 def write_law_file(report: FitReport, path: str | Path,
                    settings: Mapping[str, Any] | None = None) -> Path:
-    """Write the law file (JSON) that ``chinchax allocate --law PATH`` reads."""
     import json
 
     path = Path(path)
@@ -180,7 +174,6 @@ def _json_default(value: Any) -> Any:
 # ============================================================================ ARE evaluation
 @dataclass(frozen=True)
 class Evaluation:
-    """Average relative error of a fit on held-out points (Choshen et al. 2024)."""
 
     target_run: str
     are: float
@@ -192,8 +185,8 @@ class Evaluation:
 
 def evaluate(obs: Observations, config: FitConfig = FitConfig(), *, target_run: str | None = None,
              holdout_fraction: float = 0.3) -> Evaluation:
-    """Fit approach 3 without the last ``holdout_fraction`` of the target run (default: the
-    largest) and score it there: ``ARE = mean |L - L_hat| / L``."""
+    """Fit approach 3 without the last ``holdout_fraction`` of the target run (default: the largest)
+    and score ``ARE = mean |L - L_hat| / L`` there."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ScalingError(f"holdout fraction must lie in (0, 1), got {holdout_fraction}",
                        hint="the Hitchhiker's default holds out the last 0.3 of the target run")

@@ -1,8 +1,4 @@
-"""Approaches 1 and 2: ``N_opt(C)`` power laws from isoFLOP minima or the loss envelope.
-
-Approach 2 fits a parabola in ``ln N`` to each budget's final losses; approach 1 takes the
-minimum-loss envelope of the runs' loss-vs-compute curves (``C = 6 N D``).
-"""
+"""Approaches 1 and 2: ``N_opt(C)`` power laws from the loss envelope or isoFLOP minima (``C = 6 N D``)."""
 
 from __future__ import annotations
 
@@ -52,8 +48,8 @@ class PowerLawFit:
 
 
 def group_budgets(flops: np.ndarray, tolerance: float) -> np.ndarray:
-    """Budget label per point; each group is anchored at its smallest member, so points that
-    are not isoFLOP sweeps cannot chain into one wide budget."""
+    """Each group is anchored at its smallest member, so non-isoFLOP points cannot chain into one
+    wide budget."""
     log_c = np.log10(flops)
     order = np.argsort(log_c)
     labels = np.empty(flops.size, dtype=np.int64)
@@ -68,11 +64,7 @@ def group_budgets(flops: np.ndarray, tolerance: float) -> np.ndarray:
 def fit_isoflop(obs: Observations, config: FitConfig = FitConfig(), *,
                 weights: np.ndarray | None = None, name: str = "fit-approach2",
                 emit_warnings: bool = True) -> PowerLawFit:
-    """Approach 2: a parabola in ``ln N`` per budget through the runs' final losses.
-
-    ``weights`` (per point of ``obs``) let the bootstrap reweight runs; only each run's final
-    point is used, as an isoFLOP run is compared at the end of its schedule.
-    """
+    """Approach 2: a parabola in ``ln N`` per budget through each run's final loss (end of schedule)."""
     final = obs.final_points()
     w = np.ones(len(obs)) if weights is None else np.asarray(weights, float)
     w = _final_weights(obs, w)
@@ -124,7 +116,6 @@ def fit_isoflop(obs: Observations, config: FitConfig = FitConfig(), *,
 
 
 def _final_weights(obs: Observations, weights: np.ndarray) -> np.ndarray:
-    """The weight of each run's final point, in ``final_points`` order (one weight per run)."""
     by_run = dict(zip(obs.run_id, weights))
     return np.array([by_run[run] for run in obs.final_points().run_id], dtype=np.float64)
 
@@ -136,10 +127,8 @@ def _power_law(flops: np.ndarray, n_opt: np.ndarray, name: str, source: str) -> 
 
 def fit_envelope(obs: Observations, config: FitConfig = FitConfig(), *,
                  name: str = "fit-approach1", emit_warnings: bool = True) -> PowerLawFit:
-    """Approach 1: the minimum-loss envelope of the curves in ``ln C``, then power laws.
-    
-    Envelope points held by the smallest or largest model are censored (the optimum may lie
-    beyond the sizes trained) when enough others remain."""
+    """Approach 1: the minimum-loss envelope in ``ln C``; points held by the smallest or largest
+    model are censored (the optimum may lie beyond the sizes trained) when enough others remain."""
     curves = []
     notes: list[str] = []
     for run in obs.runs:
@@ -186,8 +175,7 @@ def fit_envelope(obs: Observations, config: FitConfig = FitConfig(), *,
 
 
 def _smoothed(log_c: np.ndarray, loss: np.ndarray, degree: int) -> np.ndarray:
-    """A run's loss curve through a least-squares polynomial in ``ln C`` (Chinchilla smooths
-    curves before taking the envelope, so eval noise does not decide which run is lowest)."""
+    """Chinchilla smooths curves before the envelope, so eval noise does not pick the lowest run."""
     if degree <= 0 or np.unique(log_c).size < degree + 3:
         return loss
     return np.polyval(np.polyfit(log_c, loss, degree), log_c)

@@ -1,9 +1,7 @@
 """Approach 3: ``L(N, D) = E + A/N**alpha + B/(D**beta N**gamma)`` by multi-start L-BFGS.
 
-The Huber loss of log-space residuals is minimised from every start of a grid at once, screened
-in float32 (NumPy vectorises float32 exponentials on AVX2) and the best distinct end points
-polished in float64.  ``gamma`` is 0 (Chinchilla) unless freed; fixing E, A, alpha from a base
-fit gives the continual pre-training law of Zheng et al. (2024).
+Huber loss of log residuals from every start at once, screened in float32 (NumPy vectorises
+float32 exponentials on AVX2), the best distinct end points polished in float64.
 """
 
 from __future__ import annotations
@@ -21,11 +19,11 @@ from scaling.lbfgs import BatchResult, lbfgs_batched
 from scaling.observations import Observations, require_runs
 
 class HuberLogObjective:
-    """Value and gradient of the weighted mean Huber loss of log-space residuals.
-    
-    Divided by ``delta`` and the total weight, ``f`` reads as a mean absolute log-residual, so
-    tolerances mean the same for any data size; ``weight_rows[problem]`` picks a bootstrap
-    resample's point weights."""
+    """Weighted mean Huber loss of log residuals, divided by ``delta`` and total weight.
+
+    ``f`` then reads as a mean absolute log-residual, so tolerances hold for any data size;
+    ``weight_rows[problem]`` picks a bootstrap resample's weights.
+    """
 
     def __init__(self, obs: Observations, delta: float, fixed: Mapping[str, float],
                  weights: np.ndarray | None = None, weight_rows: np.ndarray | None = None,
@@ -47,7 +45,6 @@ class HuberLogObjective:
         self.basis_b = np.stack([np.ones_like(self.log_n), -self.log_d, -self.log_n], axis=1)
 
     def theta(self, x: np.ndarray) -> np.ndarray:
-        """Full ``(k, 6)`` optimiser-scale coefficients from the free coordinates ``x``."""
         theta = np.broadcast_to(self.theta_fixed, (x.shape[0], 6)).copy()
         theta[:, self.free] = x
         return theta
@@ -107,10 +104,7 @@ def _to_theta(name: str, value: float) -> float:
 
 
 def theta_to_coefficients(theta: np.ndarray, fixed: Mapping[str, float] | None = None) -> np.ndarray:
-    """Optimiser scale ``(e, a, b, alpha, beta, gamma)`` to ``(E, A, B, alpha, beta, gamma)``.
-
-    ``fixed`` coefficients are written back exactly (a log/exp round trip would perturb them).
-    """
+    """``fixed`` coefficients are written back exactly (a log/exp round trip would perturb them)."""
     out = np.array(theta, dtype=np.float64, copy=True)
     out[..., :3] = np.exp(out[..., :3])
     for name, value in (fixed or {}).items():
@@ -154,8 +148,7 @@ def _check_parametric_data(obs: Observations, config: FitConfig) -> None:
 
 def fit_parametric(obs: Observations, config: FitConfig = FitConfig(), *, name: str = "fit-approach3",
                    emit_warnings: bool = True) -> ParametricFit:
-    """Approach 3: every start of the grid screened at once, the best distinct end points
-    polished in float64; warns on a grid-edge optimum, < 5 runs, or no compute optimum."""
+    """Warns on a grid-edge optimum, < 5 runs, or no compute optimum."""
     _check_parametric_data(obs, config)
     fixed = config.fixed_values
     free = config.free_parameters
@@ -187,8 +180,7 @@ def fit_parametric(obs: Observations, config: FitConfig = FitConfig(), *, name: 
 
 def polish(objective: Any, search: BatchResult, config: FitConfig
            ) -> tuple[np.ndarray, BatchResult, int, np.ndarray]:
-    """Refine the best distinct end points of a screening search in float64: the polished
-    points (optimiser scale), their result, the best one's index, and bootstrap restarts."""
+    """Returns polished points (optimiser scale), their result, the best index, bootstrap restarts."""
     candidates = _distinct(objective.theta(search.x), search.f, limit=config.polish_starts)
     result = lbfgs_batched(objective, search.x[candidates], max_iter=config.max_iter,
                            memory=config.memory, gtol=config.gtol, ftol=config.ftol)
@@ -199,7 +191,6 @@ def polish(objective: Any, search: BatchResult, config: FitConfig
 
 
 def _search(obs: Observations, config: FitConfig, starts: np.ndarray) -> BatchResult:
-    """L-BFGS from every start at ``config.search_dtype`` (float32 exponentials vectorise)."""
     dtype = np.dtype(config.search_dtype)
     objective = HuberLogObjective(obs, config.huber_delta, config.fixed_values, dtype=dtype)
     resolution = float(np.finfo(dtype).eps)
@@ -218,8 +209,8 @@ def fit_continual(obs: Observations, base: ParametricLaw, config: FitConfig = Fi
 
 def _restarts(polished: np.ndarray, polished_f: np.ndarray, screened: np.ndarray,
               screened_f: np.ndarray, limit: int) -> np.ndarray:
-    """Distinct polished optima, then spread-out screened end points: a resample whose
-    optimum moved is still approached from several sides."""
+    """Distinct polished optima, then spread-out screened points: a resample whose optimum moved is
+    still approached from several sides."""
     chosen = [polished[i] for i in _distinct(polished, polished_f, limit)]
     for i in _distinct(screened, screened_f, 4 * limit, tol=1e-2):
         if len(chosen) == limit:

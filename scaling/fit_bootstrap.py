@@ -1,8 +1,7 @@
-"""The bootstrap over runs: resample whole runs (a run's points share a seed and a schedule)
-and refit, for percentile intervals of every coefficient and of the target's allocation.
+"""Bootstrap over whole runs (a run's points share a seed and a schedule) for percentile intervals.
 
-Approach 3's refits are one L-BFGS batch: every (resample, restart) pair is a problem with
-its own point weights (how often its run was drawn).
+Approach 3's refits are one L-BFGS batch: each (resample, restart) pair is a problem whose point
+weights count how often its run was drawn.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from scaling.observations import Observations
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate and its bootstrap percentile interval."""
 
     estimate: float
     low: float
@@ -66,12 +64,10 @@ def resample_runs(n_runs: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def point_weights(obs: Observations, counts: np.ndarray) -> np.ndarray:
-    """Per-point weights of run resamples: each point weighs as often as its run was drawn."""
     return np.asarray(counts)[:, obs.run_codes].astype(np.float64)
 
 
 def parametric_quantities(law: ParametricLaw, target_flops: float) -> dict[str, float]:
-    """Coefficients, exponents and the allocation at ``target_flops`` of one parametric law."""
     out = {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
            "gamma": law.gamma}
     if law.beta > law.gamma and law.alpha > 0:
@@ -84,7 +80,6 @@ def parametric_quantities(law: ParametricLaw, target_flops: float) -> dict[str, 
 
 
 def power_quantities(law: PowerLawAllocation, target_flops: float) -> dict[str, float]:
-    """Exponents, coefficients and the allocation at ``target_flops`` of one power law."""
     alloc = law.allocate(target_flops)
     return {"a": law.a, "b": law.b, "n_coef": law.n_coef, "d_coef": law.d_coef,
             "n_opt": alloc.n_params, "tokens_opt": alloc.tokens}
@@ -92,8 +87,8 @@ def power_quantities(law: PowerLawAllocation, target_flops: float) -> dict[str, 
 
 def bootstrap_parametric(obs: Observations, fit: ParametricFit, config: FitConfig,
                          target_flops: float, max_batch: int = 20_000) -> Bootstrap:
-    """Refit approach 3 on run resamples in one L-BFGS batch, each from the full fit's
-    ``bootstrap_starts`` restarts (0: the whole grid), in blocks of about ``max_batch``."""
+    """Each resample starts from the full fit's ``bootstrap_starts`` restarts (0: the whole grid),
+    in blocks of about ``max_batch``."""
     fixed = config.fixed_values
     weights = point_weights(obs, resample_runs(obs.n_runs, config.bootstrap, config.seed))
     free_cols = [PARAMETER_NAMES.index(n) for n in fit.free]
@@ -129,7 +124,7 @@ def bootstrap_parametric(obs: Observations, fit: ParametricFit, config: FitConfi
 
 
 def bootstrap_power(obs: Observations, config: FitConfig, target_flops: float) -> Bootstrap:
-    """Refit approach 1 or 2 on run resamples (each refit is cheap, so a plain loop)."""
+    """Refit approach 1 or 2 per resample (each refit is cheap, so a plain loop)."""
     weights = point_weights(obs, resample_runs(obs.n_runs, config.bootstrap, config.seed))
     names: tuple[str, ...] = ("a", "b", "n_coef", "d_coef", "n_opt", "tokens_opt")
     samples = np.full((config.bootstrap, len(names)), np.nan)

@@ -30,11 +30,7 @@ class FitWarning(UserWarning):
 # ===================================================================================== config
 @dataclass(frozen=True)
 class StartGrid:
-    """Start values of the multi-start search, per coordinate (E, A, B as e, a, b = their logs).
-
-    The defaults are Chinchilla's appendix D.2 grid: 5 x 6 x 6 x 5 x 5 = 4,500 starts for the
-    five coefficients; ``gamma`` values are used only when gamma is free.
-    """
+    """Start values per coordinate (E, A, B as their logs); defaults: Chinchilla D.2's 4,500 starts."""
 
     e: List[float] = field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0])
     a: List[float] = field(default_factory=lambda: [0.0, 5.0, 10.0, 15.0, 20.0, 25.0])
@@ -51,11 +47,9 @@ class StartGrid:
                                hint="give every axis at least one start value")
 
     def axis(self, name: str) -> np.ndarray:
-        """Start values of coefficient ``name`` on the optimiser's scale (log for E, A, B)."""
         return np.asarray(getattr(self, GRID_AXIS[name]), dtype=np.float64)
 
     def points(self, free: Sequence[str]) -> np.ndarray:
-        """Cartesian product of the free coordinates' axes, shape ``(starts, len(free))``."""
         return np.array(list(itertools.product(*(self.axis(n) for n in free))), dtype=np.float64)
 
 
@@ -67,11 +61,8 @@ def coarse_grid() -> StartGrid:
 
 @dataclass(frozen=True)
 class FitConfig:
-    """How to fit: the approach, the approach-3 objective and optimiser, and the bootstrap.
-
-    ``fixed`` holds coefficients in natural units (``{"E": 1.55}``); gamma is 0 unless
-    ``free_gamma``.  ``bootstrap_starts`` optima of the full fit seed each resample (0: the
-    whole grid, faithful but slow).  ``target_flops`` defaults to 10× the largest budget.
+    """``fixed`` is in natural units (``{"E": 1.55}``); ``bootstrap_starts`` best optima of the full fit
+    seed each resample (0: the whole grid, slow); ``target_flops`` defaults to 10× the largest budget.
     """
 
     approach: int = 3
@@ -138,7 +129,6 @@ class FitConfig:
 
     @property
     def free_parameters(self) -> tuple[str, ...]:
-        """Coefficients the optimiser moves, in ``PARAMETER_NAMES`` order."""
         return tuple(n for n in PARAMETER_NAMES if n not in self.fixed_values)
 
     @property
@@ -151,7 +141,6 @@ class FitConfig:
 
 
 def config_dict(config: FitConfig) -> dict[str, Any]:
-    """A JSON-ready copy of the settings (the ``settings`` section of a law file)."""
     return asdict(config)
 
 

@@ -1,9 +1,7 @@
 """Fitting the loss-curve law (:mod:`scaling.curve_law`) with the approach-3 machinery.
 
-The Huber loss of log residuals, every start of the grid screened at once in float32 and the
-best distinct end points polished in float64 (:mod:`scaling.lbfgs`), and the bootstrap over
-runs as one batch of weighted problems.  ``C`` is optimised as ``c = log(C * S2_max)`` so its
-start values read as the annealing bonus of the most-annealed point, in loss units.
+``C`` is optimised as ``c = log(C * S2_max)`` so its start values read as the annealing bonus of
+the most-annealed point, in loss units.
 """
 
 from __future__ import annotations
@@ -54,7 +52,6 @@ class CurveObjective:
         return theta
 
     def coefficients(self, theta: np.ndarray) -> np.ndarray:
-        """Optimiser scale to ``(E, A, B, alpha, beta, C)`` in natural units."""
         out = np.array(theta, dtype=np.float64, copy=True)
         out[..., [0, 1, 2, 5]] = np.exp(out[..., [0, 1, 2, 5]])
         out[..., 5] /= self.s2_scale
@@ -102,7 +99,7 @@ def curve_starts(config: FitConfig, free: tuple[str, ...]) -> np.ndarray:
 
 
 def fit_curve(points: CurvePoints, config: FitConfig = FitConfig()) -> CurveFit:
-    """Multi-start L-BFGS on every eval of every run; ``config.fixed`` may pin ``E`` (or others)."""
+    """``config.fixed`` may pin ``E`` (or others)."""
     fixed = {k: float(v) for k, v in config.fixed.items() if k in CURVE_NAMES}
     free = tuple(n for n in CURVE_NAMES if n not in fixed)
     if points.obs.n_runs < 3 or len(points) <= len(free):
@@ -125,8 +122,7 @@ def fit_curve(points: CurvePoints, config: FitConfig = FitConfig()) -> CurveFit:
 
 
 def bootstrap_curve(points: CurvePoints, fit: CurveFit, config: FitConfig) -> CurveFit:
-    """``fit`` with ``config.bootstrap`` replicates refitted on run resamples, in one batch;
-    a replicate that does not converge to a finite objective is counted in ``n_failed``."""
+    """A replicate that does not converge to a finite objective counts in ``n_failed``."""
     fixed = {k: float(v) for k, v in config.fixed.items() if k in CURVE_NAMES}
     free_cols = [i for i, n in enumerate(CURVE_NAMES) if n not in fixed]
     starts = fit.restarts[: max(config.bootstrap_starts, 1)][:, free_cols]

@@ -1,8 +1,7 @@
 """What a law was fitted on: tokenizer, sequence length, data, compute counter, model family, init.
 
-A loss is only comparable with a law of the same identity (a byte-level loss is not a
-SentencePiece loss), so every law file records it and a fit refuses runs that differ.  Fields
-a run does not record (old runs) read ``unknown`` and match anything.
+A byte-level loss is not a SentencePiece loss, so law files record it and a fit refuses runs
+that differ. Fields old runs do not record read ``unknown`` and match anything.
 """
 
 from __future__ import annotations
@@ -69,7 +68,6 @@ def _init(config: Mapping[str, Any]) -> str:
 
 
 def run_identity(run_dir: str | Path) -> dict[str, str]:
-    """The identity of one run directory, from its ``config.yaml`` and ``summary.json``."""
     config, summary = read_config(run_dir), read_summary(run_dir)
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     model = summary.get("model") or config.get("model") or {}
@@ -107,7 +105,6 @@ def common_identity(identities: Mapping[str, Mapping[str, str]], allow_mixed: bo
 
 
 def nested(identity: Mapping[str, str]) -> dict[str, Any]:
-    """``{"tokenizer": {"kind": ...}, "seq_len": ...}``: the law file's ``identity`` section."""
     out: dict[str, Any] = {}
     for key, value in identity.items():
         head, _, tail = key.partition(".")
@@ -134,7 +131,6 @@ def run_dirs_of(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def input_identities(inputs: Sequence[str | Path]) -> dict[str, dict[str, str]]:
-    """The identity of every run behind ``inputs`` (a CSV counts as one run of unknowns)."""
     out: dict[str, dict[str, str]] = {}
     for item in map(Path, inputs):
         if _is_csv(item):

@@ -1,26 +1,12 @@
-"""Sizing a model for its whole life: training compute plus the compute of serving it.
+"""Sizing a model for training plus serving compute (Sardana et al. 2024, "Beyond Chinchilla-Optimal").
 
-Chinchilla's allocation minimises *training* compute for a loss.  A model that will answer
-``T`` tokens of requests also costs about ``2 N`` FLOPs per served token (one forward pass), so
-over its life it costs ``6 N D + 2 N T``.  Once ``T`` is large, a smaller model trained on
-more tokens reaches the same loss for less total compute (Sardana et al. 2024, "Beyond
-Chinchilla-Optimal").  For a parametric law ``L(N, D)`` this module reports three options:
+Serving costs ~``2 N`` FLOPs a token, so ``T`` served tokens make ``6 N D + 2 N T``. Options:
+``chinchilla`` (``law.allocate``), ``same_loss`` (least total at Chinchilla's loss), ``same_cost``
+(least loss at Chinchilla's total), both ``brentq`` on analytic derivatives in ``log N`` between
+sign-changing brackets: exact, no start guess, Chinchilla's optimum at ``T = 0``.
+Both give ``N`` at most Chinchilla's: a larger model costs more to train and to serve.
 
-* ``chinchilla`` — the compute-optimal ``(N, D)`` of the training budget ``C`` (``law.allocate``),
-  with the inference it will cost;
-* ``same_loss`` — the cheapest ``(N, D)`` in total compute that reaches Chinchilla's loss: a 1-D
-  search along the iso-loss curve ``D(N)``, solved as the root of ``d total / d log N``;
-* ``same_cost`` — the lowest-loss ``(N, D)`` whose total ``6 N D + 2 N T`` equals Chinchilla's
-  total: a 1-D search along ``D(N) = (K - 2 N T) / 6 N``, again the root of a derivative.
-
-Both searches use :func:`scipy.optimize.brentq` on analytic derivatives in ``log N``, between
-brackets where the derivative is known to change sign, so they are exact to the root tolerance
-and need no starting guess.  Both options have ``N`` at most Chinchilla's: a larger model costs
-more to train to a given loss *and* more to serve.  With ``T = 0`` both equal the Chinchilla
-optimum (the searches find it rather than assume it; the tests check this).
-
-Worked example (``epoch-2024`` law, PaLM's training compute ``C = 6 · 540e9 · 780e9 =
-2.53e24`` FLOPs, ``T = 1e13`` tokens served):
+Worked example (``epoch-2024``, PaLM's ``C = 2.53e24``, ``T = 1e13``; the tests recompute it):
 
 ==============================  ======  ======  =====  =======  =========  =======
 sizing                          N       D       loss   train    inference  total
@@ -32,14 +18,6 @@ Chinchilla at ``C``             154B    2.73T   1.938  2.53e24  3.08e24    5.61e
 ``same_cost``                   99.9B   6.03T   1.933  3.61e24  2.00e24    5.61e24
 cheapest at PaLM's loss         61.4B   4.81T   1.950  1.77e24  1.23e24    3.00e24
 ==============================  ======  ======  =====  =======  =========  =======
-
-A model a quarter of PaLM's size on four times the tokens reaches a better loss for 40% of
-PaLM's life-time compute; the inference-aware ``same_loss`` option saves a further 17% on
-Chinchilla's sizing, and PaLM's loss itself is reached for 23% of PaLM's total
-(``tests/test_inference.py`` recomputes these numbers).
-
-Compute here follows the papers' ``C = 6 N D`` (training) and ``2 N`` per served token; the
-allocator then picks a concrete shape for the chosen ``N`` and counts its FLOPs exactly.
 """
 
 from __future__ import annotations
@@ -80,12 +58,7 @@ _EXPAND_LIMIT = 60
 
 @dataclass(frozen=True)
 class InferenceOption:
-    """One ``(N, D)`` with its loss and its life-time compute.
-
-    ``saving`` is ``1 - total_flops / chinchilla_total_flops`` (positive: cheaper than
-    Chinchilla's allocation over the model's life) and ``loss_change`` is ``loss -
-    chinchilla_loss`` (negative: better).
-    """
+    """``saving`` = ``1 - total / chinchilla_total`` (positive: cheaper); ``loss_change`` < 0: better."""
 
     name: str
     n_params: float
@@ -114,7 +87,7 @@ class InferenceTradeoff:
     same_cost: InferenceOption
 
     def chosen(self, objective: str) -> InferenceOption:
-        """The option an objective picks: ``train`` → ``chinchilla``, ``total`` → ``same_loss``."""
+        """``train`` → ``chinchilla``, ``total`` → ``same_loss``."""
         check_objective(objective)
         return self.chinchilla if objective == "train" else self.same_loss
 
@@ -131,7 +104,6 @@ class InferenceTradeoff:
 
 # ================================================================================= validation
 def check_inference_tokens(tokens: Any) -> float:
-    """``T`` as a float, or an ScalingError for a negative, infinite or non-number ``T``."""
     if isinstance(tokens, bool) or not isinstance(tokens, (int, float)) or not math.isfinite(tokens) \
             or tokens < 0:
         raise ScalingError(
@@ -210,14 +182,8 @@ def _iso_loss_tokens(law: ParametricLaw, n: float, loss: float) -> float:
 
 
 def cheapest_for_loss(law: Law, loss: float, inference_tokens: float = 0.0) -> tuple[float, float]:
-    """``(N, D)`` reaching ``loss`` at the least ``6 N D + 2 N T``.
-
-    Along the iso-loss curve ``D(N) = (B / ((loss - E - A N**-alpha) N**gamma))**(1/beta)``,
-    which exists for ``N > N_min = (A / (loss - E))**(1/alpha)``, the total cost's slope in
-    ``log N`` divided by ``N`` is ``6 D (1 + dlog D/dlog N) + 2 T``.  It tends to ``-inf`` at
-    ``N_min`` (``D`` explodes) and to ``6 D (1 - gamma/beta) + 2T > 0`` for large ``N``, so
-    it has a root; for ``T = 0`` the root is Chinchilla's optimum for that loss.
-    """
+    """``(N, D)`` reaching ``loss`` at the least ``6 N D + 2 N T``; the slope in ``log N`` along the
+    iso-loss curve runs from ``-inf`` to ``6 D (1 - gamma/beta) + 2T > 0``, so a root exists."""
     law = _parametric(law)
     loss = _check_loss(law, loss)
     t = check_inference_tokens(inference_tokens)
@@ -239,13 +205,7 @@ def cheapest_for_loss(law: Law, loss: float, inference_tokens: float = 0.0) -> t
 
 def best_loss_for_total_cost(law: Law, total_flops: float,
                              inference_tokens: float = 0.0) -> tuple[float, float]:
-    """``(N, D)`` of least ``L(N, D)`` with ``6 N D + 2 N T = total_flops``.
-
-    On the constraint ``D = K / 6N - T/3`` (positive for ``N < K / 2T``), ``dlog D/dlog N =
-    -(D + T/3) / D``, so ``dL/dlog N = -alpha A N**-alpha - gamma X + beta X (D + T/3) / D``
-    with ``X = B / (D**beta N**gamma)``: negative for small ``N`` (the ``A`` term dominates) and
-    ``+inf`` as ``D → 0``.  For ``T = 0`` the root is ``law.allocate(total_flops)``.
-    """
+    """``(N, D)`` of least loss at ``6 N D + 2 N T = total_flops``; ``dL/dlog N`` goes from < 0 to +inf."""
     law = _parametric(law)
     k = _check_flops(total_flops, "total compute")
     t = check_inference_tokens(inference_tokens)
@@ -286,7 +246,6 @@ def _option(name: str, law: ParametricLaw, n: float, d: float, t: float,
 
 
 def inference_tradeoff(law: Law, flops: float, inference_tokens: float) -> InferenceTradeoff:
-    """Chinchilla's allocation of ``flops`` beside the two inference-aware ones (module doc)."""
     law = _parametric(law)
     c = _check_flops(flops, "training compute budget")
     t = check_inference_tokens(inference_tokens)
@@ -304,7 +263,6 @@ def inference_tradeoff(law: Law, flops: float, inference_tokens: float) -> Infer
 
 
 def describe(tradeoff: InferenceTradeoff) -> str:
-    """A one-paragraph summary, e.g. for logs: what the inference-aware choice buys."""
     best = tradeoff.same_loss
     chin = tradeoff.chinchilla
     return (f"serving {tradeoff.inference_tokens:.3g} tokens: Chinchilla's {chin.n_params:.3g} "

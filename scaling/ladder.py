@@ -1,11 +1,7 @@
 """Scaling ladders: plan an isoFLOP sweep, fit it, predict the big run before it starts, check.
 
-A ladder is a handful of small budgets, several model sizes per budget around a law's optimum,
-and one *target* budget well beyond the largest rung.  The parts that need no devices live in
-:mod:`scaling.ladder_config`, :mod:`scaling.ladder_design`, :mod:`scaling.ladder_walltime`,
-:mod:`scaling.ladder_analysis` and :mod:`scaling.ladder_verify`; this module predicts the
-target and re-exports the rest.  Running rungs is the launcher's business
-(``launch/ladder_runner.py``): the run directory is the contract between them.
+This module predicts the target and re-exports the ``ladder_*`` modules. Running rungs is
+``launch/ladder_runner.py``'s business; the run directory is the contract between them.
 """
 
 from __future__ import annotations
@@ -55,8 +51,7 @@ def _interval_dict(report: FitReport, key: str) -> Optional[dict[str, float]]:
 def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str = "cosine",
                    decay_fraction: float = 0.2, wsd_decay_shape: str = "linear",
                    interval: Optional[Mapping[str, float]] = None) -> dict[str, Any]:
-    """The target's optimum, shape and final loss with an interval, stamped ``written_at``:
-    approach 3's ``L(N, D)`` at the planned run, as the target trainer's own prediction."""
+    """Approach 3's ``L(N, D)`` at the planned target run, with an interval, stamped ``written_at``."""
     target = analysis.target
     prediction = predict_run(analysis.law, target.n_params,
                              eval_tokens(target.steps, eval_every, target.batch_tokens),
@@ -100,7 +95,6 @@ def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str =
 
 
 def load_prediction(path: str | Path) -> dict[str, Any]:
-    """Read ``prediction.json`` back (checking it is one)."""
     try:
         data = json.loads(Path(path).read_text())
         RunPrediction.from_dict(data["prediction"])

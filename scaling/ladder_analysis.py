@@ -1,9 +1,8 @@
 """Fitting a ladder's finished rungs and sizing the target with the fitted law.
 
-Approaches 2 and 3 run on every eval after the first ``drop_early`` of each run (the
-Hitchhiker's-guide practice), bootstrapped over runs.  A mid-run eval of a cosine schedule sits
-above the loss of a run annealed there, which biases a parametric fit towards slower data
-scaling; :func:`fit_choice_sensitivity` shows how far.
+Fits use every eval after the first ``drop_early`` of each run, bootstrapped over runs. A
+mid-run eval of a cosine schedule sits above an annealed run's loss, biasing a parametric fit
+towards slower data scaling; :func:`fit_choice_sensitivity` shows how far.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ from scaling.observations import Observations, load_observations
 
 @dataclass(frozen=True)
 class LadderAnalysis:
-    """The fits of a ladder's rungs (approach → report, law file, or reason skipped) and the
-    target sized by ``sizing_approach`` (approach 3 when the configured one cannot size it)."""
+    """Falls back to approach 3 for sizing when the configured approach cannot size."""
 
     observations: Observations
     reports: Dict[int, FitReport]
@@ -46,7 +44,7 @@ class LadderAnalysis:
 
     @property
     def loss_approach(self) -> int | str:
-        """The fit that predicts the loss: the curve law when fitted, else approach 3."""
+        """The curve law when fitted, else approach 3."""
         return "curve" if "curve" in self.reports else 3
 
     @property
@@ -66,7 +64,7 @@ def law_file_name(approach: int | str) -> str:
 
 
 def rung_observations(run_dirs: Sequence[str | Path], drop_early: float) -> Observations:
-    """The rungs' evals past the first ``drop_early`` of each run's tokens; 1.0: final evals only."""
+    """``drop_early=1.0``: final evals only."""
     if drop_early >= 1.0:
         return load_observations([str(p) for p in run_dirs], drop_early=0.0).final_points()
     return load_observations([str(p) for p in run_dirs], drop_early=float(drop_early))
@@ -74,8 +72,7 @@ def rung_observations(run_dirs: Sequence[str | Path], drop_early: float) -> Obse
 
 def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: float,
               name: str = "ladder") -> tuple[Observations, Dict[int, FitReport], Dict[int, str]]:
-    """Fit every configured approach; only approach 3 must succeed (the others cross-check the
-    allocation, and a failure comes back as approach → reason)."""
+    """Only approach 3 must succeed; others cross-check, and a failure comes back as its reason."""
     if len(run_dirs) < MIN_SIZES_PER_BUDGET:
         raise ScalingError(f"only {len(run_dirs)} finished rung(s) to fit",
                           hint="run the ladder's rungs first (chinchax ladder CONFIG)")
@@ -97,8 +94,6 @@ def fit_rungs(run_dirs: Sequence[str | Path], cfg: LadderConfig, target_flops: f
 
 
 def allocation_agreement(reports: Mapping[int, FitReport]) -> Optional[dict[str, Any]]:
-    """Approaches 2 and 3's ``N_opt`` at the target and whether they differ by more than
-    :data:`DISAGREEMENT_FACTOR` (``None`` without both fits)."""
     if 2 not in reports or 3 not in reports:
         return None
     n2, n3 = float(reports[2].estimates["n_opt"]), float(reports[3].estimates["n_opt"])
@@ -108,8 +103,7 @@ def allocation_agreement(reports: Mapping[int, FitReport]) -> Optional[dict[str,
 
 
 def extrapolation(analysis: LadderAnalysis) -> dict[str, float]:
-    """How far the target lies beyond the rungs: its ``N`` and ``D`` over the largest of the
-    rungs' (final points), and its compute over the largest rung's (``6 N D``)."""
+    """Target ``N``, ``D`` and ``6 N D`` over the largest rung's."""
     final = analysis.observations.final_points()
     target = analysis.target
     return {"n_ratio": target.n_params / float(final.n_params.max()),
@@ -119,8 +113,7 @@ def extrapolation(analysis: LadderAnalysis) -> dict[str, float]:
 
 def fit_choice_sensitivity(run_dirs: Sequence[str | Path], cfg: LadderConfig, target: RunPlan,
                            target_flops: float) -> tuple[dict[str, Any], ...]:
-    """Approach 3 refitted for each ``drop_early`` in ``cfg.sensitivity``, and its loss at the
-    target: which evals are fitted moves a prediction in a way the bootstrap cannot show."""
+    """Which evals are fitted moves a prediction in a way the bootstrap cannot show."""
     rows = []
     for fraction in cfg.sensitivity:
         try:
@@ -145,12 +138,7 @@ def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: Bu
                    base_model: Optional[ModelConfig] = None, name: str = "ladder",
                    settings: Optional[Mapping[str, Any]] = None,
                    optim: Optional[Mapping[str, Any]] = None) -> LadderAnalysis:
-    """Fit the finished rungs, write the law files into ``ladder_dir``, size the target, and
-    backtest the loss law on the largest budget.
-
-    ``optim`` is the experiment's optimiser section: the curve law needs the target's schedule.
-    ``settings`` is recorded in the law files.
-    """
+    """``optim``: the experiment's optimiser section (the curve law needs the target's schedule)."""
     out, cfg = Path(ladder_dir), plan.config
     obs, reports, skipped = fit_rungs(run_dirs, cfg, plan.target_flops, name=name)
     context = {"ladder": name, "rungs": [Path(p).name for p in run_dirs],
@@ -187,8 +175,8 @@ def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: Bu
 def _size_target(plan: LadderPlan, budget_template: BudgetConfig, law_files: Mapping[Any, str],
                  sizing: int | str, data_parallel: int, base_model: Optional[ModelConfig]
                  ) -> tuple[RunPlan, int | str, str]:
-    """Plan the target under the sizing law; the loss law stands behind it (an isoFLOP power
-    law extrapolated from minima at the sweep's edge can ask for an absurd size)."""
+    """The loss law stands behind the sizing law: an isoFLOP power law extrapolated from minima at the
+    sweep's edge can ask for an absurd size."""
     fallback = "curve" if "curve" in law_files else 3
     failures: list[str] = []
     for approach in dict.fromkeys((sizing, fallback)):

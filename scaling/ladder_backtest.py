@@ -1,5 +1,4 @@
-"""The ladder's checks before its target: the curve law's points and schedules, the backtest
-on the largest budget, and the findings that say when a fit is not to be trusted."""
+"""The ladder's checks before its target: curve points, the backtest, and findings."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from scaling.observations import Observations
 
 
 def plan_schedule(plan: RunPlan, optim: Optional[Mapping[str, Any]]) -> Schedule:
-    """The schedule a planned run trains with, under the experiment's ``optim`` section."""
     section = {**dict(optim or {}), "learning_rate": plan.learning_rate}
     return Schedule.from_config({"optim": section, "train": {"steps": plan.steps,
                                                              "global_batch": plan.global_batch,
@@ -25,7 +23,6 @@ def plan_schedule(plan: RunPlan, optim: Optional[Mapping[str, Any]]) -> Schedule
 
 
 def ladder_curve_points(run_dirs: Sequence[str | Path], cfg: Any) -> CurvePoints:
-    """Every rung's evals past ``drop_early`` (1.0: each rung's final eval only)."""
     if cfg.drop_early >= 1.0:
         points = read_curve_points(run_dirs, 0.0, cfg.curve_lambda)
         return points.select(points.final_mask())
@@ -34,8 +31,7 @@ def ladder_curve_points(run_dirs: Sequence[str | Path], cfg: Any) -> CurvePoints
 
 def ladder_backtest(obs: Observations, points: Optional[CurvePoints], cfg: Any,
                     target_flops: float) -> Optional[Backtest]:
-    """The loss law refitted without the largest budget, scored on it (``None`` if impossible:
-    the ladder then says so rather than stop)."""
+    """``None`` if impossible: the ladder then says so rather than stop."""
     config = replace(cfg.fit_config(3, target_flops), bootstrap=0)
     try:
         if points is not None:
@@ -71,7 +67,6 @@ def ladder_findings(analysis: Any, cfg: Any) -> tuple[str, ...]:
 
 
 def backtest_stop(cfg: Any, prediction: Mapping[str, Any]) -> str:
-    """Why the target must not train: a backtest worse than ``ladder.require_backtest_are``."""
     are = prediction.get("backtest_are")
     if cfg.require_backtest_are is None or are is None or are <= cfg.require_backtest_are:
         return ""

@@ -31,19 +31,15 @@ class LadderConfig:
     """The ``ladder:`` section: the sweep, the target, and how the rungs are fitted.
 
     Sizes: ``sizes_per_budget`` log-even over ``M / size_spread … M × size_spread``, ``M =
-    center_factor × N_opt`` of the design ``law`` (below 1 where the data want smaller models,
-    as byte-level toys do), once per seed.  The target must be ``min_target_ratio`` × the
-    largest rung: a prediction is worth checking only where it extrapolates.  Fit:
-    ``approaches`` (3 required: it alone predicts a loss), ``bootstrap`` over runs, ``grid``
-    (4,500 or 162 starts), ``drop_early`` (1.0: final evals only), ``level`` of every interval;
-    ``target_sizing`` names the approach whose ``N_opt`` sizes the target; ``sensitivity``
-    refits approach 3 under other ``drop_early`` values, a choice the bootstrap cannot see.
-    ``evals_per_run`` and ``eval_sequences`` give every run about as many evals and the same
-    held-out set whatever its length and batch.  Wall time: ``flops_per_second`` (else measured
-    on finished rungs, else a CPU guess) plus ``run_overhead_s`` per run.  ``fit: curve`` (the
-    default) predicts with the loss-curve law (momentum ``curve_lambda``), ``approach3`` with
-    L(N, D); either is first backtested on the largest ``backtest_by``, and a backtest ARE above
-    ``require_backtest_are`` (null: never) stops the ladder before its target.
+    center_factor × N_opt`` of the design ``law`` (below 1 where data want smaller models, as
+    byte-level toys do). The target must be ``min_target_ratio`` × the largest rung, so the
+    prediction extrapolates. ``approaches`` must include 3 (it alone predicts a loss);
+    ``target_sizing`` names the approach that sizes the target; ``sensitivity`` refits approach 3
+    under other ``drop_early`` values. ``evals_per_run``/``eval_sequences`` give every run about as
+    many evals on the same held-out set. Wall time: ``flops_per_second``, else measured on
+    finished rungs, else a CPU guess, plus ``run_overhead_s`` per run. ``fit: curve`` predicts
+    with the loss-curve law, ``approach3`` with L(N, D); either is first backtested on the largest
+    ``backtest_by``, and an ARE above ``require_backtest_are`` (null: never) stops the ladder.
     """
 
     budgets: List[float] = field(default_factory=lambda: [1e11, 3e11, 1e12, 3e12])
@@ -172,8 +168,7 @@ class LadderConfig:
 
     def eval_cadence(self, steps: int, global_batch: int, eval_every: int,
                      eval_batches: int) -> tuple[int, int]:
-        """``(eval_every, eval_batches)`` of a run of ``steps`` steps of ``global_batch``
-        sequences; the defaults are the experiment's."""
+        """``(eval_every, eval_batches)`` of a run; the defaults are the experiment's."""
         if self.evals_per_run is not None:
             eval_every = max(1, round(steps / self.evals_per_run))
         if self.eval_sequences is not None:
@@ -192,7 +187,6 @@ class LadderConfig:
         return self.size_spread ** np.linspace(-1.0, 1.0, self.sizes_per_budget)
 
     def fit_config(self, approach: int, target_flops: float) -> FitConfig:
-        """The :class:`scaling.fit.FitConfig` of one approach under these settings."""
         grid = coarse_grid() if self.grid == "coarse" else FitConfig().grid
         return FitConfig(approach=approach, huber_delta=self.huber_delta, grid=grid,
                          bootstrap=self.bootstrap, confidence=self.level, seed=self.fit_seed,

@@ -1,9 +1,7 @@
 """A ladder's rungs: every run's exact shape, batch, steps and FLOPs, and a provisional target.
 
-Each rung is an ordinary run planned by :func:`scaling.allocate.plan_run_at_size`, so it spends
-its budget within 1% under the trainer's exact FLOP counter.  Sizes are ``center_factor ×
-N_opt × size_spread ** u`` for ``u`` evenly spaced in ``[-1, 1]``; sizes that round to the
-same shape are run once.
+Each rung is planned by :func:`scaling.allocate.plan_run_at_size` (its budget within 1% under the
+exact counter); sizes that round to the same shape run once.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from scaling.ladder_config import MIN_SIZES_PER_BUDGET, LadderConfig
 
 @dataclass(frozen=True)
 class Rung:
-    """One run of the sweep: a budget, a planned shape at that budget, and a seed."""
 
     name: str
     budget: float
@@ -46,8 +43,7 @@ class Rung:
 
 @dataclass(frozen=True)
 class LadderPlan:
-    """Every rung exactly, and the target as the design law sizes it (a dry-run estimate; the
-    fitted law re-sizes it)."""
+    """The target here is the design law's dry-run estimate; the fitted law re-sizes it."""
 
     config: LadderConfig
     rungs: tuple[Rung, ...]
@@ -100,15 +96,13 @@ def compact_number(value: float) -> str:
 
 
 def rung_name(budget: float, model: ModelConfig, n_params: int, seed: int) -> str:
-    """A readable, unique directory name: budget, size, shape and seed."""
     return (f"C{compact_number(budget)}-N{compact_number(n_params)}-d{model.d_model}L{model.n_layers}"
             f"-s{seed}")
 
 
 def design_ladder(cfg: LadderConfig, budget_template: BudgetConfig, data_parallel: int = 1,
                   base_model: Optional[ModelConfig] = None) -> LadderPlan:
-    """Every rung's exact shape, batch, steps and FLOPs under ``budget_template``'s shape
-    constraints; refuses a budget left with fewer than three distinct shapes."""
+    """Refuses a budget left with fewer than three distinct shapes."""
     law = resolve_law(cfg.law)
     rungs: list[Rung] = []
     notes: list[str] = []

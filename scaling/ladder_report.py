@@ -1,10 +1,5 @@
-"""A ladder's report: ``report.md`` and its PNG plots, what a researcher pastes into a doc.
-
-The fit pictures (isoFLOP parabolas, the frontier against published laws, residuals, the
-bootstrap) come from :mod:`scaling.plots`; this module adds the one picture only a ladder has:
-every rung's loss curve against compute with the target's curve and the band it was predicted
-to fall in, drawn before it ran.  Figures use the Agg canvas directly (no ``pyplot`` state).
-"""
+"""A ladder's ``report.md`` and plots; adds the one picture only a ladder has: every rung's loss
+curve with the target's, and the band it was predicted to fall in before it ran."""
 
 from __future__ import annotations
 
@@ -105,7 +100,6 @@ def plot_loss_curves(rung_dirs: Mapping[str, Path], budgets: Mapping[str, float]
 def write_plots(out_dir: str | Path, analysis: LadderAnalysis, rung_dirs: Mapping[str, Path],
                 budgets: Mapping[str, float], prediction: Optional[Mapping[str, Any]],
                 target_dir: Optional[Path]) -> dict[str, Path]:
-    """Every plot of the report, by name."""
     out = Path(out_dir)
     report3 = analysis.reports[3]
     isoflop = analysis.reports[2].detail if 2 in analysis.reports else None
@@ -162,7 +156,6 @@ def write_report(ladder_dir: str | Path, plan: LadderPlan, analysis: LadderAnaly
                  rung_dirs: Mapping[str, Path], target_dir: Optional[Path],
                  summaries: Mapping[str, Mapping[str, Any]], timings: Mapping[str, Any],
                  name: str = "ladder") -> Path:
-    """Write ``report.md`` and its plots into ``ladder_dir``; return the report's path."""
     out = Path(ladder_dir)
     budgets = {r.name: r.budget for r in plan.rungs}
     plots = write_plots(out / PLOTS_DIR, analysis, rung_dirs, budgets, prediction, target_dir)

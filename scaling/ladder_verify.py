@@ -20,11 +20,7 @@ PUBLISHED_ALLOCATIONS = ("chinchilla", "chinchilla-unrounded", "epoch-2024", "ch
 
 def published_comparison(target_flops: float, n_opt: float,
                          names: Sequence[str] = PUBLISHED_ALLOCATIONS) -> list[dict[str, Any]]:
-    """Each published law's ``N_opt`` and ``D_opt`` at ``target_flops`` against the fitted ``n_opt``.
-
-    ``ratio`` is fitted over published ``N_opt`` (above 1: the fit wants a larger model).
-    Compute is the papers' ``C = 6 N D``, as in the laws themselves.
-    """
+    """``ratio`` = fitted / published ``N_opt`` (above 1: the fit wants a larger model); ``C = 6 N D``."""
     rows = []
     for name in names:
         law: Law = get_law(name)
@@ -35,8 +31,7 @@ def published_comparison(target_flops: float, n_opt: float,
 
 
 def verify_target(prediction: Mapping[str, Any], target_dir: str | Path) -> dict[str, Any]:
-    """Actual against predicted final loss, whether it lies in the interval, the tail ARE
-    (mean ``|L − L̂| / L`` over the last 30% of evals) and the published allocations."""
+    """Tail ARE is mean ``|L − L̂| / L`` over the last 30% of evals."""
     target_dir = Path(target_dir)
     summary_path = target_dir / SUMMARY_FILE
     if not summary_path.is_file():

@@ -9,9 +9,7 @@ from scaling.allocate import RunPlan
 
 @dataclass(frozen=True)
 class WallTimeModel:
-    """Seconds a run takes: its FLOPs (training and evals) at ``flops_per_second``, plus a
-    fixed ``overhead_s`` (process start, data, compilation).  ``source`` says where the rate
-    came from (``configured``, ``measured on N rungs``, ``guess``)."""
+    """``source``: where the rate came from (``configured``, ``measured on N rungs``, ``guess``)."""
 
     flops_per_second: float
     overhead_s: float
@@ -23,7 +21,6 @@ CPU_GUESS_FLOPS_PER_SECOND = 1.5e10
 
 
 def eval_tokens(steps: int, eval_every: int, tokens_per_step: int) -> list[int]:
-    """Token counts at which a run of ``steps`` evaluates (every ``eval_every`` and at the end)."""
     return [s * tokens_per_step for s in range(1, steps + 1) if s % eval_every == 0 or s == steps]
 
 

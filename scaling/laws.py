@@ -1,17 +1,8 @@
 """Scaling laws as values: published ones by name, fitted ones from a JSON law file.
 
-Two forms cover what the allocator needs:
-
-* :class:`ParametricLaw` — ``L(N, D) = E + A / N**alpha + B / (D**beta * N**gamma)``.
-  With ``gamma = 0`` this is Chinchilla's approach 3; with ``gamma > 0`` it is the continual
-  pre-training law of Zheng et al. (2024), where ``D`` counts continual-training tokens and
-  ``B / (D**beta * N**gamma)`` says larger models need fewer new tokens.
-* :class:`PowerLawAllocation` — ``N_opt = n_coef * C**a`` and ``D_opt = d_coef * C**b``
-  (approaches 1 and 2); these allocate but do not predict a loss.
-
-Everything here is plain NumPy/float math, with no JAX, so planning is instant.  Training
-compute follows the ``C = 6 N D`` convention of the papers; the allocator then corrects to
-the exact counter of ``scaling/flops.py`` when it picks a concrete shape.
+:class:`ParametricLaw` predicts a loss (``gamma > 0``: Zheng et al. 2024's CPT law);
+:class:`PowerLawAllocation` (approaches 1 and 2) only allocates. Plain float math with the
+papers' ``C = 6 N D``; the allocator corrects to the exact counter when it picks a shape.
 """
 
 from __future__ import annotations
@@ -29,7 +20,6 @@ from chinchax.errors import ScalingError
 
 @dataclass(frozen=True)
 class Allocation:
-    """Compute-optimal split of a budget ``flops`` into parameters and tokens (C = 6 N D)."""
 
     flops: float
     n_params: float
@@ -45,8 +35,7 @@ class Allocation:
 class ParametricLaw:
     """``L(N, D) = E + A / N**alpha + B / (D**beta * N**gamma)``.
 
-    ``samples`` optionally holds bootstrap replicates as rows of
-    ``(E, A, B, alpha, beta, gamma)``; they give intervals for losses and allocations.
+    ``samples``: optional bootstrap rows ``(E, A, B, alpha, beta, gamma)``, for intervals.
     """
 
     E: float
@@ -62,7 +51,6 @@ class ParametricLaw:
     form = "parametric"
 
     def loss(self, n_params: Any, tokens: Any) -> Any:
-        """Predicted loss; broadcasts over NumPy arrays."""
         n = np.asarray(n_params, dtype=np.float64)
         d = np.asarray(tokens, dtype=np.float64)
         out = self.E + self.A / n**self.alpha + self.B / (d**self.beta * n**self.gamma)
@@ -73,12 +61,7 @@ class ParametricLaw:
         return self.alpha + self.beta - self.gamma
 
     def optimal_params(self, flops: float) -> float:
-        """N minimising ``L(N, C / 6N)``.
-
-        Setting dL/dN = 0 with D = C/(6N) gives
-        ``N_opt = (alpha A / ((beta - gamma) B))**(1/(alpha+beta-gamma)) * (C/6)**(beta/(alpha+beta-gamma))``,
-        which reduces to Chinchilla's ``G (C/6)**(beta/(alpha+beta))`` when gamma = 0.
-        """
+        """``N_opt = (alpha A / ((beta - gamma) B))**(1/s) (C/6)**(beta/s)``, ``s = alpha + beta - gamma``."""
         if self.beta <= self.gamma:
             raise ScalingError(
                 f"law {self.name!r} has beta={self.beta} <= gamma={self.gamma}: loss falls "
@@ -90,7 +73,6 @@ class ParametricLaw:
         return g * (flops / 6.0) ** (self.beta / s)
 
     def allocate(self, flops: float) -> Allocation:
-        """Compute-optimal (N, D) and the predicted loss at budget ``flops``."""
         n = self.optimal_params(flops)
         d = flops / (6.0 * n)
         return Allocation(flops=flops, n_params=n, tokens=d, loss=self.loss(n, d))
@@ -106,13 +88,11 @@ class ParametricLaw:
         return 1.0 - self.params_exponent
 
     def with_coefficients(self, row: Any) -> "ParametricLaw":
-        """The same law with coefficients ``(E, A, B, alpha, beta[, gamma])`` (a bootstrap row)."""
         values = list(row) + [self.gamma] * (6 - len(row))
         e, a, b, alpha, beta, gamma = (float(v) for v in values[:6])
         return ParametricLaw(e, a, b, alpha, beta, gamma, name=self.name, source=self.source)
 
     def sample_laws(self) -> list["ParametricLaw"]:
-        """One law per bootstrap replicate (empty when the law has none)."""
         return [self.with_coefficients(row) for row in self.samples]
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,11 +105,7 @@ class ParametricLaw:
 
 @dataclass(frozen=True)
 class PowerLawAllocation:
-    """``N_opt = n_coef * C**a`` and ``D_opt = d_coef * C**b`` (Chinchilla approaches 1 and 2).
-
-    Only ``n_coef`` is independent when C = 6 N D is imposed: ``d_coef = 1 / (6 n_coef)``
-    and ``b = 1 - a``.  These laws allocate but carry no loss model.
-    """
+    """``N_opt = n_coef * C**a``, ``D_opt = d_coef * C**b``; under C = 6 N D only ``n_coef``, ``a`` free."""
 
     a: float
     n_coef: float
@@ -213,7 +189,7 @@ PUBLISHED_LAWS: dict[str, Law] = {
 
 
 def law_from_dict(data: dict[str, Any], name: str = "file") -> Law:
-    """Build a law from its JSON form (the ``law`` object of a law file, or the file itself)."""
+    """Accepts the ``law`` object of a law file or the file itself."""
     body = data.get("law", data) if isinstance(data, dict) else data
     if not isinstance(body, dict):
         raise ScalingError(f"law {name!r} is a JSON {type(body).__name__}, not an object",
@@ -255,7 +231,6 @@ def _require_finite(body: dict[str, Any], keys: tuple[str, ...], name: str) -> N
 
 
 def get_law(name_or_path: str | Path) -> Law:
-    """A published law by name, or a law file (JSON, as written by ``chinchax fit``)."""
     key = str(name_or_path)
     if key in PUBLISHED_LAWS:
         return PUBLISHED_LAWS[key]
@@ -277,5 +252,4 @@ def get_law(name_or_path: str | Path) -> Law:
 
 
 def law_names() -> list[str]:
-    """Names of the published laws, for help texts."""
     return sorted(PUBLISHED_LAWS)

@@ -1,8 +1,5 @@
-"""L-BFGS over a batch of independent problems in NumPy.
-
-Fitting every start of a grid at once costs a few thousand vectorised evaluations instead of
-thousands of optimiser runs; only the problems still moving are evaluated.
-"""
+"""L-BFGS over a batch of independent problems in NumPy: a few thousand vectorised evaluations
+instead of thousands of optimiser runs; only problems still moving are evaluated."""
 
 from __future__ import annotations
 
@@ -19,7 +16,6 @@ CONVERGED_GRADIENT, CONVERGED_FTOL, STALLED_LINESEARCH, MAX_ITER, NOT_FINITE = r
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Per-problem outcome of :func:`lbfgs_batched`."""
 
     x: np.ndarray
     f: np.ndarray
@@ -39,8 +35,7 @@ def _dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Active:
-    """The problems still moving, in compact arrays that shrink as problems finish; the
-    histories share one ring index."""
+    """Problems still moving, in arrays that shrink as they finish; histories share one ring index."""
 
     ids: np.ndarray
     x: np.ndarray
@@ -69,13 +64,11 @@ def lbfgs_batched(value_and_grad: ValueAndGrad, x0: np.ndarray, *, max_iter: int
                   ftol_floor: float = 0.0, max_linesearch: int = 30, c1: float = 1e-4) -> BatchResult:
     """Minimise many independent problems with L-BFGS at once.
 
-    ``value_and_grad(x, rows)`` returns ``f`` (``(k,)``) and its gradient (``(k, p)``) for the
-    problems ``rows`` at ``x``; it is called only for active problems.  Each problem keeps its
-    own history and backtracking Armijo search; pairs with ``s.y <= 0`` are not stored, which
-    keeps the inverse Hessian positive definite without a Wolfe search.  A problem stops when
-    ``max|g| <= gtol``, when an iteration lowers ``f`` by at most ``ftol * max(|f|,
-    ftol_floor)`` (floor 1: scipy's ``factr`` rule), when no step lowers ``f``, or after
-    ``max_iter`` iterations.
+    ``value_and_grad(x, rows)`` returns ``f`` ``(k,)`` and gradient ``(k, p)``, called only for
+    active rows. Pairs with ``s.y <= 0`` are dropped, keeping the inverse Hessian positive definite
+    without a Wolfe search. A problem stops at ``max|g| <= gtol``, when ``f`` falls by at most
+    ``ftol * max(|f|, ftol_floor)`` (scipy's ``factr`` rule), when no step lowers ``f``, or at
+    ``max_iter``.
     """
     x_out = np.array(x0, dtype=np.float64, copy=True)
     size = x_out.shape[0]
@@ -118,7 +111,7 @@ def lbfgs_batched(value_and_grad: ValueAndGrad, x0: np.ndarray, *, max_iter: int
 
 
 def _direction(act: _Active, iteration: int, memory: int) -> tuple[np.ndarray, np.ndarray]:
-    """The quasi-Newton direction and its slope; steepest descent where the history is stale."""
+    """Steepest descent where the history is stale."""
     order = [(iteration - 1 - j) % memory for j in range(min(iteration, memory))]
     direction = -_two_loop(act.g, act.s_hist, act.y_hist, act.rho, act.scale, order)
     slope = _dot(act.g, direction)
@@ -133,8 +126,7 @@ def _direction(act: _Active, iteration: int, memory: int) -> tuple[np.ndarray, n
 def _line_search(value_and_grad: ValueAndGrad, act: _Active, direction: np.ndarray,
                  slope: np.ndarray, max_linesearch: int, c1: float
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Backtracking Armijo search per problem; a problem without a curvature pair yet takes
-    a unit-length first step.  Returns the new points, which were accepted, and the calls."""
+    """Backtracking Armijo per problem; without a curvature pair yet, a unit-length first step."""
     x, f, ids = act.x, act.f, act.ids
     fresh = ~(act.rho > 0).any(axis=1)
     step = np.where(fresh, 1.0 / np.maximum(np.linalg.norm(direction, axis=1), 1e-300), 1.0)
@@ -159,7 +151,6 @@ def _line_search(value_and_grad: ValueAndGrad, act: _Active, direction: np.ndarr
 
 
 def _remember(act: _Active, s: np.ndarray, y: np.ndarray, accepted: np.ndarray, slot: int) -> None:
-    """Store each accepted pair with positive curvature in the ring slot ``slot``."""
     sy, yy = _dot(s, y), _dot(y, y)
     store = accepted & (sy > 1e-12 * np.maximum(yy, 1e-300))
     act.s_hist[:, slot] = np.where(store[:, None], s, 0.0)
@@ -170,7 +161,7 @@ def _remember(act: _Active, s: np.ndarray, y: np.ndarray, accepted: np.ndarray, 
 
 def _two_loop(g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray, scale: np.ndarray,
               order: Sequence[int]) -> np.ndarray:
-    """``H g`` per problem from the history slots ``order`` (newest first); empty slots have rho 0."""
+    """Slots ``order`` newest first; empty slots have rho 0."""
     q = g.copy()
     alphas = []
     for j in order:

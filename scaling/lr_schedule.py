@@ -1,10 +1,7 @@
-"""Learning-rate schedules in NumPy, and the areas under them that a loss curve depends on.
+"""The trainer's learning-rate schedules in NumPy, and the areas a loss curve depends on.
 
-The trainer's schedules (``training/optim.py``, built on optax) recomputed without JAX, so a fit
-can read a run's whole schedule from its ``config.yaml``.  Areas follow Tissue et al. (2024):
-the forward area ``S1 = sum lr_i`` and the annealing area ``S2 = sum m_i`` with momentum
-``m_i = lam m_(i-1) + max(lr_(i-1) - lr_i, 0)`` (warmup anneals nothing); both are weighted by tokens per step (LR × tokens),
-because batch grows across budgets and a step is not a unit of data.
+Areas follow Tissue et al. (2024): ``S1 = sum lr_i``, ``S2 = sum m_i`` with ``m_i = lam m_(i-1)
++ max(lr_(i-1) - lr_i, 0)``, both in LR × tokens because batch grows across budgets.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ DEFAULT_LAMBDA = 0.999
 
 @dataclass(frozen=True)
 class Schedule:
-    """One run's schedule: ``steps`` optimiser updates of ``tokens_per_step`` tokens."""
 
     kind: str
     peak: float
@@ -45,7 +41,6 @@ class Schedule:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], steps: int | None = None) -> "Schedule":
-        """From a run's resolved ``config.yaml`` (its ``optim`` and ``train`` sections)."""
         optim, train = config.get("optim") or {}, config.get("train") or {}
         total = int(steps if steps is not None else train["steps"])
         warmup = optim.get("warmup_steps")
@@ -58,7 +53,6 @@ class Schedule:
                    min_lr_ratio=float(optim.get("min_lr_ratio", 0.1)))
 
     def rates(self) -> np.ndarray:
-        """The rate of every update ``0 … steps-1``, as optax's schedules give it."""
         count = np.arange(1, self.steps + 1, dtype=np.float64)  # the trainer evaluates count + 1
         peak, final, warmup = self.peak, self.peak * self.min_lr_ratio, self.warmup
         ramp = peak * np.minimum(count, warmup) / warmup if warmup > 0 else np.full_like(count, peak)
@@ -77,7 +71,6 @@ class Schedule:
         return np.where(count < warmup, ramp, rest)
 
     def areas(self, lam: float = DEFAULT_LAMBDA) -> tuple[np.ndarray, np.ndarray]:
-        """``(S1, S2)`` after each update, in LR × tokens."""
         rates = self.rates()
         drops = np.maximum(-np.diff(rates, prepend=rates[0]), 0.0)  # warmup is no annealing
         momentum = _momentum(drops, lam)

@@ -1,8 +1,4 @@
-"""Pictures of a fit (PNG): isoFLOP parabolas, the compute-optimal frontier, residuals, bootstrap.
-
-Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas directly, never
-through ``pyplot``, so plotting changes no global state and needs no display.
-"""
+"""Fit pictures (PNG), built on the Agg canvas directly, never ``pyplot``: no global state, no display."""
 
 from __future__ import annotations
 
@@ -43,11 +39,7 @@ def _save(figure: Figure, path: str | Path) -> Path:
 
 
 def plot_isoflops(profiles_fit: PowerLawFit, path: str | Path, law: Law | None = None) -> Path:
-    """Loss against model size per budget, the fitted parabolas and their minima.
-
-    With a parametric ``law`` its own isoFLOP curves ``L(N, C / 6N)`` are drawn dotted, which
-    shows where approach 3 and the parabolas part ways.
-    """
+    """A parametric ``law``'s own isoFLOP curves are drawn dotted: where approach 3 and the parabolas part."""
     figure = _figure(7.5, 5.0)
     axes = figure.add_subplot()
     colours = _colours(len(profiles_fit.profiles))
@@ -181,7 +173,6 @@ def plot_residuals(report: FitReport, path: str | Path, points: PowerLawFit | No
 
 
 def plot_bootstrap(boot: Bootstrap, path: str | Path, estimates: dict[str, float] | None = None) -> Path:
-    """Histograms of the bootstrap replicates, with the point estimate and the interval."""
     names = [n for n in boot.names
              if np.isfinite(boot.column(n)).any() and np.ptp(boot.column(n)[np.isfinite(boot.column(n))]) > 0]
     columns = 4
@@ -216,11 +207,7 @@ def plot_bootstrap(boot: Bootstrap, path: str | Path, estimates: dict[str, float
 
 
 def write_plots(report: FitReport, out_dir: str | Path) -> list[Path]:
-    """Every plot that fits the report, as PNGs in ``out_dir``; returns their paths.
-
-    The isoFLOP picture needs isoFLOP data: for approaches 1 and 3 the parabolas are fitted
-    on the side when the data allow it and left out otherwise.
-    """
+    """For approaches 1 and 3 the isoFLOP parabolas are fitted on the side when the data allow it."""
     out = Path(out_dir)
     written: list[Path] = []
     profiles: PowerLawFit | None = report.detail if isinstance(report.detail, PowerLawFit) else None

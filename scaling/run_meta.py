@@ -1,7 +1,4 @@
-"""What a fit reads from a run directory besides its evals: the resolved config and the summary.
-
-The file names live here only, so they can follow the run directory's own module when it lands.
-"""
+"""A run's resolved config and summary, as a fit reads them."""
 
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``summary.json`` ({} when missing)."""
     return _read(Path(run_dir) / SUMMARY_FILE, json.loads, "the run may still be writing it; "
                  "rerun when it has finished")
 

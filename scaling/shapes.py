@@ -1,12 +1,11 @@
 """From a parameter count to a hardware-friendly transformer shape.
 
-Widths are multiples of ``multiple_of`` (128 fills TPU MXUs and tensor-core tiles; 16–32 for
-tiny CPU models); heads of a listed size (64/128, what flash/cuDNN/Splash kernels are tuned
-for), the widest leaving :data:`MIN_HEADS` heads; ``d_ff ≈ 8/3 d_model`` for SwiGLU (Shazeer
-2020), ``4 d_model`` for GELU.  The loss is nearly flat across aspect ratios (Kaplan et al. 2020,
-fig. 5), so ``d_model / n_layers`` is a soft pull towards Chinchilla Table A9's trend
-(``≈ 5.5 · N**0.125``) inside hard bounds: cost ``|ln(N/N_target)| + 0.1 · |ln(aspect/preferred)|``.
-The parameter count is affine in depth, so each width costs two exact counts.
+Widths are multiples of ``multiple_of`` (128 fills TPU MXUs and tensor-core tiles); heads of a
+listed size (64/128, what flash/cuDNN/Splash kernels are tuned for); ``d_ff ≈ 8/3 d_model`` for
+SwiGLU, ``4 d_model`` for GELU. Loss is nearly flat across aspect ratios (Kaplan et al. 2020,
+fig. 5), so aspect is a soft pull towards Chinchilla Table A9's ``≈ 5.5 · N**0.125``:
+cost ``|ln(N/N_target)| + 0.1 · |ln(aspect/preferred)|``. Parameters are affine in depth, so each
+width costs two exact counts.
 """
 
 from __future__ import annotations
@@ -38,18 +37,15 @@ def _finite(value: object) -> bool:
 
 
 def preferred_aspect(n_params: float) -> float:
-    """Chinchilla-like ``d_model / n_layers`` for a model of ``n_params`` (Table A9 trend)."""
     return ASPECT_COEF * float(n_params) ** ASPECT_EXPONENT
 
 
 @dataclass(frozen=True)
 class ShapeSpace:
-    """The hardware-friendly shapes the search may pick from.
+    """The shapes the search may pick from.
 
-    ``ff_ratio`` ``None`` means 8/3 for SwiGLU and 4 for GELU.  ``gqa_ratio`` is query heads per
-    key/value head (1 = multi-head attention); when it does not divide ``n_heads`` the largest
-    divisor of ``n_heads`` not above ``n_heads / gqa_ratio`` is used.  ``target_aspect``
-    ``None`` follows :func:`preferred_aspect`.
+    ``ff_ratio=None``: 8/3 for SwiGLU, 4 for GELU. ``gqa_ratio`` is query heads per KV head; when it
+    does not divide, the largest divisor of ``n_heads`` not above ``n_heads / gqa_ratio`` is used.
     """
 
     vocab_size: int = 32000
@@ -104,7 +100,6 @@ class ShapeSpace:
         return 8.0 / 3.0 if self.mlp == "swiglu" else 4.0
 
     def d_ff(self, d_model: int) -> int:
-        """MLP width for ``d_model``: the ratio, rounded to ``multiple_of`` (at least one)."""
         units = max(1, round(self.resolved_ff_ratio * d_model / self.multiple_of))
         return units * self.multiple_of
 
@@ -117,19 +112,15 @@ class ShapeSpace:
         return wide[-1] if wide else dividing[0]
 
     def kv_heads(self, n_heads: int) -> int:
-        """Key/value heads for ``n_heads`` query heads under ``gqa_ratio``."""
         limit = max(1, n_heads // self.gqa_ratio)
         return max(k for k in range(1, limit + 1) if n_heads % k == 0)
 
     def layer_range(self, d_model: int) -> range:
-        """Depths whose aspect ratio lies in ``[min_aspect, max_aspect]``, within
-        ``[min_layers, max_layers]``."""
         low = max(self.min_layers, math.ceil(d_model / self.max_aspect - 1e-9))
         high = min(self.max_layers, math.floor(d_model / self.min_aspect + 1e-9))
         return range(low, high + 1)
 
     def config(self, d_model: int, n_layers: int, base: Optional[ModelConfig] = None) -> ModelConfig:
-        """The model at width ``d_model`` and depth ``n_layers`` (other fields from ``base``)."""
         head_dim = self.head_dim(d_model)
         if head_dim is None:
             raise ScalingError(f"no head size in {list(self.head_dims)} divides d_model={d_model}",
@@ -145,7 +136,6 @@ class ShapeSpace:
 
 @dataclass(frozen=True)
 class ShapeCandidate:
-    """One scored shape: its exact parameter count and how far it sits from the target."""
 
     cost: float
     n_params: int
@@ -158,7 +148,6 @@ class ShapeCandidate:
 
 
 def shape_candidates(target_params: float, space: ShapeSpace, limit: int = 10) -> list[ShapeCandidate]:
-    """The ``limit`` best shapes for ``target_params``, best first (deterministic order)."""
     if not target_params > 0 or math.isinf(target_params):
         raise ScalingError(f"target parameter count must be positive and finite, got {target_params!r}",
                               hint="check the budget's FLOPs and the law")
@@ -186,11 +175,7 @@ def shape_candidates(target_params: float, space: ShapeSpace, limit: int = 10) -
 
 
 def search_shape(target_params: float, space: ShapeSpace, base: Optional[ModelConfig] = None) -> ModelConfig:
-    """The hardware-friendly shape nearest to ``target_params`` parameters.
-
-    ``base`` supplies the non-shape fields (dtypes, remat, RoPE theta, ...).  Raises
-    :class:`ScalingError` when the space holds no shape at all.
-    """
+    """``base`` supplies the non-shape fields (dtypes, remat, RoPE theta, ...)."""
     best = shape_candidates(target_params, space, limit=1)
     if not best:
         raise ScalingError(

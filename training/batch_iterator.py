@@ -1,14 +1,8 @@
 """Host-local batches from an endless element stream, resumable from one number.
 
-The stream is a grain ``MapDataset``: element ``k`` is a pure function of ``k`` (shuffled
-anew each epoch from a seed, repeated forever, or a weighted mixture of such streams).  So
-the position is the count of elements the whole job has consumed: the same on every host,
-independent of host count and batch size, and a checkpoint keeps one copy of it.
-
-Mixtures.  ``grain.MapDataset.mix`` places the sources' elements in a fixed, stratified
-order: among the first ``k`` elements source ``i`` supplies ``k * w_i`` up to rounding, so
-the per-source counts follow from the position in closed form (:func:`interleave_counts`).
-Weights become integers with the smallest scaled to 100, as grain itself does.
+Element ``k`` is a pure function of ``k``, so the position (elements the whole job consumed) is
+the same on every host for any host count and batch size; a mixture's per-source counts follow
+in closed form (:func:`interleave_counts`, weights as integers, smallest scaled to 100 as grain).
 """
 
 from __future__ import annotations
@@ -28,7 +22,6 @@ Batch = Dict[str, np.ndarray]
 
 
 def interleave_proportions(weights: Sequence[float]) -> List[int]:
-    """Positive relative weights as the integer proportions the stream realises exactly."""
     if not weights:
         raise DataError("a mixture needs at least one trained source", hint="give data.mixture an entry with role: train")
     for weight in weights:
@@ -40,11 +33,7 @@ def interleave_proportions(weights: Sequence[float]) -> List[int]:
 
 
 def interleave_counts(position: int, proportions: Sequence[int]) -> List[int]:
-    """How many of the stream's first ``position`` elements each source supplies.
-
-    Source 0 gets ``k - floor(k (R - p_0) / R)`` of the first ``k`` (``R`` the sum of the
-    proportions), the rest is shared the same way: ``grain.MapDataset.mix``'s order (tested).
-    """
+    """Source 0 gets ``k - floor(k (R - p_0) / R)`` of the first ``k`` (``R`` the sum); the rest recurse."""
     if position < 0:
         raise DataError(f"negative stream position {position}", hint="count elements from 0")
     counts: List[int] = []
@@ -65,14 +54,9 @@ def inputs_and_targets(sequences: np.ndarray) -> Batch:
 
 
 class BatchIterator(Iterator[Batch]):
-    """Global batch ``t`` is elements ``[start + t B, start + (t + 1) B)``; host ``p`` of
-    ``n`` reads only its contiguous block of rows, so the global array assembled in process
-    order is the same whatever the number of hosts.
-
-    ``get_state()`` is ``{"version", "examples", "identity"}`` (plus ``"consumed"`` per
-    source for a mixture); ``identity`` names the stream so a state cannot be restored onto
-    different data.  Prefetching threads may read ahead; the state counts what was returned.
-    """
+    """Global batch ``t`` is elements ``[start + t B, start + (t + 1) B)``; each host reads its own
+    contiguous rows, so the global array is the same for any host count. The state's ``identity``
+    refuses a restore onto other data; it counts what was returned, not what prefetch read."""
 
     def __init__(self, elements: "grain.MapDataset", *, global_batch: int, process_index: int = 0,
                  process_count: int = 1, identity: Optional[Mapping[str, Any]] = None, num_threads: int = 2,
@@ -119,15 +103,13 @@ class BatchIterator(Iterator[Batch]):
         return batch
 
     def consumed(self) -> Dict[str, int]:
-        """Sequences drawn from each source of a mixture by the whole job so far."""
+        """Sequences drawn from each source by the whole job."""
         return dict(zip(self._names, interleave_counts(self._examples, self._proportions)))
 
     def consumed_tokens(self) -> Dict[str, int]:
-        """Target tokens drawn from each source of a mixture so far."""
         return {name: count * self._seq_len for name, count in self.consumed().items()}
 
     def get_state(self) -> Dict[str, Any]:
-        """Small and JSON-serialisable; identical on every host."""
         state = {"version": STATE_VERSION, "examples": self._examples, "identity": copy.deepcopy(self._identity)}
         if self._proportions:
             state["consumed"] = self.consumed()

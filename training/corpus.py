@@ -1,8 +1,7 @@
-"""A source's documents tokenized once into one flat token array, cached as ``.npy``.
+"""A source's documents tokenized once into one flat ``.npy`` token array, cached.
 
-Every document is followed by the end-of-document id; ``offsets`` mark where documents
-start.  The cache key digests everything the tokens depend on (source settings, file sizes
-and times, tokenizer), so a changed input builds a new entry instead of reusing a stale one.
+Each document ends with the end-of-document id. The cache key digests everything the tokens
+depend on (source settings, file sizes and times, tokenizer), so changed input builds a new entry.
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ SOURCE_MODULES: Dict[str, ModuleType] = {
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedCorpus:
-    """Document ``i`` (its separator included) is ``tokens[offsets[i]:offsets[i + 1]]``;
-    ``tokens`` is memory-mapped from the cache, so a large corpus costs disk, not RAM."""
+    """Document ``i`` (separator included) is ``tokens[offsets[i]:offsets[i + 1]]``; ``tokens`` is
+    memory-mapped, so a large corpus costs disk, not RAM."""
 
     tokens: np.ndarray  # [num_tokens], uint16 when the vocabulary fits, else int32
     offsets: np.ndarray  # [num_documents + 1], int64
@@ -63,7 +62,7 @@ def resolve_cache_dir(cache_dir: Optional[str]) -> Path:
 
 
 def unigram_entropy_nats(tokens: np.ndarray, vocab_size: int) -> float:
-    """Entropy of the token frequencies: the loss of the best context-free predictor."""
+    """The loss of the best context-free predictor."""
     counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
     probabilities = counts[counts > 0] / counts.sum()
     return float(-(probabilities * np.log(probabilities)).sum())
@@ -93,7 +92,7 @@ def _tokenize(cfg: SourceConfig, tokenizer: Tokenizer, cache_dir: Path) -> Tuple
 
 
 def _write_entry(entry: Path, arrays: Dict[str, np.ndarray], meta: dict) -> None:
-    """Write atomically: a half-written entry never exists, a lost race is harmless."""
+    """Atomic: a half-written entry never exists, a lost race is harmless."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
     try:
@@ -141,7 +140,6 @@ _LOADED: Dict[str, TokenizedCorpus] = {}
 
 
 def load_corpus(cfg: DataConfig) -> TokenizedCorpus:
-    """The tokenized corpus of a single-source ``cfg``, built on first use and cached on disk."""
     tokenizer = load_tokenizer(cfg.tokenizer)
     cache_dir = resolve_cache_dir(cfg.cache_dir)
     entry = _entry(cfg, tokenizer, cache_dir)

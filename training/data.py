@@ -1,10 +1,7 @@
-"""The input pipeline's entry points: a corpus becomes an endless, resumable stream of
-packed host-local batches, fixed eval sets, and global ``jax.Array`` s.
+"""Input pipeline entry points: a corpus (or a mixture of several) as resumable packed batches.
 
-config (:mod:`training.data_config`) -> documents (:mod:`training.sources`) -> tokens
-(:mod:`training.corpus`) -> split and pack (:mod:`training.packing`) -> batches
-(:mod:`training.batch_iterator`).  A mixture is one more grain stream, so every entry point
-takes one corpus or several alike.
+config -> documents (:mod:`training.sources`) -> tokens (:mod:`training.corpus`) -> split and
+pack (:mod:`training.packing`) -> batches (:mod:`training.batch_iterator`).
 """
 
 from __future__ import annotations
@@ -37,8 +34,7 @@ __all__ = [
 
 
 def stream_identity(cfg: DataConfig, seq_len: int) -> Dict[str, Any]:
-    """What names a single source's training stream: a saved position is valid only for a
-    stream with the same identity."""
+    """A saved position is valid only for a stream with the same identity."""
     return {
         "corpus": data_fingerprint(cfg),
         "seq_len": seq_len,
@@ -50,8 +46,7 @@ def stream_identity(cfg: DataConfig, seq_len: int) -> Dict[str, Any]:
 
 def build_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch: int, process_index: int = 0,
                          process_count: int = 1) -> BatchIterator:
-    """Endless host-local batches ``{"inputs", "targets"}: int32[global_batch // process_count,
-    seq_len]``, resumable through ``get_state`` / ``set_state``."""
+    """Host-local ``{"inputs", "targets"}: int32[global_batch // process_count, seq_len]``."""
     check_shape(seq_len, global_batch, "global_batch")
     elements = train_sequences(cfg, seq_len=seq_len, min_sequences=global_batch)
     kwargs: Dict[str, Any] = {}
@@ -74,8 +69,7 @@ def build_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch: int, pr
 
 def build_eval_batches(cfg: DataConfig, *, seq_len: int, batch_size: int, num_batches: int,
                        process_index: int = 0, process_count: int = 1) -> List[Batch]:
-    """Fixed validation batches of the primary source (``batch_size`` is global); fewer, with
-    a warning, when the split holds fewer than ``num_batches``."""
+    """Primary source only; ``batch_size`` is global; fewer batches, with a warning, if the split is short."""
     if cfg.mixture:
         cfg = primary_source(cfg).config
     check_shape(seq_len, batch_size, "batch_size")
@@ -89,8 +83,7 @@ def build_eval_batches(cfg: DataConfig, *, seq_len: int, batch_size: int, num_ba
 
 def build_eval_sets(cfg: DataConfig, *, seq_len: int, batch_size: int, num_batches: int,
                     process_index: int = 0, process_count: int = 1) -> Dict[str, List[Batch]]:
-    """Fixed validation batches of every source by name, the primary source first (the
-    trainer reports it as ``eval_loss`` and each as ``eval_loss/<name>``)."""
+    """Primary source first (reported as ``eval_loss``, the others as ``eval_loss/<name>``)."""
     return {
         source.name: build_eval_batches(source.config, seq_len=seq_len, batch_size=batch_size,
                                         num_batches=num_batches, process_index=process_index,
@@ -100,11 +93,7 @@ def build_eval_sets(cfg: DataConfig, *, seq_len: int, batch_size: int, num_batch
 
 
 def to_global_batch(batch: Mapping[str, np.ndarray], mesh: Any, sharding: Any = None) -> Dict[str, Any]:
-    """Every host's local rows (in process order) as global ``jax.Array`` s on ``mesh``.
-
-    ``sharding``: a ``NamedSharding``, a ``PartitionSpec``, or ``None`` (batch over the
-    mesh's ``data`` and ``fsdp`` axes, sequence replicated).
-    """
+    """``sharding`` None: batch over the mesh's ``data`` and ``fsdp`` axes, sequence replicated."""
     import jax  # noqa: PLC0415 -- the one JAX-touching function of the data layer
     from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
 

@@ -1,7 +1,6 @@
-"""What a run reads: one corpus, or a weighted mixture of several, validated on construction.
+"""What a run reads: one corpus, or a weighted mixture, validated on construction.
 
-Shapes (``seq_len``, batch) belong to the trainer and are passed to the pipeline's entry
-points.  Every mistake is a one-line :class:`DataError` whose hint names the fix.
+Shapes belong to the trainer. Every mistake is a one-line :class:`DataError` whose hint names the fix.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ def did_you_mean(value: str, choices: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One corpus, and how its documents are split and its sequences ordered."""
 
     source: str = "embedded"  # embedded | prose | synthetic | text | tfds | hf | shards
     # text, hf: a file or directory, and/or a glob (``**`` recurses); hf: or a save_to_disk
@@ -79,7 +77,7 @@ def split_seed(cfg: SourceConfig) -> int:
 
 
 def check_source(cfg: SourceConfig, where: str) -> None:
-    """Validate the corpus fields; ``where`` names them in messages (``data``, ``data.mixture[x]``)."""
+    """``where`` names the fields in messages (``data``, ``data.mixture[x]``)."""
     check(cfg.source in SOURCES, f"unknown data source {where}.source={cfg.source!r}",
           f"{did_you_mean(cfg.source, SOURCES)}{where}.source is one of {', '.join(SOURCES)}")
     check(cfg.source != "text" or bool(cfg.path or cfg.glob), f"{where}.source=text needs files",
@@ -119,12 +117,9 @@ def _check_synthetic(cfg: SourceConfig, where: str) -> None:
 
 @dataclass(frozen=True)
 class MixtureSource(SourceConfig):
-    """One named, weighted entry of a mixture: a corpus plus what it is for.
-
-    Weights are relative over the trained entries.  A ``replay`` entry should repeat the
-    original run's corpus fields and seeds, so it replays only the original training
-    documents and its held-out loss is measured on the documents that run held out.
-    """
+    """Weights are relative over trained entries. A ``replay`` entry should repeat the original run's
+    corpus fields and seeds, so it replays only that run's training documents and evaluates on the
+    ones it held out."""
 
     name: str = ""
     weight: float = 1.0
@@ -147,8 +142,8 @@ class MixtureSource(SourceConfig):
 
 @dataclass(frozen=True)
 class DataConfig(SourceConfig):
-    """A run's data: the corpus fields above, or ``mixture`` (then those are not read).
-    Tokenizer, cache and reading settings are shared: a model has one vocabulary."""
+    """The corpus fields, or ``mixture`` (then those are not read). Tokenizer, cache and reading
+    settings are shared: a model has one vocabulary."""
 
     tokenizer: str = BYTE_TOKENIZER  # "byte", a SentencePiece .model, a tokenizer.json or an HF tokenizer folder
     cache_dir: Optional[str] = None  # None: ~/.cache/chinchax (or $XDG_CACHE_HOME/chinchax)
@@ -177,7 +172,6 @@ class DataConfig(SourceConfig):
 
 @dataclass(frozen=True)
 class NamedSource:
-    """One source of a config, resolved to a single-source :class:`DataConfig`."""
 
     name: str
     weight: float
@@ -186,9 +180,7 @@ class NamedSource:
 
 
 def data_sources(cfg: DataConfig) -> List[NamedSource]:
-    """The config's sources, primary (first ``train`` entry) first, then the others in
-    listed order.  A single source is named after its kind; entries inherit ``cfg``'s
-    tokenizer, cache and reading settings."""
+    """Primary (first ``train`` entry) first; a single source is named after its kind."""
     if not cfg.mixture:
         return [NamedSource(cfg.source, 1.0, "train", cfg)]
     resolved = [
@@ -206,5 +198,5 @@ def primary_source(cfg: DataConfig) -> NamedSource:
 
 
 def trained_sources(cfg: DataConfig) -> List[NamedSource]:
-    """The sources the training stream draws from (``train`` and ``replay``), primary first."""
+    """``train`` and ``replay`` sources, primary first."""
     return [s for s in data_sources(cfg) if s.role in TRAINED_ROLES]

@@ -19,12 +19,11 @@ from training.tokenizer import BYTE_TOKENIZER, load_tokenizer
 
 
 def vocab_size(cfg: DataConfig) -> int:
-    """Size of the tokenizer's vocabulary, end-of-document id included (257 for bytes)."""
+    """End-of-document id included (257 for bytes)."""
     return load_tokenizer(cfg.tokenizer).vocab_size
 
 
 def token_frequencies(cfg: DataConfig) -> np.ndarray:
-    """``[vocab_size]`` relative frequencies of the tokens of a single source's corpus."""
     if cfg.mixture:
         raise DataError("token_frequencies() takes a single source, not a mixture",
                         hint="pass data_sources(cfg)[i].config for each source")
@@ -37,15 +36,14 @@ def token_frequencies(cfg: DataConfig) -> np.ndarray:
 
 
 def data_fingerprint(cfg: DataConfig) -> str:
-    """The identity of a single source's tokens: the corpus digest, or the shards manifest's."""
+    """The corpus digest, or the shards manifest's."""
     if cfg.source == "shards":
         return str(shards.read_manifest(str(cfg.path))["fingerprint"])
     return load_corpus(cfg).fingerprint
 
 
 def unigram_entropy_nats(cfg: DataConfig) -> float:
-    """Entropy of the token frequencies in nats per token: the loss of the best model that
-    ignores context.  For a mixture, of the trained sources' frequencies mixed by weight."""
+    """Loss of the best context-free model; a mixture's frequencies are mixed by weight."""
     if cfg.source == "shards" and not cfg.mixture:
         return float(shards.read_manifest(str(cfg.path))["unigram_entropy_nats"])
     if not cfg.mixture:
@@ -58,9 +56,8 @@ def unigram_entropy_nats(cfg: DataConfig) -> float:
 
 
 def eval_bytes_per_token(cfg: DataConfig) -> Dict[str, float]:
-    """Text bytes per token of each source's validation split (end-of-document ids counted
-    as tokens), keyed like :func:`training.data.build_eval_sets`: the eval loss in bits per
-    byte is ``bits_per_byte(loss, bytes_per_token)``, comparable across tokenizers."""
+    """Per source's validation split, keyed like :func:`training.data.build_eval_sets`, so the eval
+    loss converts to bits per byte, comparable across tokenizers."""
     result = {}
     for source in data_sources(cfg):
         single = source.config
@@ -79,13 +76,11 @@ def eval_bytes_per_token(cfg: DataConfig) -> Dict[str, float]:
 
 
 def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
-    """A loss in nats per token as bits per byte of text."""
     return loss_nats / (math.log(2.0) * bytes_per_token)
 
 
 def data_identity(cfg: DataConfig) -> Dict[str, Any]:
-    """What a law or run summary records about its data: tokenizer, each source's
-    fingerprint and weight, and one fingerprint over them."""
+    """Tokenizer, each source's fingerprint and weight, and one fingerprint over them."""
     tokenizer = load_tokenizer(cfg.tokenizer)
     sources = [{"name": s.name, "role": s.role, "weight": s.weight, "source": s.config.source,
                 "fingerprint": data_fingerprint(s.config)} for s in data_sources(cfg)]
@@ -96,8 +91,7 @@ def data_identity(cfg: DataConfig) -> Dict[str, Any]:
 
 
 def loss_floor_nats(cfg: DataConfig, *, seq_len: int) -> Optional[float]:
-    """The exact lowest expected loss per token on synthetic byte-level data; ``None`` for
-    real corpora (unknown floor) and other tokenizers (they regroup the symbols)."""
+    """Exact floor on synthetic byte-level data; ``None`` for real corpora and other tokenizers."""
     if cfg.mixture or cfg.source != "synthetic" or cfg.tokenizer != BYTE_TOKENIZER:
         return None
     check(seq_len >= 1, f"seq_len={seq_len} must be positive", "use e.g. seq_len=256")
@@ -120,8 +114,7 @@ def _mixture_summary(cfg: DataConfig) -> Dict[str, Any]:
 
 
 def corpus_summary(cfg: DataConfig) -> Dict[str, Any]:
-    """Plain numbers about the corpus and its split; for a mixture, each source's own
-    summary with its ``name``, ``role`` and normalised ``weight`` (0 for ``eval``)."""
+    """For a mixture, each source's summary with ``name``, ``role`` and normalised ``weight``."""
     if cfg.mixture:
         return _mixture_summary(cfg)
     if cfg.source == "shards":
@@ -149,7 +142,6 @@ def corpus_summary(cfg: DataConfig) -> Dict[str, Any]:
 
 
 def describe(cfg: DataConfig) -> str:
-    """One line: what the corpus (or each source of a mixture) is and how big."""
     if cfg.mixture:
         parts = []
         for entry in corpus_summary(cfg)["mixture"]:

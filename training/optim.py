@@ -1,15 +1,8 @@
-"""The optimiser: AdamW with decoupled, masked weight decay, a learning-rate schedule, clipping.
+"""AdamW with decoupled, masked weight decay, a learning-rate schedule and clipping, on plain pytrees.
 
-Everything here works on plain pytrees of arrays (``nnx.split`` state included), so the
-trainer can build the optimiser from the parameter tree alone and jit its update.
-
-Units.  One trainer step is one optimiser update.  Gradient accumulation, when configured
-(``train.grad_accum_steps``), happens inside the compiled step (``training/step.py``), so the
-optimiser never sees micro-batches and the schedule advances once per step.
-
-Schedules are built from optax's own pieces and shifted by one so that ``schedule(i)`` is the
-rate of update ``i`` (0-based): warmup never spends an update at rate zero, it reaches the peak
-exactly at update ``warmup - 1``, and the last update of the run uses the final (minimum) rate.
+One trainer step is one optimiser update: gradient accumulation happens inside the compiled step.
+Schedules are optax's, shifted by one so ``schedule(i)`` is the rate of update ``i``: warmup never
+spends an update at rate zero and the last update uses the final rate.
 """
 
 from __future__ import annotations
@@ -37,15 +30,8 @@ STACKED_AXIS_NAMES = ("layers", "blocks", "scan", "stack")
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and its schedule.
-
-    ``warmup_steps`` (updates), when set, wins over ``warmup_fraction`` (of all updates).
-    ``decay_fraction`` is the share of updates spent decaying in the warmup-stable-decay (WSD)
-    schedule; ``min_lr_ratio`` is the final rate as a fraction of the peak for ``cosine`` and
-    ``wsd`` (``constant`` stays at the peak after warmup).  ``clip_norm`` of ``None`` or ``0``
-    turns global-norm clipping off.  ``z_loss`` is the weight of ``log(Z)^2`` in the loss; it
-    lives here with the other knobs of the objective, and the loss function applies it.
-    """
+    """``warmup_steps`` (updates) wins over ``warmup_fraction``; ``min_lr_ratio``: final rate over peak
+    (``cosine``, ``wsd``); ``clip_norm`` None or 0: no clipping; ``z_loss`` weighs ``log(Z)^2``."""
 
     learning_rate: float = 3e-3
     schedule: str = "cosine"
@@ -107,21 +93,14 @@ def _check_fraction(name: str, value: float, *, allow_one: bool) -> None:
 
 
 def warmup_updates(cfg: OptimConfig, total_updates: int) -> int:
-    """Number of warmup updates: ``warmup_steps`` if set, else the fraction of the run."""
     if cfg.warmup_steps is not None:
         return cfg.warmup_steps
     return int(round(cfg.warmup_fraction * total_updates))
 
 
 def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
-    """Learning rate of optimiser update ``i`` (0-based) for a run of ``total_updates`` updates.
-
-    * ``cosine``: linear warmup from 0 to the peak, cosine decay to ``min_lr_ratio * peak``.
-    * ``wsd``: linear warmup, constant at the peak, then a decay over the last
-      ``decay_fraction`` of the run to ``min_lr_ratio * peak`` (linear or cosine).  A WSD run's
-      stable phase can be branched into shorter runs by decaying early.
-    * ``constant``: linear warmup, then the peak.
-    """
+    """Rate of update ``i`` (0-based): linear warmup, then ``cosine``, ``wsd`` (stable, then decay over
+    the last ``decay_fraction``: the stable phase can branch into shorter runs) or ``constant``."""
     import optax
 
     if total_updates < 1:
@@ -166,7 +145,7 @@ def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
 
 
 def learning_rate_at_step(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """The rate applied at trainer step ``s`` (0-based ``tx.update`` call), for logging."""
+    """The rate at trainer step ``s`` (0-based), for logging."""
     schedule = make_schedule(cfg, total_steps)
     return lambda step: float(schedule(step))
 
@@ -179,22 +158,15 @@ def _key_name(key: Any) -> str:
 
 
 def path_names(path: Sequence[Any]) -> list[str]:
-    """The names along a ``jax.tree_util`` key path (dict keys, attribute names, indices)."""
     return [_key_name(k) for k in path]
 
 
 def should_decay(path: Sequence[Any], leaf: Any,
                  stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> bool:
-    """Whether a parameter gets weight decay: matrices yes, norms and biases no.
+    """Matrices decay (embeddings and head too); norms and biases do not.
 
-    Two rules, either of which exempts a parameter:
-
-    * its name (any component of its path) contains ``norm``, ``bias`` or ``scale``;
-    * its rank is below 2 once a leading stacked-layers axis is removed.  A parameter counts as
-      stacked when a path component is one of ``stacked_axis_names`` (``layers`` for the
-      scanned decoder), so a stacked RMSNorm scale ``[n_layers, d_model]`` is rank 1 here.
-
-    Embeddings and the output head are matrices and are decayed.
+    Exempt by name (``norm``, ``bias``, ``scale``) or by rank < 2 after dropping a stacked-layers
+    axis, so a scanned RMSNorm scale ``[n_layers, d_model]`` counts as rank 1.
     """
     names = path_names(path)
     if any(NO_DECAY_NAME.search(name) for name in names):
@@ -206,7 +178,6 @@ def should_decay(path: Sequence[Any], leaf: Any,
 
 
 def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> Any:
-    """A pytree of booleans shaped like ``params``: True where weight decay applies."""
     import jax
 
     return jax.tree_util.tree_map_with_path(
@@ -214,13 +185,7 @@ def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAM
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any = None) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW with the schedule and masked decoupled weight decay.
-
-    ``total_steps`` counts trainer steps (``tx.update`` calls), one update each.
-
-    ``params`` is accepted so callers can pass the tree the optimiser will see; the mask is
-    computed from the tree given to ``init`` / ``update``, so any tree of the same structure works.
-    """
+    """Clipping, then AdamW with the schedule and masked decay; ``total_steps`` counts updates."""
     import optax
 
     del params  # the mask is a function of the tree passed to init/update

@@ -1,9 +1,8 @@
 """Split by document, pack into overlapping sequences, shuffle and repeat with grain.
 
-Documents go to train or validation by a seeded permutation (``split_seed``, else
-``seed``), so no validation text is ever trained on.  Each split's documents are laid end
-to end and cut into ``seq_len + 1`` tokens overlapping by one (inputs ``[:-1]``, targets
-``[1:]``): every token is a target exactly once per epoch.
+Documents go to train or validation by a seeded permutation, so no validation text is trained
+on. Each split is laid end to end and cut into ``seq_len + 1`` tokens overlapping by one: every
+token is a target exactly once per epoch.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ log = logging.getLogger("training.data")
 
 
 def split_documents(num_documents: int, validation_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Sorted train and validation document indices: a seeded permutation's prefix is the
-    validation set (at least one document when the fraction is positive)."""
+    """Sorted train and validation indices; at least one validation document if the fraction is > 0."""
     if validation_fraction == 0.0:
         return np.arange(num_documents), np.arange(0)
     if num_documents < 2:
@@ -39,7 +37,6 @@ def split_documents(num_documents: int, validation_fraction: float, seed: int) -
 
 
 def split_stream(corpus: TokenizedCorpus, documents: np.ndarray) -> np.ndarray:
-    """The tokens of ``documents`` (each with its separator), end to end, as int32."""
     lengths = np.diff(corpus.offsets)
     keep = np.zeros(corpus.num_documents, dtype=bool)
     keep[documents] = True
@@ -47,8 +44,7 @@ def split_stream(corpus: TokenizedCorpus, documents: np.ndarray) -> np.ndarray:
 
 
 class PackedSequences:
-    """Sequence ``i`` is ``stream[i * seq_len : i * seq_len + seq_len + 1]`` (a grain data
-    source: ``len`` and integer indexing)."""
+    """Sequence ``i`` is ``stream[i * seq_len : i * seq_len + seq_len + 1]`` (a grain data source)."""
 
     def __init__(self, stream: np.ndarray, seq_len: int) -> None:
         self.stream = stream
@@ -70,7 +66,6 @@ class PackedSequences:
 
 
 def document_split(cfg: DataConfig) -> Tuple[np.ndarray, np.ndarray]:
-    """Train and validation document indices of a single source."""
     corpus = load_corpus(cfg)
     return split_documents(corpus.num_documents, cfg.validation_fraction, split_seed(cfg))
 
@@ -90,8 +85,7 @@ def too_few(split: str, tokens: int, sequences: int, seq_len: int, batch: int) -
 
 
 def split_sequences(cfg: DataConfig, split: str, seq_len: int) -> Union[PackedSequences, ShardSequences]:
-    """A single source's ``train`` or ``validation`` split as packed sequences (shards were
-    split when tokenized)."""
+    """Shards were split when tokenized."""
     if cfg.source == "shards":
         return shard_sequences(cfg, split, seq_len)
     train, validation = document_split(cfg)
@@ -105,9 +99,8 @@ def _endless(source: Union[PackedSequences, ShardSequences], seed: int) -> "grai
 
 
 def train_sequences(cfg: DataConfig, *, seq_len: int, min_sequences: int = 1) -> "grain.MapDataset":
-    """The training split as an infinite ``MapDataset``, reshuffled every epoch from
-    ``cfg.seed``; for a mixture, the weighted interleaving of its trained sources, each
-    shuffled and repeated on its own.  Element ``k`` is a pure function of ``k``."""
+    """Infinite, reshuffled each epoch from ``cfg.seed``; a mixture interleaves its trained sources,
+    each shuffled and repeated on its own. Element ``k`` is a pure function of ``k``."""
     check_shape(seq_len, 1, "batch")
     sources = trained_sources(cfg)
     streams = []
@@ -123,8 +116,7 @@ def train_sequences(cfg: DataConfig, *, seq_len: int, min_sequences: int = 1) ->
 
 def eval_batches(cfg: DataConfig, *, seq_len: int, batch_size: int, num_batches: int,
                  process_index: int, process_count: int) -> List[Batch]:
-    """A seeded sample of a single source's validation sequences, the same on every call
-    and host count; each host gets its contiguous block of rows."""
+    """A seeded sample, the same on every call and host count; each host gets its contiguous rows."""
     validation = split_sequences(cfg, "validation", seq_len)
     if validation.num_tokens == 0:
         raise DataError("there is no validation split (data.validation_fraction=0)",

@@ -1,15 +1,10 @@
-"""A TFDS builder of our own: local text files -> an ArrayRecord dataset, offline.
+"""A TFDS builder of local text files -> ArrayRecord, offline.
 
-Why a builder rather than reading the files directly: it sends local text through exactly
-the path a published TFDS dataset takes (``tfds.data_source`` over ArrayRecord, read by
-grain), so that path is exercised and tested on data the project makes itself, with no
-download and no TensorFlow.
-
-Each file is one document, or, with a ``document_separator``, each non-empty piece of a
-file between separators is one.  Records keep the raw bytes (no decoding), so a byte
-tokenizer sees the files exactly as they are on disk.  The dataset's config name is a
-digest of the file list, sizes, modification times and separator: changing the files
-builds a new dataset instead of silently reusing a stale one.
+Local text goes through exactly the path a published TFDS dataset takes (``tfds.data_source``
+over ArrayRecord, read by grain), so that path is tested with no download and no TensorFlow.
+One document per file, or per non-empty piece between ``document_separator``s; records keep raw
+bytes. The config name digests the file list, sizes, mtimes and separator, so changed files
+build a new dataset rather than reuse a stale one.
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ SPLIT = "train"
 
 @dataclasses.dataclass
 class TextFilesConfig(tfds.core.BuilderConfig):
-    """Which files make the dataset, and how a file splits into documents."""
 
     files: Tuple[str, ...] = ()
     document_separator: str = ""
@@ -96,7 +90,6 @@ with tfds.core.registered.skip_registration():
 
 
 def config_name(files: Sequence[str], document_separator: str = "") -> str:
-    """A short digest naming this exact set of files (paths, sizes, mtimes) and separator."""
     digest = hashlib.sha256(document_separator.encode("utf-8"))
     for name in files:
         stat = os.stat(name)
@@ -106,8 +99,7 @@ def config_name(files: Sequence[str], document_separator: str = "") -> str:
 
 @contextlib.contextmanager
 def _quiet_tfds() -> Iterator[None]:
-    """A local build takes a moment: no progress bars, and no warning that our config is
-    not one of BUILDER_CONFIGS (it never is)."""
+    """No progress bars, and no warning that our config is not in BUILDER_CONFIGS (it never is)."""
     from tensorflow_datasets.core.utils import tqdm_utils  # noqa: PLC0415
 
     absl_logger = logging.getLogger("absl")
@@ -125,11 +117,7 @@ def _quiet_tfds() -> Iterator[None]:
 def build_text_dataset(
     files: Sequence[str], data_dir: str, document_separator: str = ""
 ) -> str:
-    """Build (once) the ArrayRecord dataset of ``files`` under ``data_dir``.
-
-    Returns the name to pass to ``tfds.data_source(name, data_dir=data_dir)``.  Building
-    again with the same files is a no-op.
-    """
+    """Build once; returns the name for ``tfds.data_source(name, data_dir=data_dir)``."""
     if not files:
         raise DataError("no text files to build a dataset from", hint="set data.path or data.glob")
     missing = [f for f in files if not os.path.isfile(f)]

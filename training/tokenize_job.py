@@ -1,12 +1,9 @@
 """``chinchax tokenize``: text in, pre-tokenized ArrayRecord shards and a manifest out.
 
-Input document ``k`` (in a fixed order over sorted files, or a Hugging Face dataset's rows)
-belongs to shard ``k mod N`` -- or, with at least ``N`` files, file ``j`` to shard
-``j mod N`` -- so every shard is a pure function of the inputs and its index: shards are
-written independently, by any process on any host, and a finished one (its
-``shard-i.json`` written last) is never redone.  A document goes to validation when a hash
-of its bytes falls under ``validation_fraction``: duplicates land in one split, whatever
-the sharding.  The manifest is written once every shard is done.
+Document ``k`` goes to shard ``k mod N`` (or, with at least ``N`` files, file ``j`` to shard
+``j mod N``), so each shard is a pure function of the inputs and its index: any process on any
+host may write it, and a finished one (``shard-i.json`` written last) is never redone. A document
+goes to validation by a hash of its bytes, so duplicates land in one split.
 """
 
 from __future__ import annotations
@@ -32,8 +29,7 @@ from training.tokenizer import Tokenizer, load_tokenizer
 
 @dataclasses.dataclass(frozen=True)
 class TokenizeJob:
-    """Everything the shards depend on; saved as ``job.json`` so restarts and other hosts
-    can only continue the same job."""
+    """Saved as ``job.json`` so restarts and other hosts can only continue the same job."""
 
     inputs: Tuple[str, ...]  # files, folders, globs, or one save_to_disk folder
     out: str
@@ -68,7 +64,6 @@ def _files(inputs: Sequence[str]) -> List[str]:
 
 
 def shard_documents(job: TokenizeJob, index: int) -> Iterator[bytes]:
-    """The documents of shard ``index``, in order."""
     if job.hf_name or (len(job.inputs) == 1 and is_saved_dataset(job.inputs[0])):
         dataset = load_hf_dataset(job.hf_name, path=job.inputs[0] if job.inputs else None,
                                   config=job.hf_config, split=job.split)
@@ -129,7 +124,6 @@ class _SplitWriter:
 
 
 def write_shard(job: TokenizeJob, index: int) -> Dict[str, Any]:
-    """Tokenize shard ``index`` into its two split files; ``shard-i.json`` marks it done."""
     started = time.perf_counter()
     tokenizer = load_tokenizer(job.tokenizer)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
@@ -172,7 +166,6 @@ def _start(job: TokenizeJob, tokenizer: Tokenizer) -> None:
 
 
 def pending_shards(job: TokenizeJob, host_index: int = 0, host_count: int = 1) -> List[int]:
-    """This host's shards (``index mod host_count == host_index``) not yet finished."""
     mine = range(host_index, job.num_shards, host_count)
     return [i for i in mine if not (Path(job.out) / done_file(i)).is_file()]
 
@@ -204,8 +197,7 @@ def write_manifest(job: TokenizeJob, tokenizer: Tokenizer) -> Dict[str, Any]:
 
 def run_tokenize(job: TokenizeJob, *, processes: int = 1, host_index: int = 0, host_count: int = 1,
                  progress: bool = True) -> Optional[Dict[str, Any]]:
-    """Write this host's missing shards over ``processes`` worker processes; return the
-    manifest once every shard of the job is done (``None`` while other hosts' are not)."""
+    """Returns the manifest once every shard is done (``None`` while other hosts' are not)."""
     from tqdm import tqdm  # noqa: PLC0415
 
     if not 0 <= host_index < host_count:
@@ -235,7 +227,7 @@ def _write_shard_star(arguments: Tuple[TokenizeJob, int]) -> Dict[str, Any]:
 
 
 def _advance(bar: Any, done: Dict[str, Any], started: float, text_mb: float) -> float:
-    """Advance the bar by one shard, showing input MB/s; the shard's MB."""
+    """Returns the shard's MB."""
     mb = sum(done[s]["text_bytes"] for s in SPLITS) / 1e6
     bar.set_postfix_str(f"{(text_mb + mb) / max(time.perf_counter() - started, 1e-9):.2f} MB/s")
     bar.update(1)

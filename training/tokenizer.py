@@ -1,10 +1,7 @@
-"""Tokenizers: bytes by default; a SentencePiece model, a ``tokenizer.json`` or a Hugging
-Face tokenizer folder when the config names one.
+"""Tokenizers: bytes by default; SentencePiece, ``tokenizer.json`` or a Hugging Face folder if named.
 
-The byte tokenizer needs no file, so every corpus is readable out of the box and a loss in
-nats per token is a loss per byte: ids 0..255 are the bytes, 256 ends a document.  The
-optional packages (``sentencepiece``, ``tokenizers``; extras ``[spm]``, ``[hf]``) are
-imported only when a config names such a tokenizer.
+Bytes need no file, so every corpus reads out of the box and nats per token are nats per byte:
+ids 0..255 are bytes, 256 ends a document. ``sentencepiece``/``tokenizers`` import lazily.
 """
 
 from __future__ import annotations
@@ -28,23 +25,21 @@ Text = Union[str, bytes]
 
 
 class Tokenizer(Protocol):
-    """What the pipeline needs from a tokenizer."""
 
     vocab_size: int
     eod_id: int
     fingerprint: str  # identifies the mapping text -> ids, for cache keys
 
     def encode(self, text: Text) -> np.ndarray:
-        """Ids of ``text`` (no end-of-document id), as a 1-D int32 array."""
+        """1-D int32 ids, without the end-of-document id."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids``; end-of-document ids are dropped."""
+        """End-of-document ids are dropped."""
         ...
 
 
 class ByteTokenizer:
-    """One id per byte (0..255) plus an end-of-document id (256)."""
 
     vocab_size: int = 257
     eod_id: int = 256
@@ -63,11 +58,7 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
-    """A trained SentencePiece model.
-
-    The end-of-document id is the model's ``</s>`` when it has one; a model trained
-    without ``</s>`` gets one extra id after its pieces, so documents stay separable.
-    """
+    """End-of-document is ``</s>``, or one extra id after the pieces when the model has none."""
 
     def __init__(self, model_path: str) -> None:
         path = Path(model_path).expanduser()
@@ -111,8 +102,7 @@ class SentencePieceTokenizer:
 
 
 def load_tokenizer(spec: str = BYTE_TOKENIZER) -> Tokenizer:
-    """``"byte"``, a SentencePiece ``.model`` file, a ``tokenizer.json``, or a folder
-    holding either (a Hugging Face tokenizer folder)."""
+    """``"byte"``, a ``.model`` file, a ``tokenizer.json``, or a folder holding either."""
     if spec == BYTE_TOKENIZER:
         return ByteTokenizer()
     if not spec:
@@ -131,7 +121,6 @@ def load_tokenizer(spec: str = BYTE_TOKENIZER) -> Tokenizer:
 
 
 def _eos_token(tokenizer_json: Path) -> Optional[str]:
-    """The ``eos_token`` a Hugging Face folder's ``tokenizer_config.json`` names, if any."""
     config = tokenizer_json.parent / "tokenizer_config.json"
     if not config.is_file():
         return None
@@ -140,11 +129,8 @@ def _eos_token(tokenizer_json: Path) -> Optional[str]:
 
 
 class HFTokenizer:
-    """A Hugging Face ``tokenizers`` model (``tokenizer.json``), special tokens not added.
-
-    The end-of-document id is the folder's ``eos_token``, else a usual end token of the
-    vocabulary (:data:`EOD_TOKENS`), else one extra id after the vocabulary.
-    """
+    """Special tokens not added. End-of-document: the folder's ``eos_token``, else a usual end token
+    (:data:`EOD_TOKENS`), else one extra id after the vocabulary."""
 
     def __init__(self, json_path: str) -> None:
         path = Path(json_path).expanduser()

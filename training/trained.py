@@ -1,11 +1,5 @@
 """A run's trained model, read back from its checkpoint onto a mesh (for sampling and export).
-
-The checkpoint is restored with the trainer's own state tree
-(:func:`training.state.abstract_train_state`) through :class:`training.checkpoint.Checkpointer`,
-so the parameters come back exactly as the trainer saved them, laid out by the run's mesh
-rules on the devices at hand (whatever mesh wrote them).  The optimiser moments are read with
-them and dropped: orbax restores a complete tree, and a partial one would need a second,
-hand-kept description of the layout.
+Optimiser moments are restored and dropped: a partial orbax restore would need a second layout.
 """
 
 from __future__ import annotations
@@ -35,7 +29,6 @@ log = logging.getLogger("chinchax.trained")
 
 @dataclass
 class TrainedModel:
-    """The model with restored parameters, the mesh they live on, and the step they are from."""
 
     model: Transformer
     mesh: Mesh
@@ -43,7 +36,6 @@ class TrainedModel:
 
 
 def checkpoint_dir(run_dir: epath.PathLike) -> epath.Path:
-    """``run_dir/checkpoints``, refusing a run directory that has none."""
     directory = epath.Path(run_dir) / CHECKPOINTS_DIR
     if not directory.exists():
         raise CheckpointError(f"{run_dir} has no {CHECKPOINTS_DIR}/ folder",
@@ -64,8 +56,7 @@ def run_mesh(cfg: RunConfig) -> Mesh:
 
 def load_trained_model(cfg: RunConfig, run_dir: Optional[epath.PathLike] = None,
                        step: Optional[int] = None, mesh: Optional[Mesh] = None) -> TrainedModel:
-    """Restore ``step`` (None: the newest) of the run ``cfg`` describes onto ``mesh`` (default:
-    :func:`run_mesh`)."""
+    """``step`` None: the newest; ``mesh`` default: :func:`run_mesh`."""
     directory = checkpoint_dir(run_dir if run_dir is not None else cfg.run_dir)
     mesh = run_mesh(cfg) if mesh is None else mesh
     graphdef, abstract, _ = abstract_train_state(cfg, mesh)
@@ -84,11 +75,7 @@ def load_trained_model(cfg: RunConfig, run_dir: Optional[epath.PathLike] = None,
 
 
 def complete(trained: TrainedModel, cfg: RunConfig, prompt: str, sampling: SamplingConfig) -> str:
-    """The text the model writes after ``prompt`` (up to its first end-of-document token).
-
-    Runs on the run's mesh with its parameter shardings; the batch of one prompt is replicated
-    (:func:`models.decode.decode_rules`).  An empty prompt starts a new document.
-    """
+    """Text after ``prompt`` up to its first end-of-document; an empty prompt starts a new document."""
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.eod_id]
     with activation_sharding(trained.mesh, decode_rules(cfg.mesh.rules)):

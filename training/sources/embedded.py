@@ -1,11 +1,8 @@
-"""The default corpus: a few MB of the Python standard library's own ``.py`` files, shipped
-inside the package (``embedded_corpus.tar.gz``), so the default run needs no download and
-sees the same bytes under every Python.
+"""The default corpus: a few MB of CPython 3.11.7 ``Lib/*.py`` shipped in the package, so the
+default run needs no download and sees the same bytes under every Python.
 
-The files were chosen from CPython 3.11.7's ``Lib/`` by :func:`select_stdlib_files` (in the
-order of a hash of each path, so the subset samples the whole library evenly) and packed by
-:func:`write_archive`; the archive also carries the PSF licence they are distributed under.
-Building the corpus checks the bytes against :data:`EMBEDDED_SHA256`.
+:func:`select_stdlib_files` picks files in path-hash order (an even sample of the library);
+the archive carries the PSF licence; building checks :data:`EMBEDDED_SHA256`.
 """
 
 from __future__ import annotations
@@ -37,7 +34,6 @@ _FILES = "files/"  # archive members holding documents; LICENSE.txt sits beside 
 
 
 def stdlib_root() -> Path:
-    """Where this interpreter's standard library sources live."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
@@ -70,7 +66,7 @@ def select_stdlib_files(root: Path) -> List[Tuple[str, int]]:
 
 
 def write_archive(root: Path, out: Path) -> str:
-    """Pack the selection from ``root`` reproducibly (fixed times and owners); its digest."""
+    """Reproducible (fixed times and owners); returns its digest."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, path in [("LICENSE.txt", root / "LICENSE.txt")] + [
@@ -117,7 +113,6 @@ def embedded_fingerprint() -> str:
 
 
 def embedded_files() -> List[Tuple[str, int]]:
-    """The corpus's files as ``(relative path, size)``, sorted by path."""
     return [(name, len(data)) for name, data in _documents()]
 
 

@@ -16,8 +16,7 @@ PARQUET_SUFFIXES = (".parquet",)
 
 
 def resolve_text_files(path: Optional[str] = None, pattern: Optional[str] = None) -> Tuple[str, ...]:
-    """The sorted, absolute files named by a file, a directory (every regular, non-hidden
-    file below it) and/or a glob (``**`` recurses)."""
+    """Sorted absolute paths from a file, a directory (non-hidden files below it) and/or a glob."""
     found: set[str] = set()
     if path:
         root = Path(path).expanduser()
@@ -80,7 +79,7 @@ def _parquet_documents(path: str, column: str) -> Iterator[bytes]:
 
 
 def file_documents(path: str, *, column: str = "text", separator: str = "") -> Iterator[bytes]:
-    """The documents of one file, chosen by its suffix; plain text keeps its raw bytes."""
+    """By suffix; plain text keeps its raw bytes."""
     suffix = Path(path).suffix.lower()
     if suffix in JSONL_SUFFIXES:
         yield from _jsonl_documents(path, column)

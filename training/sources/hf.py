@@ -1,5 +1,4 @@
-"""Hugging Face ``datasets``: a folder written by ``save_to_disk``, local JSON Lines or
-Parquet files, or a dataset named on the Hub (where the network allows)."""
+"""Hugging Face ``datasets``: a ``save_to_disk`` folder, local JSON Lines or Parquet, or the Hub."""
 
 from __future__ import annotations
 
@@ -30,14 +29,11 @@ def _pick_split(dataset: Any, split: str) -> Any:
 
 
 def is_saved_dataset(path: str) -> bool:
-    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
     return any((Path(path) / name).is_file() for name in ("state.json", "dataset_dict.json"))
 
 
 def load_hf_dataset(name: Optional[str], *, path: Optional[str] = None, glob: Optional[str] = None,
                     config: Optional[str] = None, split: str = "train", cache_dir: Optional[str] = None) -> Any:
-    """One split of a Hugging Face dataset: ``path`` a ``save_to_disk`` folder or local
-    files (``glob`` too), else ``name`` on the Hub."""
     datasets = _datasets()
     try:
         if path and not glob and is_saved_dataset(path):
@@ -73,8 +69,7 @@ def documents(cfg: Any, cache_dir: Path) -> Iterator[bytes]:
 
 
 def cache_parts(cfg: Any) -> Tuple[str, Dict[str, object]]:
-    """Local data by its files' names, sizes and times; a Hub dataset by name only (delete
-    its cache entry to pick up a new revision)."""
+    """A Hub dataset is keyed by name only: delete its cache entry to pick up a new revision."""
     files = []
     if cfg.path or cfg.glob:
         for name in resolve_text_files(cfg.path, cfg.glob):

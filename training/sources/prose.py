@@ -1,6 +1,6 @@
-"""English prose: the Python language reference that ships with every interpreter for
-``help()`` (``pydoc_data/topics.py``), with code, grammar and examples taken out -- a second
-natural "language" next to the embedded Python source, for continual pre-training."""
+"""English prose from ``pydoc_data/topics.py`` (ships with every interpreter) without code or
+grammar: a second natural "language" next to the embedded Python source, for continual pre-training.
+"""
 
 from __future__ import annotations
 
@@ -44,13 +44,12 @@ def _is_code(paragraph: str) -> bool:
 
 
 def prose_paragraphs(text: str) -> List[str]:
-    """The running-English paragraphs of a reference topic, dedented, in order."""
     paragraphs = (textwrap.dedent(p).strip() for p in _PARAGRAPH_BREAK.split(text))
     return [p for p in paragraphs if p and _RUNNING_TEXT.search(p) and not _is_code(p)]
 
 
 def _literal_assignment(path: Path, name: str) -> object:
-    """The literal a module assigns to ``name``: read as data, never executed."""
+    """Read as data, never executed."""
     for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
@@ -72,8 +71,8 @@ def _topics() -> dict:
 
 
 def prose_documents() -> List[str]:
-    """Each topic's prose paragraphs (topics by name), grouped into documents of about
-    :data:`PROSE_DOCUMENT_CHARS`, so a by-document split holds a predictable share."""
+    """Grouped into documents of about :data:`PROSE_DOCUMENT_CHARS`, so a by-document split holds a
+    predictable share."""
     topics = _topics()
     result: List[str] = []
     for name in sorted(topics):

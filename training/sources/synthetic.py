@@ -14,7 +14,6 @@ from chinchax.errors import DataError
 from training.data_config import SYNTHETIC_SYMBOLS
 
 def _entropy_nats(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Shannon entropy in nats along ``axis``; zero-probability entries contribute 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(probabilities > 0, -probabilities * np.log(probabilities), 0.0)
     return terms.sum(axis=axis)
@@ -22,13 +21,9 @@ def _entropy_nats(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class MarkovLanguage:
-    """A sparse Markov chain of order ``order`` over ``alphabet`` symbols.
-
-    ``transition[c, s]`` is the probability of symbol ``s`` after context ``c`` (the last
-    ``order`` symbols, most recent last, as a base-``alphabet`` number).  Each context
-    allows ``branching`` next symbols with Dirichlet(1) weights, so the per-context
-    entropies differ and the entropy rate is not a round number a model could guess.
-    """
+    """``transition[c, s]`` = P(``s`` | context ``c``), ``c`` the last ``order`` symbols in base
+    ``alphabet``. ``branching`` successors per context with Dirichlet(1) weights, so the entropy
+    rate is no round number a model could guess."""
 
     alphabet: int
     order: int
@@ -37,7 +32,6 @@ class MarkovLanguage:
 
     @classmethod
     def from_seed(cls, alphabet: int, order: int, branching: int, seed: int) -> "MarkovLanguage":
-        """Draw a chain and find its stationary law (see :func:`_recurrent_class`)."""
         rng = np.random.default_rng([seed, alphabet, order, branching])
         contexts = alphabet**order
         for _ in range(100):
@@ -55,14 +49,11 @@ class MarkovLanguage:
         )
 
     def entropy_rate_nats(self) -> float:
-        """Entropy per symbol of the stationary chain: sum_c pi(c) H(next | c)."""
+        """``sum_c pi(c) H(next | c)`` at stationarity."""
         return float(self.stationary @ _entropy_nats(self.transition))
 
     def conditional_entropy_nats(self, context_length: int) -> float:
-        """H(next symbol | the previous ``context_length`` symbols), at stationarity.
-
-        Equals the entropy rate once ``context_length >= order``; shorter contexts know less.
-        """
+        """H(next | previous ``context_length`` symbols); the entropy rate once that reaches ``order``."""
         if context_length >= self.order:
             return self.entropy_rate_nats()
         return self._block_entropy(context_length + 1) - self._block_entropy(context_length)
@@ -79,7 +70,7 @@ class MarkovLanguage:
         return float(_entropy_nats(marginal.ravel()))
 
     def sample(self, num_documents: int, length: int, seed: int) -> np.ndarray:
-        """``[num_documents, length]`` symbols, each row started from the stationary law."""
+        """Each row starts from the stationary law."""
         rng = np.random.default_rng([seed, 1])
         contexts = self.alphabet**self.order
         cumulative = np.cumsum(self.transition, axis=1)
@@ -103,7 +94,6 @@ def _successors(transition: np.ndarray, alphabet: int) -> np.ndarray:
 
 
 def _step_graph(transition: np.ndarray, alphabet: int):
-    """The sparse graph of allowed context-to-context steps, weighted by probability."""
     from scipy.sparse import csr_matrix  # noqa: PLC0415 -- only the synthetic source needs scipy
 
     contexts = transition.shape[0]
@@ -113,13 +103,8 @@ def _step_graph(transition: np.ndarray, alphabet: int):
 
 
 def _recurrent_class(transition: np.ndarray, alphabet: int) -> Optional[np.ndarray]:
-    """The contexts of the largest closed communicating class, if it is aperiodic.
-
-    A random sparse chain usually has a few contexts no other context leads to; those are
-    transient and carry no stationary mass.  The language lives on one closed class, where
-    the chain is irreducible; aperiodic as well, it has one stationary law that every long
-    document samples.  ``None`` when that class is periodic (then the draw is repeated).
-    """
+    """Largest closed communicating class (transient contexts carry no stationary mass), or ``None``
+    if periodic (then redraw): on it every long document samples one stationary law."""
     from scipy.sparse.csgraph import connected_components, shortest_path  # noqa: PLC0415
 
     graph = _step_graph(transition, alphabet).tocoo()
@@ -140,12 +125,7 @@ def _recurrent_class(transition: np.ndarray, alphabet: int) -> Optional[np.ndarr
 
 
 def _stationary(transition: np.ndarray, alphabet: int, members: np.ndarray) -> np.ndarray:
-    """The stationary law on the closed class ``members`` (zero elsewhere).
-
-    Power iteration: on an irreducible aperiodic class it converges geometrically, and a
-    random sparse chain mixes in about a hundred steps; a direct sparse solve is slower
-    here because the de Bruijn-like step graph fills in.
-    """
+    """Power iteration: a random sparse chain mixes in ~100 steps; a direct sparse solve fills in."""
     step = _step_graph(transition, alphabet)[members][:, members].T.tocsr()
     law = np.full(members.size, 1.0 / members.size)
     for _ in range(100_000):
@@ -160,7 +140,6 @@ def _stationary(transition: np.ndarray, alphabet: int, members: np.ndarray) -> n
 
 
 def synthetic_language(cfg: Any) -> MarkovLanguage:
-    """The Markov language a synthetic config describes."""
     return MarkovLanguage.from_seed(
         cfg.synthetic_alphabet, cfg.synthetic_order, cfg.synthetic_branching, cfg.synthetic_seed
     )
@@ -186,16 +165,8 @@ def description(cfg: Any) -> str:
 
 
 def loss_floor_nats(cfg: Any, seq_len: int) -> float:
-    """The lowest expected loss per target on synthetic data, for a model with ``seq_len``
-    tokens of context.
-
-    Target ``j`` of a sequence is predicted from ``j + 1`` tokens, so the first
-    ``order - 1`` targets see a shorter context than the chain's order and cost more than
-    the entropy rate.  Document boundaries are left out: a separator every
-    ``L = synthetic_document_length`` symbols that a model cannot see coming, and a fresh
-    start after it, raise the achievable loss by at most about
-    ``(1 + ln L + order * ln alphabet) / (L + 1)`` nats per token (0.004 for the defaults).
-    """
+    """Lowest expected loss per target with ``seq_len`` of context. Document boundaries are left out:
+    they add at most ``(1 + ln L + order ln alphabet) / (L + 1)`` nats/token (0.004 by default)."""
     language = synthetic_language(cfg)
     costs = [language.conditional_entropy_nats(min(j + 1, language.order)) for j in range(seq_len)]
     return float(math.fsum(costs) / seq_len)

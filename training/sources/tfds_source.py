@@ -1,5 +1,4 @@
-"""Any TFDS dataset with a text feature, read through ``tfds.data_source`` (ArrayRecord,
-no TensorFlow)."""
+"""Any TFDS dataset with a text feature, via ``tfds.data_source`` (ArrayRecord, no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -66,7 +65,6 @@ def _open(name: str, split: str, data_dir: Optional[str], download: bool) -> Any
 
 def tfds_documents(name: str, *, split: str, data_dir: Optional[str], feature: str, download: bool,
                    max_documents: int = 0) -> Iterator[bytes]:
-    """The ``feature`` of every record of a TFDS dataset, as bytes, in record order."""
     source = _open(name, split, data_dir, download)
     total = len(source) if not max_documents else min(len(source), max_documents)
     chunk = 1024

@@ -1,14 +1,9 @@
 """``chinchax tokenize`` throughput, and training on shards against the in-memory path.
 
-1. The same text (Python standard library sources, repeated to ``--mb`` MB, one document a
-   file, as a plain text file with a document separator) is tokenized into shards with 1 and
-   with 2 worker processes; MB/s is input bytes over wall time, process start-up included.
-2. A small model trains on that text twice over, alternately: ``data.source: text`` (the
-   in-memory ``.npy`` path) and ``data.source: shards``; tokens/s is the trainer's own
-   (compilation excluded).  The ratio shards / in-memory should be ~1: reading is not the
-   bottleneck.
+Tokenizes ``--mb`` MB of stdlib sources with 1 and 2 workers (MB/s including start-up), then
+trains alternately on ``data.source: text`` and ``shards``; the tokens/s ratio should be ~1.
 
-    python benchmarks/tokenize.py --preset cpu --out benchmarks/results/tokenize_cpu.json
+    python benchmarks/tokenize_speed.py --preset cpu --out benchmarks/results/tokenize_cpu.json
 """
 
 from __future__ import annotations
