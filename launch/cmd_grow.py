@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from chinchax.errors import ConfigError
-from launch.config import (RESOLVED_CONFIG_NAME, load_experiment, load_run_config, resolve, run_config_to_yaml)
+from launch.config import (load_experiment, load_run_config, resolve, run_config_to_yaml)
 
 from models.hypercloning import DEFAULT_NOISE_SCALE, VARIANTS, check_factor, grow_config
 from training.config import RunConfig
@@ -85,9 +85,9 @@ def _parse_factor(text: str) -> int:
 
 def read_source(run_dir: str) -> RunConfig:
     """The source run's resolved config (a one-line error if the directory is not a run)."""
-    config = Path(run_dir) / RESOLVED_CONFIG_NAME
+    config = Path(run_dir) / CONFIG_NAME
     if not config.is_file():
-        raise ConfigError(f"{run_dir} has no {RESOLVED_CONFIG_NAME}",
+        raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",
                         hint="point at a run directory written by chinchax train (runs/<name>)")
     return load_run_config(config)
 
@@ -110,7 +110,7 @@ def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, 
 
 
 def _check_target(out: Path) -> None:
-    if (out / "checkpoints").exists() or (out / RESOLVED_CONFIG_NAME).exists():
+    if (out / CHECKPOINTS_DIR).exists() or (out / CONFIG_NAME).exists():
         raise ConfigError(f"{out} already holds a run",
                         hint="choose another --out directory, or delete that one first")
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPERIMENT_NAME).write_text(yaml.safe_dump(dataclasses.asdict(experiment), sort_keys=False))
-    (out / RESOLVED_CONFIG_NAME).write_text(run_config_to_yaml(run_cfg))
+    (out / CONFIG_NAME).write_text(run_config_to_yaml(run_cfg))
 
     from scaling.flops import count_params, train_flops_per_token
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -39,6 +38,7 @@ from launch.config import ExperimentConfig, config_error, load_experiment, read_
 from launch.ladder_runner import Runner, local_copy, run_state
 from launch.tables import backtest_table, report_table
 from scaling.ladder_backtest import backtest_stop
+from scaling.rundir import dumps
 from scaling.backtest import Backtest
 
 from scaling.allocate import BudgetConfig, RunPlan
@@ -279,15 +279,7 @@ def _duration(seconds: float) -> str:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)  # type: ignore[arg-type]
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    path.write_text(dumps(data, indent=1) + "\n")
 
 
 def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,

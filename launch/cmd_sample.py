@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from chinchax.errors import ConfigError
-from launch.config import RESOLVED_CONFIG_NAME, load_run_config
+from launch.config import load_run_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def read_run_config(run_dir: Path):  # -> training.config.RunConfig
     """The resolved config a run directory holds, or one ConfigError saying it has none."""
-    config = run_dir / RESOLVED_CONFIG_NAME
+    config = run_dir / CONFIG_NAME
     if not config.is_file():
-        raise ConfigError(f"{run_dir} has no {RESOLVED_CONFIG_NAME}",
+        raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",
                           hint="pass a run directory written by chinchax train (runs/<name>)")
     return load_run_config(config)
 

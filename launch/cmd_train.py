@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chinchax.errors import CheckpointError, ConfigError
-from launch.config import (RESOLVED_CONFIG_NAME, data_parallel_size, load_experiment,
+from launch.config import (data_parallel_size, load_experiment,
                            load_run_config, resolve, run_config_to_yaml)
 from training.preemption import PreemptionGuard
 
@@ -125,9 +125,9 @@ def _report(summary: dict) -> int:
 def _resume_run_dir(run_dir: Path, overrides: list[str], force: bool,
                     guard: PreemptionGuard) -> int:
     """Resume RUN_DIR itself (not the run_dir recorded inside), to the end of its schedule."""
-    config = run_dir / RESOLVED_CONFIG_NAME
+    config = run_dir / CONFIG_NAME
     if not config.is_file():
-        raise ConfigError(f"{run_dir} is a directory without a {RESOLVED_CONFIG_NAME}",
+        raise ConfigError(f"{run_dir} is a directory without a {CONFIG_NAME}",
                           hint="pass an experiment YAML, or the directory of a run chinchax wrote")
     if overrides:
         raise ConfigError("a run directory resumes with its own resolved config; overrides are not applied",

@@ -35,7 +35,6 @@ from training.data import DataConfig, vocab_size
 from training.optim import OptimConfig
 from training.wandb_sink import LoggingConfig
 
-RESOLVED_CONFIG_NAME = "config.yaml"
 MAX_SEED = 2**32 - 1
 
 # With a budget: section the allocator chooses these; a model: section may set only the rest

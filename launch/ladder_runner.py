@@ -4,7 +4,6 @@ GPU groups, reading their run directories' state, and mirroring remote ones loca
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import queue
 import shutil
@@ -17,26 +16,24 @@ from etils import epath
 
 from chinchax.errors import ScalingError
 from launch.config import load_experiment, resolve
-from scaling.ladder import PREDICTION_FILE, SUMMARY_FILE, rung_status
+from scaling.ladder import rung_status
+from scaling.rundir import (CHECKPOINTS_DIR, METRICS_NAME, PREDICTION_NAME, SUMMARY_NAME, RunDirError,
+                            is_remote, read_summary)
 
 LOGS_DIR = "logs"
 MIRROR_DIR = "mirror"
-# Run-directory files a ladder reads (kept here so the run-directory module can replace them).
-METRICS_FILE = "metrics.jsonl"
 
 
 def _read_summary(run_dir: epath.Path) -> Optional[dict[str, Any]]:
-    path = run_dir / SUMMARY_FILE
-    if not path.exists():
-        return None
+    """The summary, or None when absent or unreadable (the rung then resumes and rewrites it)."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return read_summary(run_dir)
+    except RunDirError:
         return None
 
 
 def _has_checkpoint(run_dir: epath.Path) -> bool:
-    ckpt = run_dir / "checkpoints"
+    ckpt = run_dir / CHECKPOINTS_DIR
     return ckpt.exists() and any(True for _ in ckpt.iterdir())
 
 
@@ -49,17 +46,13 @@ def run_state(run_dir: str | epath.Path) -> tuple[str, Optional[dict[str, Any]]]
     return rung_status(summary, _has_checkpoint(path)), summary
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
 def local_copy(ladder_dir: Path, run_dir: str, name: str) -> Path:
     """The run directory itself when local; else its summary and metrics copied under mirror/."""
-    if not _is_remote(run_dir):
+    if not is_remote(run_dir):
         return Path(run_dir)
     local = ladder_dir / MIRROR_DIR / name
     local.mkdir(parents=True, exist_ok=True)
-    for file in (SUMMARY_FILE, METRICS_FILE, PREDICTION_FILE):
+    for file in (SUMMARY_NAME, METRICS_NAME, PREDICTION_NAME):
         remote = epath.Path(run_dir) / file
         if remote.exists():
             (local / file).write_text(remote.read_text())

@@ -27,6 +27,7 @@ from scaling.laws import Law, ParametricLaw
 from scaling.lbfgs import lbfgs_batched
 from scaling.lr_schedule import Schedule
 from scaling.observations import Observations
+from scaling.rundir import dumps
 
 # Re-exported: callers import the fit's pieces from here.
 __all__ = ["LABEL_ORDER", "Bootstrap", "FitConfig", "FitWarning", "HuberLogObjective", "StartGrid",
@@ -161,20 +162,10 @@ def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, referen
 def write_law_file(report: FitReport, path: str | Path,
                    settings: Mapping[str, Any] | None = None) -> Path:
     """Write the law file (JSON) that ``chinchax allocate --law PATH`` reads."""
-    import json
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(settings), indent=2, default=_json_default) + "\n")
+    path.write_text(dumps(report.to_dict(settings), indent=2) + "\n")
     return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # ============================================================================ ARE evaluation

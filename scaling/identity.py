@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from chinchax.errors import ScalingError
 from scaling.observations import COLUMN_ALIASES, find_run_dirs
-from scaling.run_meta import read_config, read_summary
+from scaling.rundir import read_config, read_summary
 
 UNKNOWN = "unknown"
 FIELDS = ("tokenizer.kind", "tokenizer.vocab", "tokenizer.hash", "seq_len", "data.source",
@@ -70,7 +70,7 @@ def _init(config: Mapping[str, Any]) -> str:
 
 def run_identity(run_dir: str | Path) -> dict[str, str]:
     """The identity of one run directory, from its ``config.yaml`` and ``summary.json``."""
-    config, summary = read_config(run_dir), read_summary(run_dir)
+    config, summary = read_config(run_dir), read_summary(run_dir) or {}
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     model = summary.get("model") or config.get("model") or {}
     train = config.get("train") if isinstance(config.get("train"), Mapping) else {}
