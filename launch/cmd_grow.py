@@ -31,15 +31,16 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from chinchax.errors import ConfigError
-from launch.config import (load_experiment, load_run_config, resolve, run_config_to_yaml)
+from models.grow_shape import DEFAULT_NOISE_SCALE, VARIANTS, check_factor, grow_config
+from scaling.rundir import CHECKPOINTS_DIR, CONFIG_NAME
 
-from models.hypercloning import DEFAULT_NOISE_SCALE, VARIANTS, check_factor, grow_config
-from training.config import RunConfig
+if TYPE_CHECKING:
+    from training.config import RunConfig
 
 EXPERIMENT_NAME = "experiment.yaml"
 MAX_GROWN_PARAMS = 1e12  # beyond any single run this framework plans
@@ -89,6 +90,8 @@ def read_source(run_dir: str) -> RunConfig:
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",
                         hint="point at a run directory written by chinchax train (runs/<name>)")
+    from launch.config import load_run_config  # JAX: only once the arguments are checked
+
     return load_run_config(config)
 
 
@@ -97,6 +100,7 @@ def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, 
     """The experiment (as a dict) of the grown run: the source's with the model widened."""
     data = source.to_dict()
     data.pop("plan", None)  # the allocator's plan sized the small model, not this one
+    data.pop("runtime", None)  # a record of the source's process, not a setting (--set runtime.*)
     data.update(
         name=name,
         run_dir=_absolute(out),
@@ -135,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     data = grown_experiment(source, args.run_dir, factor, args.out, variant=args.variant,
                             noise_scale=args.noise_scale, seed=seed,
                             name=args.name or out.resolve().name)
+    from launch.config import load_experiment, resolve, run_config_to_yaml
+
     experiment = load_experiment(data, list(args.overrides))
     if experiment.budget is not None:
         raise ConfigError("a grown run's shape is fixed by its source; budget.* cannot apply",

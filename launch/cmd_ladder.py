@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import yaml
 from etils import epath
@@ -34,19 +34,21 @@ from rich.console import Console
 from rich.table import Table
 
 from chinchax.errors import ChinchaxError, ConfigError, ScalingError
-from launch.config import ExperimentConfig, config_error, load_experiment, read_yaml
+from launch.args import add_config_arguments
 from launch.ladder_runner import Runner, local_copy, run_state
 from launch.tables import backtest_table, report_table
-from scaling.ladder_backtest import backtest_stop
-from scaling.rundir import dumps
-from scaling.backtest import Backtest
-
 from scaling.allocate import BudgetConfig, RunPlan
+from scaling.backtest import Backtest
 from scaling.fit import FitWarning
 from scaling.ladder import (CPU_GUESS_FLOPS_PER_SECOND, PLAN_FILE, PREDICTION_FILE, VERIFICATION_FILE,
                             LadderAnalysis, LadderConfig, LadderPlan, WallTimeModel, analyse_ladder,
                             design_ladder, estimate_seconds, load_prediction, measured_wall_time_model,
                             predict_target, shape_label, verify_target)
+from scaling.ladder_backtest import backtest_stop
+from scaling.rundir import dumps
+
+if TYPE_CHECKING:
+    from launch.config import ExperimentConfig
 
 log = logging.getLogger("chinchax.ladder")
 
@@ -64,9 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a scaling ladder: isoFLOP rungs planned around a law's optimum, fitted "
         "with approaches 2 and 3, a prediction of a 10x larger target run written before it "
         "starts, the target trained and checked, and a report. Re-running resumes.")
-    parser.add_argument("config", help="ladder YAML, e.g. configs/ladder_cpu.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. ladder.bootstrap=100 train.eval_every=25")
+    add_config_arguments(parser, config_help="ladder YAML, e.g. configs/ladder_cpu.yaml",
+                         overrides_help="dotted overrides, e.g. ladder.bootstrap=100 train.eval_every=25")
     parser.add_argument("--ladder-dir", help="ladder directory (default: runs/<name>)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan and write plan.json and the rung experiments; train nothing")
@@ -123,6 +124,8 @@ def load_ladder_config(section: Mapping[str, Any], overrides: Sequence[str] = ()
     except ChinchaxError as exc:
         raise ConfigError(str(exc), hint=exc.hint) from None
     except OmegaConfBaseException as exc:
+        from launch.config import config_error
+
         error = config_error(exc)
         raise ConfigError(f"ladder.{error}", hint=error.hint) from None
 
@@ -139,6 +142,7 @@ def _data_parallel(exp: ExperimentConfig) -> int:
 def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *,
                 ladder_dir: str | Path | None = None, data_parallel: Optional[int] = None) -> LadderSetup:
     """Read a ladder YAML (or dict) with overrides into a :class:`LadderSetup`."""
+    from launch.config import load_experiment, read_yaml
     from training.data import vocab_size  # the tokenizer decides the vocabulary
 
     data = dict(source) if isinstance(source, Mapping) else read_yaml(Path(source))

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from chinchax.errors import ConfigError
-from launch.config import load_run_config
+from scaling.rundir import CONFIG_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,8 @@ def read_run_config(run_dir: Path):  # -> training.config.RunConfig
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",
                           hint="pass a run directory written by chinchax train (runs/<name>)")
+    from launch.config import load_run_config
+
     return load_run_config(config)
 
 

@@ -15,7 +15,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from etils import epath
 
 from chinchax.errors import ScalingError
-from launch.config import load_experiment, resolve
 from scaling.ladder import rung_status
 from scaling.rundir import (CHECKPOINTS_DIR, METRICS_NAME, PREDICTION_NAME, SUMMARY_NAME, RunDirError,
                             is_remote, read_summary)
@@ -97,6 +96,7 @@ class Runner:
 
 def _train_in_process(experiment_path: Path) -> dict[str, Any]:
     from launch.cmd_train import train_with_law_watch  # JAX is imported only when something trains
+    from launch.config import load_experiment, resolve
 
     summary = train_with_law_watch(resolve(load_experiment(experiment_path)))
     if summary["status"] != "complete":

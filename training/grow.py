@@ -17,7 +17,7 @@ from typing import Any, Optional
 import jax
 
 from chinchax.errors import ChinchaxError, TrainingError
-from models import hypercloning
+from models import grow_shape, hypercloning
 from models.config import ModelConfig
 from training.checkpoint import CheckpointConfig, Checkpointer
 from training.config import InitConfig
@@ -53,8 +53,8 @@ def source_model_config(source: InitSource) -> Optional[ModelConfig]:
 def check_growth_shapes(source_model: ModelConfig, factor: int, model: ModelConfig,
                         grow_from: str) -> None:
     """This run's model must be exactly the source's grown ``factor`` times (same layout)."""
-    grown = hypercloning.grow_config(source_model, factor)
-    differing = hypercloning.shape_differences(grown, model)
+    grown = grow_shape.grow_config(source_model, factor)
+    differing = grow_shape.shape_differences(grown, model)
     if differing:
         raise TrainingError(
             f"init.grow_from={grow_from} widened {factor}x is not this run's model: "
@@ -128,9 +128,9 @@ def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
     source = _growth_source(cfg.grow_from)
     source_model = source_model_config(source)
     if source_model is None:
-        source_model = hypercloning.shrink_config(model, factor)
+        source_model = grow_shape.shrink_config(model, factor)
     check_growth_shapes(source_model, factor, model, cfg.grow_from)
-    narrow = hypercloning.shrink_config(model, factor)
+    narrow = grow_shape.shrink_config(model, factor)
     reader = Checkpointer(source.checkpoint_dir, CheckpointConfig(async_save=False))
     try:
         step = source.step if source.step is not None else reader.latest_step()
