@@ -84,17 +84,6 @@ def _parse_factor(text: str) -> int:
     return check_factor(value)
 
 
-def read_source(run_dir: str) -> RunConfig:
-    """The source run's resolved config (a one-line error if the directory is not a run)."""
-    config = Path(run_dir) / CONFIG_NAME
-    if not config.is_file():
-        raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",
-                        hint="point at a run directory written by chinchax train (runs/<name>)")
-    from launch.config import load_run_config  # JAX: only once the arguments are checked
-
-    return load_run_config(config)
-
-
 def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, *, variant: str,
                      noise_scale: float, seed: int, name: str) -> dict[str, Any]:
     """The experiment (as a dict) of the grown run: the source's with the model widened."""
@@ -131,7 +120,9 @@ def _check_size(source: RunConfig, factor: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     factor = _parse_factor(args.factor)
-    source = read_source(args.run_dir)
+    from launch.config import load_experiment, read_run_dir_config, resolve, run_config_to_yaml
+
+    source = read_run_dir_config(args.run_dir)
     _check_size(source, factor)
     out = Path(args.out)
     _check_target(out)
@@ -139,8 +130,6 @@ def run(args: argparse.Namespace) -> int:
     data = grown_experiment(source, args.run_dir, factor, args.out, variant=args.variant,
                             noise_scale=args.noise_scale, seed=seed,
                             name=args.name or out.resolve().name)
-    from launch.config import load_experiment, resolve, run_config_to_yaml
-
     experiment = load_experiment(data, list(args.overrides))
     if experiment.budget is not None:
         raise ConfigError("a grown run's shape is fixed by its source; budget.* cannot apply",

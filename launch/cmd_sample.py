@@ -10,9 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from chinchax.errors import ConfigError
-from scaling.rundir import CONFIG_NAME
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -29,23 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def read_run_config(run_dir: Path):  # -> training.config.RunConfig
-    """The resolved config a run directory holds, or one ConfigError saying it has none."""
-    config = run_dir / CONFIG_NAME
-    if not config.is_file():
-        raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",
-                          hint="pass a run directory written by chinchax train (runs/<name>)")
-    from launch.config import load_run_config
-
-    return load_run_config(config)
-
-
 def run(args: argparse.Namespace) -> int:
+    from launch.config import read_run_dir_config
     from models.decode import SamplingConfig
     from training.trained import complete, load_trained_model
 
     run_dir = Path(args.run)
-    cfg = read_run_config(run_dir)
+    cfg = read_run_dir_config(run_dir)
     sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature,
                               top_p=args.top_p, seed=args.seed)
     trained = load_trained_model(cfg, run_dir=run_dir, step=args.step)
