@@ -81,9 +81,9 @@ def expected_shapes(cfg: ModelConfig) -> Dict[ParamName, List[Tuple[int, ...]]]:
     """Parameter name → shapes (one per layer when unscanned) of the model ``cfg`` builds."""
     from flax import nnx
 
-    from models.transformer import Transformer
+    from models.build import abstract_model
 
-    abstract = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    abstract = nnx.state(abstract_model(cfg), nnx.Param)
     shapes: Dict[ParamName, List[Tuple[int, ...]]] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
         shapes.setdefault(param_name(path), []).append(tuple(leaf.shape))

@@ -72,10 +72,9 @@ def _abstract_params(model: ModelConfig) -> Any:
     """The parameter tree (``ShapeDtypeStruct`` leaves) of the model ``model`` builds."""
     from flax import nnx
 
-    from models.transformer import Transformer
+    from models.build import abstract_model
 
-    _, params, _ = nnx.split(nnx.eval_shape(lambda: Transformer(model, rngs=nnx.Rngs(0))),
-                             nnx.Param, ...)
+    _, params, _ = nnx.split(abstract_model(model), nnx.Param, ...)
     return params
 
 
@@ -169,11 +168,9 @@ def grow_state(cfg: InitConfig, state: dict[str, Any],
     """
     growth = check_growth(cfg, model)
     wide_params = state[PARAMS_KEY]
-    def onto_wide_mesh(small: Any, wide: Any) -> jax.ShapeDtypeStruct:
-        sharding = hypercloning.narrow_sharding(wide.sharding, small.shape)
-        return jax.ShapeDtypeStruct(small.shape, small.dtype, sharding=sharding)
-
-    small_abstract = jax.tree.map(onto_wide_mesh, _abstract_params(growth.narrow), wide_params)
+    small = _abstract_params(growth.narrow)
+    small_abstract = abstract(small, jax.tree.map(  # the narrow leaves laid out like the wide ones
+        lambda s, w: hypercloning.narrow_sharding(w.sharding, s.shape), small, wide_params))
     expected = named_leaves({PARAMS_KEY: small_abstract})
     step_path = str(growth.source.checkpoint_dir / str(growth.step))
     small_params, loaded = load_pretrained_params(
