@@ -54,6 +54,7 @@ from common import first_reaching  # noqa: E402
 
 from launch.cli import main as chinchax
 from launch.config import load_experiment, resolve
+from scaling.rundir import CHECKPOINTS_DIR
 from training.metrics import read_records
 from training.trainer import train
 
@@ -107,7 +108,7 @@ def copy_gap(run_dir: Path) -> float:
 
     from models.hypercloning import copy_blocks
 
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINTS_DIR
     step = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     state = ocp.StandardCheckpointer().restore(checkpoints / str(step) / "state")
     up = np.asarray(state["params"]["blocks"]["up"]["kernel"]["value"])

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here, after a possible re-execution (main), not twice.  Each module's
     # ``register(subparsers)`` adds its sub-command(s) and sets ``func`` (namespace -> exit
     # code); heavy imports (JAX) belong inside the commands, so ``--help`` starts fast.
-    from launch import (cmd_allocate, cmd_compile, cmd_fit, cmd_grow, cmd_ladder,
+    from launch import (cmd_allocate, cmd_compile, cmd_export, cmd_fit, cmd_grow, cmd_ladder,
                         cmd_sample, cmd_tokenize, cmd_tpu, cmd_train, multihost_local)
 
     parser = Parser(
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in (cmd_allocate, cmd_train, cmd_fit, cmd_ladder, cmd_tpu, multihost_local, cmd_compile,
-                   cmd_grow, cmd_sample, cmd_tokenize):
+                   cmd_grow, cmd_sample, cmd_export, cmd_tokenize):
         module.register(sub)
     return parser
 

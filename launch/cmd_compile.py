@@ -16,13 +16,15 @@ import importlib.metadata
 import json
 import os
 import time
-from typing import Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 from chinchax.errors import LaunchError
+from launch.args import add_config_arguments
 from launch.aot import (CompileReport, MemoryReport, Topology, counter_flops, hbm_bytes_per_device, is_out_of_memory, libtpu_location, libtpu_missing_error, out_of_memory_error, parse_topology, report_rows)
-from launch.config import data_parallel_size, load_experiment, resolve
 from scaling.flops import count_params
-from training.config import RunConfig
+
+if TYPE_CHECKING:
+    from training.config import RunConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Resolve an experiment as `chinchax train` does, then lower and compile its "
         "train step for a TPU topology (needs libtpu, not a TPU) or N host CPU devices, and "
         "report per-device memory against the chip's HBM, compile time and FLOPs.")
-    parser.add_argument("config", help="experiment YAML, e.g. configs/cpu_tiny.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.global_batch=64 model.remat=full")
+    add_config_arguments(parser, overrides_help="dotted overrides, e.g. train.global_batch=64 model.remat=full")
     parser.add_argument("--topology", required=True,
                         help="TPU topology such as v5e:4x4, v4:2x2x2, v5p:2x2x2; or cpu:N")
     parser.add_argument("--slices", type=int, default=1,
@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from launch.config import data_parallel_size, load_experiment, resolve
+
     topology = parse_topology(args.topology)
     if args.slices < 1 or (args.slices > 1 and not topology.is_tpu):
         raise LaunchError(f"--slices {args.slices} needs a TPU topology and a value >= 1",

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from chinchax.errors import ConfigError
-from launch.cmd_sample import read_run_config
 
 FORMATS = ("hf",)
 
@@ -29,11 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from launch.config import read_run_dir_config
     from training.export_hf import check_llama, export_llama
     from training.trained import load_trained_model
 
     run_dir, out = Path(args.run), Path(args.out)
-    cfg = read_run_config(run_dir)
+    cfg = read_run_dir_config(run_dir)
     check_llama(cfg.model)  # before reading any checkpoint
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty",

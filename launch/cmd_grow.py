@@ -31,15 +31,16 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from chinchax.errors import ConfigError
-from launch.config import (RESOLVED_CONFIG_NAME, load_experiment, load_run_config, resolve, run_config_to_yaml)
+from models.grow_shape import DEFAULT_NOISE_SCALE, VARIANTS, check_factor, grow_config
+from scaling.rundir import CHECKPOINTS_DIR, CONFIG_NAME
 
-from models.hypercloning import DEFAULT_NOISE_SCALE, VARIANTS, check_factor, grow_config
-from training.config import RunConfig
+if TYPE_CHECKING:
+    from training.config import RunConfig
 
 EXPERIMENT_NAME = "experiment.yaml"
 MAX_GROWN_PARAMS = 1e12  # beyond any single run this framework plans
@@ -83,20 +84,12 @@ def _parse_factor(text: str) -> int:
     return check_factor(value)
 
 
-def read_source(run_dir: str) -> RunConfig:
-    """The source run's resolved config (a one-line error if the directory is not a run)."""
-    config = Path(run_dir) / RESOLVED_CONFIG_NAME
-    if not config.is_file():
-        raise ConfigError(f"{run_dir} has no {RESOLVED_CONFIG_NAME}",
-                        hint="point at a run directory written by chinchax train (runs/<name>)")
-    return load_run_config(config)
-
-
 def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, *, variant: str,
                      noise_scale: float, seed: int, name: str) -> dict[str, Any]:
     """The experiment (as a dict) of the grown run: the source's with the model widened."""
     data = source.to_dict()
     data.pop("plan", None)  # the allocator's plan sized the small model, not this one
+    data.pop("runtime", None)  # a record of the source's process, not a setting (--set runtime.*)
     data.update(
         name=name,
         run_dir=_absolute(out),
@@ -110,7 +103,7 @@ def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, 
 
 
 def _check_target(out: Path) -> None:
-    if (out / "checkpoints").exists() or (out / RESOLVED_CONFIG_NAME).exists():
+    if (out / CHECKPOINTS_DIR).exists() or (out / CONFIG_NAME).exists():
         raise ConfigError(f"{out} already holds a run",
                         hint="choose another --out directory, or delete that one first")
 
@@ -127,7 +120,9 @@ def _check_size(source: RunConfig, factor: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     factor = _parse_factor(args.factor)
-    source = read_source(args.run_dir)
+    from launch.config import load_experiment, read_run_dir_config, resolve, run_config_to_yaml
+
+    source = read_run_dir_config(args.run_dir)
     _check_size(source, factor)
     out = Path(args.out)
     _check_target(out)
@@ -147,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPERIMENT_NAME).write_text(yaml.safe_dump(dataclasses.asdict(experiment), sort_keys=False))
-    (out / RESOLVED_CONFIG_NAME).write_text(run_config_to_yaml(run_cfg))
+    (out / CONFIG_NAME).write_text(run_config_to_yaml(run_cfg))
 
     from scaling.flops import count_params, train_flops_per_token
 

@@ -1,24 +1,30 @@
 """``chinchax ladder CONFIG``: design an isoFLOP ladder, run it, fit it, predict the target, check.
 
-A ladder YAML is an experiment plus a ``ladder:`` section; overrides address either. Each
-invocation resumes: design (``plan.json``, ``experiments/<rung>.yaml``; ``--dry-run`` stops
-here), run, fit, predict (``prediction.json``, never rewritten once the target started), train
-and verify the target, report. Rungs are independent ``chinchax train`` runs, so several VMs
-can share a bucket (``ladder.rungs_dir: gs://...``); a later invocation skips finished rungs.
+A ladder YAML is an ordinary experiment plus a ``ladder:`` section
+(:class:`scaling.ladder.LadderConfig`); overrides address either (``ladder.bootstrap=100``).
+One invocation resumes whatever an earlier one left: **design** (``plan.json`` and
+``experiments/<rung>.yaml``; ``--dry-run`` stops here), **run** the rungs not yet complete
+(:mod:`launch.ladder_runner`), **fit** (``law.json``, ``law_approach2.json``), **predict** the
+target (``prediction.json``, never rewritten once the target has started), **train** and
+**verify** it (``verification.json``), and **report** (``report.md`` and plots).
+
+Across machines: each rung is an independent ``chinchax train LADDER_DIR/experiments/<rung>.yaml``,
+so rungs can run on several VMs sharing a bucket (``ladder.rungs_dir: gs://...``); a later
+``chinchax ladder CONFIG`` finds the finished rungs there, skips them, fits and predicts
+(``ladder.train_target: false`` stops after the prediction).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import yaml
 from etils import epath
@@ -28,18 +34,21 @@ from rich.console import Console
 from rich.table import Table
 
 from chinchax.errors import ChinchaxError, ConfigError, ScalingError
-from launch.config import ExperimentConfig, config_error, load_experiment, read_yaml
+from launch.args import add_config_arguments
 from launch.ladder_runner import Runner, local_copy, run_state
 from launch.tables import backtest_table, report_table
-from scaling.ladder_backtest import backtest_stop
-from scaling.backtest import Backtest
-
 from scaling.allocate import BudgetConfig, RunPlan
+from scaling.backtest import Backtest
 from scaling.fit import FitWarning
 from scaling.ladder import (CPU_GUESS_FLOPS_PER_SECOND, PLAN_FILE, PREDICTION_FILE, VERIFICATION_FILE,
                             LadderAnalysis, LadderConfig, LadderPlan, WallTimeModel, analyse_ladder,
                             design_ladder, estimate_seconds, load_prediction, measured_wall_time_model,
                             predict_target, shape_label, verify_target)
+from scaling.ladder_backtest import backtest_stop
+from scaling.rundir import dumps
+
+if TYPE_CHECKING:
+    from launch.config import ExperimentConfig
 
 log = logging.getLogger("chinchax.ladder")
 
@@ -57,9 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a scaling ladder: isoFLOP rungs planned around a law's optimum, fitted "
         "with approaches 2 and 3, a prediction of a 10x larger target run written before it "
         "starts, the target trained and checked, and a report. Re-running resumes.")
-    parser.add_argument("config", help="ladder YAML, e.g. configs/ladder_cpu.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. ladder.bootstrap=100 train.eval_every=25")
+    add_config_arguments(parser, config_help="ladder YAML, e.g. configs/ladder_cpu.yaml",
+                         overrides_help="dotted overrides, e.g. ladder.bootstrap=100 train.eval_every=25")
     parser.add_argument("--ladder-dir", help="ladder directory (default: runs/<name>)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan and write plan.json and the rung experiments; train nothing")
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 # ===================================================================================== set-up
 @dataclass(frozen=True)
 class LadderSetup:
+    """A ladder YAML read and validated, with every directory decided."""
 
     name: str
     experiment: ExperimentConfig
@@ -105,7 +114,7 @@ class LadderSetup:
 
 
 def load_ladder_config(section: Mapping[str, Any], overrides: Sequence[str] = ()) -> LadderConfig:
-    """Overrides here are without the ``ladder.`` prefix."""
+    """The ``ladder:`` section (plus ``key=value`` overrides without the ``ladder.`` prefix)."""
     schema = OmegaConf.structured(LadderConfig)
     OmegaConf.set_readonly(schema, False)
     try:
@@ -115,12 +124,14 @@ def load_ladder_config(section: Mapping[str, Any], overrides: Sequence[str] = ()
     except ChinchaxError as exc:
         raise ConfigError(str(exc), hint=exc.hint) from None
     except OmegaConfBaseException as exc:
+        from launch.config import config_error
+
         error = config_error(exc)
         raise ConfigError(f"ladder.{error}", hint=error.hint) from None
 
 
 def _data_parallel(exp: ExperimentConfig) -> int:
-    """As ``chinchax train`` plans: explicit mesh sizes only."""
+    """Devices a batch is split over, as ``chinchax train`` plans: explicit mesh sizes only."""
     sizes = (exp.mesh.data, exp.mesh.fsdp, exp.mesh.dcn_data, exp.mesh.dcn_fsdp)
     product = 1
     for size in sizes:
@@ -130,6 +141,8 @@ def _data_parallel(exp: ExperimentConfig) -> int:
 
 def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *,
                 ladder_dir: str | Path | None = None, data_parallel: Optional[int] = None) -> LadderSetup:
+    """Read a ladder YAML (or dict) with overrides into a :class:`LadderSetup`."""
+    from launch.config import load_experiment, read_yaml
     from training.data import vocab_size  # the tokenizer decides the vocabulary
 
     data = dict(source) if isinstance(source, Mapping) else read_yaml(Path(source))
@@ -162,8 +175,11 @@ def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str]
 # ============================================================================== experiments
 def rung_experiment(setup: LadderSetup, name: str, plan: RunPlan, run_dir: str, seed: int, *,
                     prediction_law: Optional[str] = None) -> ExperimentConfig:
-    """Explicit shape, steps, batch and rate. Rungs carry no loss prediction: the design law is only
-    the sweep's centre, and off-optimum rungs would be flagged for nothing."""
+    """An ordinary experiment that trains ``plan``: explicit shape, steps, batch and rate.
+
+    Rungs carry no loss prediction (the design law is only a centre for the sweep, and
+    off-optimum rungs would be flagged for nothing); the target carries the fitted law's.
+    """
     exp = setup.experiment
     prediction = dataclasses.replace(exp.prediction, enabled=False, law=None)
     if prediction_law is not None:
@@ -185,7 +201,7 @@ def experiment_yaml(exp: ExperimentConfig) -> str:
 
 
 def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, started: bool) -> Path:
-    """Refuses to change the experiment of a started run."""
+    """Write ``experiments/<name>.yaml``; refuse to change the experiment of a started run."""
     path = setup.ladder_dir / EXPERIMENTS_DIR / f"{name}.yaml"
     text = experiment_yaml(exp)
     if path.is_file() and path.read_text() != text and started:
@@ -202,6 +218,7 @@ def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, star
 # ================================================================================ the ladder
 @dataclass
 class LadderOutcome:
+    """What :func:`run_ladder` did and where it wrote it."""
 
     plan: LadderPlan
     ladder_dir: Path
@@ -253,7 +270,7 @@ def plan_table(setup: LadderSetup, plan: LadderPlan, statuses: Mapping[str, str]
 
 
 def _console() -> Console:
-    """Wide enough for the plan table even when output is a file or a pipe."""
+    """A console wide enough for the plan table even when the output is a file or a pipe."""
     console = Console()
     return console if console.is_terminal else Console(width=max(console.width, 180))
 
@@ -266,21 +283,17 @@ def _duration(seconds: float) -> str:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)  # type: ignore[arg-type]
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    path.write_text(dumps(data, indent=1) + "\n")
 
 
 def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
                use_subprocess: bool = False, console: Optional[Console] = None,
                on_rung_done: Optional[Callable[[str], None]] = None) -> LadderOutcome:
-    """``on_rung_done(name)`` runs after each rung trained here; raising stops the ladder (resumable)."""
+    """Design, run, fit, predict, train the target, verify and report (resuming any of it).
+
+    ``on_rung_done(name)`` is called after each rung finishes training in this invocation
+    (progress hooks; raising from it stops the ladder, which the next invocation resumes).
+    """
     console = console or _console()
     started = time.perf_counter()
     outcome, summaries, experiments = _design(setup, console)
@@ -326,7 +339,8 @@ def run_ladder(setup: LadderSetup, *, dry_run: bool = False, jobs: int = 1,
 
 def _design(setup: LadderSetup, console: Console
             ) -> tuple[LadderOutcome, dict[str, dict[str, Any]], list[tuple[str, Path]]]:
-    """Returns the outcome so far, the finished rungs' summaries and the experiments still to train."""
+    """Plan the rungs, write plan.json and their experiments, and print the plan; returns the
+    outcome so far, the finished rungs' summaries and the experiments still to train."""
     plan = design_ladder(setup.ladder, setup.budget_template, setup.data_parallel,
                          setup.experiment.model)
     setup.ladder_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +371,7 @@ def _design(setup: LadderSetup, console: Console
 
 def _finished_rungs(setup: LadderSetup, plan: LadderPlan,
                     summaries: dict[str, dict[str, Any]]) -> list[Path]:
-    """Local (mirrored when remote) run directories; all must be complete."""
+    """Every rung's local run directory (mirrored when remote); all must be complete."""
     run_dirs = []
     for rung in plan.rungs:
         status, summary = run_state(setup.rung_dir(rung.name))
@@ -382,7 +396,7 @@ def _fit(setup: LadderSetup, plan: LadderPlan, run_dirs: Sequence[Path],
 
 
 def _predict(setup: LadderSetup, analysis: LadderAnalysis, console: Console) -> dict[str, Any]:
-    """Written before the target starts; once it has, read back unchanged."""
+    """Write prediction.json before the target starts; once it has, read it back unchanged."""
     target_status, _ = run_state(setup.target_dir)
     prediction_path = setup.ladder_dir / PREDICTION_FILE
     if target_status == "new" or not prediction_path.is_file():
@@ -401,6 +415,7 @@ def _predict(setup: LadderSetup, analysis: LadderAnalysis, console: Console) -> 
 
 def _train_target(setup: LadderSetup, outcome: LadderOutcome, runner: Runner,
                   console: Console) -> str:
+    """Train the target (unless ``ladder.train_target`` is false) and verify it when complete."""
     analysis, prediction = outcome.analysis, outcome.prediction
     assert analysis is not None and prediction is not None
     target_status, _ = run_state(setup.target_dir)

@@ -1,13 +1,14 @@
-"""``chinchax sample RUN --prompt TEXT``: text from a run's newest checkpoint, deterministic by seed."""
+"""``chinchax sample RUN --prompt TEXT``: text from a trained run's newest checkpoint.
+
+The run directory's resolved ``config.yaml`` gives the model, tokenizer and mesh; decoding
+uses a key/value cache (``models/decode.py``) and is deterministic under ``--seed``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-from chinchax.errors import ConfigError
-from launch.config import RESOLVED_CONFIG_NAME, load_run_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,20 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def read_run_config(run_dir: Path):  # -> training.config.RunConfig
-    config = run_dir / RESOLVED_CONFIG_NAME
-    if not config.is_file():
-        raise ConfigError(f"{run_dir} has no {RESOLVED_CONFIG_NAME}",
-                          hint="pass a run directory written by chinchax train (runs/<name>)")
-    return load_run_config(config)
-
-
 def run(args: argparse.Namespace) -> int:
+    from launch.config import read_run_dir_config
     from models.decode import SamplingConfig
     from training.trained import complete, load_trained_model
 
     run_dir = Path(args.run)
-    cfg = read_run_config(run_dir)
+    cfg = read_run_dir_config(run_dir)
     sampling = SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature,
                               top_p=args.top_p, seed=args.seed)
     trained = load_trained_model(cfg, run_dir=run_dir, step=args.step)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chinchax.errors import CheckpointError, ConfigError
-from launch.config import (RESOLVED_CONFIG_NAME, data_parallel_size, load_experiment,
-                           load_run_config, resolve, run_config_to_yaml)
+from launch.args import add_config_arguments
+from scaling.rundir import CONFIG_NAME
 from training.preemption import PreemptionGuard
 
 
@@ -25,10 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a model from a YAML experiment. A budget: section lets the allocator "
         "choose shape, batch and steps. Re-running with the same run directory resumes.",
     )
-    parser.add_argument("config", help="experiment YAML (e.g. configs/cpu_tiny.yaml), or a run "
-                        "directory to resume with its own resolved config.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.steps=300 model.d_model=256")
+    add_config_arguments(parser, config_help="experiment YAML (e.g. configs/cpu_tiny.yaml), or a run "
+                         "directory to resume with its own resolved config.yaml")
     parser.add_argument("--run-dir", help="run directory (default: runs/<name>); may be gs://...")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit without training")
@@ -74,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from launch.config import data_parallel_size, load_experiment, resolve, run_config_to_yaml
+
     with PreemptionGuard() as guard:  # before start-up: a SIGTERM from here on is a clean stop
         overrides = list(args.overrides)
         if args.run_dir:
@@ -125,13 +125,14 @@ def _report(summary: dict) -> int:
 def _resume_run_dir(run_dir: Path, overrides: list[str], force: bool,
                     guard: PreemptionGuard) -> int:
     """Resume RUN_DIR itself (not the run_dir recorded inside), to the end of its schedule."""
-    config = run_dir / RESOLVED_CONFIG_NAME
+    config = run_dir / CONFIG_NAME
     if not config.is_file():
-        raise ConfigError(f"{run_dir} is a directory without a {RESOLVED_CONFIG_NAME}",
+        raise ConfigError(f"{run_dir} is a directory without a {CONFIG_NAME}",
                           hint="pass an experiment YAML, or the directory of a run chinchax wrote")
     if overrides:
         raise ConfigError("a run directory resumes with its own resolved config; overrides are not applied",
                           hint="edit the experiment YAML and start a new run directory instead")
+    from launch.config import load_run_config
     from launch.distributed import initialize_distributed
 
     initialize_distributed()

@@ -27,13 +27,12 @@ from launch.runtime_env import RuntimeConfig, runtime_record
 from models.sharding import MeshConfig
 from scaling.allocate import BudgetConfig, plan_run
 from scaling.prediction import PredictionConfig
-from scaling.rundir import plan_for, plan_from_dict
+from scaling.rundir import CONFIG_NAME, plan_for, plan_from_dict
 from training.config import CheckpointConfig, InitConfig, RunConfig, TrainConfig
 from training.data import DataConfig, vocab_size
 from training.optim import OptimConfig
 from training.wandb_sink import LoggingConfig
 
-RESOLVED_CONFIG_NAME = "config.yaml"
 MAX_SEED = 2**32 - 1
 
 # With a budget: section the allocator chooses these; a model: section may set only the rest
@@ -308,3 +307,12 @@ def load_run_config(path: str | Path) -> RunConfig:
     except OmegaConfBaseException as exc:
         raise config_error(exc) from None
     return dataclasses.replace(cfg, plan=plan_from_dict(stored_plan, cfg.model, cfg.train.seq_len))
+
+
+def read_run_dir_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory holds, or one ConfigError saying it has none."""
+    config = Path(run_dir) / CONFIG_NAME
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",
+                          hint="pass a run directory written by chinchax train (runs/<name>)")
+    return load_run_config(config)

@@ -4,7 +4,6 @@ GPU groups, reading their run directories' state, and mirroring remote ones loca
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import queue
 import shutil
@@ -16,31 +15,29 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from etils import epath
 
 from chinchax.errors import ScalingError
-from launch.config import load_experiment, resolve
-from scaling.ladder import PREDICTION_FILE, SUMMARY_FILE, rung_status
+from scaling.ladder import rung_status
+from scaling.rundir import (CHECKPOINTS_DIR, METRICS_NAME, PREDICTION_NAME, SUMMARY_NAME, RunDirError,
+                            is_remote, read_summary)
 
 LOGS_DIR = "logs"
 MIRROR_DIR = "mirror"
-# Run-directory files a ladder reads (kept here so the run-directory module can replace them).
-METRICS_FILE = "metrics.jsonl"
 
 
 def _read_summary(run_dir: epath.Path) -> Optional[dict[str, Any]]:
-    path = run_dir / SUMMARY_FILE
-    if not path.exists():
-        return None
+    """The summary, or None when absent or unreadable (the rung then resumes and rewrites it)."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return read_summary(run_dir)
+    except RunDirError:
         return None
 
 
 def _has_checkpoint(run_dir: epath.Path) -> bool:
-    ckpt = run_dir / "checkpoints"
+    ckpt = run_dir / CHECKPOINTS_DIR
     return ckpt.exists() and any(True for _ in ckpt.iterdir())
 
 
 def run_state(run_dir: str | epath.Path) -> tuple[str, Optional[dict[str, Any]]]:
+    """``(status, summary)`` of a run directory: ``complete``, ``partial`` or ``new``."""
     path = epath.Path(run_dir)
     if not path.exists():
         return "new", None
@@ -48,17 +45,13 @@ def run_state(run_dir: str | epath.Path) -> tuple[str, Optional[dict[str, Any]]]
     return rung_status(summary, _has_checkpoint(path)), summary
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
 def local_copy(ladder_dir: Path, run_dir: str, name: str) -> Path:
-    """Remote runs: summary and metrics copied under mirror/."""
-    if not _is_remote(run_dir):
+    """The run directory itself when local; else its summary and metrics copied under mirror/."""
+    if not is_remote(run_dir):
         return Path(run_dir)
     local = ladder_dir / MIRROR_DIR / name
     local.mkdir(parents=True, exist_ok=True)
-    for file in (SUMMARY_FILE, METRICS_FILE, PREDICTION_FILE):
+    for file in (SUMMARY_NAME, METRICS_NAME, PREDICTION_NAME):
         remote = epath.Path(run_dir) / file
         if remote.exists():
             (local / file).write_text(remote.read_text())
@@ -77,6 +70,7 @@ class Runner:
         self.use_subprocess = use_subprocess or jobs > 1
 
     def train(self, items: Sequence[tuple[str, Path]], on_done: Callable[[str], None]) -> None:
+        """Train each ``(name, experiment file)``; ``on_done(name)`` after each one finishes."""
         if not self.use_subprocess:
             for name, path in items:
                 _train_in_process(path)
@@ -102,6 +96,7 @@ class Runner:
 
 def _train_in_process(experiment_path: Path) -> dict[str, Any]:
     from launch.cmd_train import train_with_law_watch  # JAX is imported only when something trains
+    from launch.config import load_experiment, resolve
 
     summary = train_with_law_watch(resolve(load_experiment(experiment_path)))
     if summary["status"] != "complete":
@@ -125,7 +120,7 @@ def _train_subprocess(experiment_path: Path, log_path: Path, env: Mapping[str, s
 
 
 def visible_gpus() -> list[str]:
-    """``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``'s count."""
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``'s count."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [d for d in listed.split(",") if d.strip()]
@@ -140,8 +135,8 @@ def visible_gpus() -> list[str]:
 
 
 def device_groups(jobs: int, gpus: Optional[Sequence[str]] = None) -> list[dict[str, str]]:
-    """Disjoint ``CUDA_VISIBLE_DEVICES`` groups; none without GPUs (CPU runs share the cores; a TPU VM
-    runs one rung at a time)."""
+    """Disjoint ``CUDA_VISIBLE_DEVICES`` groups for ``jobs`` concurrent runs (none without
+    GPUs: CPU runs share the cores; a TPU VM runs one rung at a time)."""
     gpus = visible_gpus() if gpus is None else list(gpus)
     if not gpus:
         return [{} for _ in range(jobs)]

@@ -18,7 +18,7 @@ from chinchax.errors import ScalingError
 from scaling.laws import ParametricLaw
 from scaling.lr_schedule import DEFAULT_LAMBDA, Schedule
 from scaling.observations import Observations, read_run_dir
-from scaling.run_meta import read_config
+from scaling.rundir import read_config
 
 CURVE_NAMES = ("E", "A", "B", "alpha", "beta", "C")
 

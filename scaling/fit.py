@@ -1,7 +1,9 @@
 """``fit``: one entry point for Chinchilla's approaches 1, 2 and 3, bootstrapped, and the law file.
 
-:func:`evaluate` scores a fit on held-out points (ARE, Choshen et al. 2024). Compute follows the
-papers' ``C = 6 N D``.
+The pieces live apart: :mod:`scaling.fit_config` (settings), :mod:`scaling.lbfgs` (the batched
+optimiser), :mod:`scaling.fit_approach3`, :mod:`scaling.fit_approach12` and
+:mod:`scaling.fit_bootstrap`.  :func:`evaluate` scores a fit on held-out points (ARE, Choshen
+et al. 2024).  Compute follows the papers' ``C = 6 N D``, as in ``scaling/laws.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scaling.laws import Law, ParametricLaw
 from scaling.lbfgs import lbfgs_batched
 from scaling.lr_schedule import Schedule
 from scaling.observations import Observations
+from scaling.rundir import dumps
 
 # Re-exported: callers import the fit's pieces from here.
 __all__ = ["LABEL_ORDER", "Bootstrap", "FitConfig", "FitWarning", "HuberLogObjective", "StartGrid",
@@ -78,11 +81,12 @@ class FitReport:
 
 
 def default_target_flops(obs: Observations) -> float:
-    """One decade beyond the largest budget: the next run one would plan."""
+    """One decade beyond the largest budget in the data: the next run one would plan."""
     return float(10.0 * obs.compute.max())
 
 
 def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None = None) -> FitReport:
+    """Fit with ``config.approach``, bootstrap it if asked, and collect estimates and intervals."""
     target = config.target_flops or default_target_flops(obs)
     law_name = name or f"fit-approach{config.approach}"
     boot: Bootstrap | None = None
@@ -117,7 +121,8 @@ def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None 
 
 def fit_curve_report(points: CurvePoints, config: FitConfig = FitConfig(), *, name: str = "fit-curve",
                      reference: Optional[Schedule] = None) -> FitReport:
-    """Reported as the L(N, D) of runs shaped like ``reference`` (default: most compute)."""
+    """The curve law fitted and bootstrapped, reported as the L(N, D) law of runs shaped like
+    ``reference`` (default: the run with the most compute), which allocation reads."""
     detail = fit_curve(points, config)
     if config.bootstrap:
         detail = bootstrap_curve(points, detail, config)
@@ -128,6 +133,7 @@ def fit_curve_report(points: CurvePoints, config: FitConfig = FitConfig(), *, na
 
 def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, reference: Schedule, *,
                  name: str = "fit-curve") -> FitReport:
+    """A fitted curve law as a :class:`FitReport` of its L(N, D) reduction at ``reference``."""
     target = config.target_flops or default_target_flops(obs)
     law = detail.law.reduced(reference, name=name, source=f"chinchax fit, curve law (Tissue et al. "
                              f"2024) on {len(obs)} evals from {obs.n_runs} runs")
@@ -155,25 +161,17 @@ def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, referen
 
 def write_law_file(report: FitReport, path: str | Path,
                    settings: Mapping[str, Any] | None = None) -> Path:
-    import json
-
+    """Write the law file (JSON) that ``chinchax allocate --law PATH`` reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(settings), indent=2, default=_json_default) + "\n")
+    path.write_text(dumps(report.to_dict(settings), indent=2) + "\n")
     return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # ============================================================================ ARE evaluation
 @dataclass(frozen=True)
 class Evaluation:
+    """Average relative error of a fit on held-out points (Choshen et al. 2024)."""
 
     target_run: str
     are: float
@@ -185,8 +183,8 @@ class Evaluation:
 
 def evaluate(obs: Observations, config: FitConfig = FitConfig(), *, target_run: str | None = None,
              holdout_fraction: float = 0.3) -> Evaluation:
-    """Fit approach 3 without the last ``holdout_fraction`` of the target run (default: the largest)
-    and score ``ARE = mean |L - L_hat| / L`` there."""
+    """Fit approach 3 without the last ``holdout_fraction`` of the target run (default: the
+    largest) and score it there: ``ARE = mean |L - L_hat| / L``."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ScalingError(f"holdout fraction must lie in (0, 1), got {holdout_fraction}",
                        hint="the Hitchhiker's default holds out the last 0.3 of the target run")

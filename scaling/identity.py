@@ -1,7 +1,8 @@
 """What a law was fitted on: tokenizer, sequence length, data, compute counter, model family, init.
 
-A byte-level loss is not a SentencePiece loss, so law files record it and a fit refuses runs
-that differ. Fields old runs do not record read ``unknown`` and match anything.
+A loss is only comparable with a law of the same identity (a byte-level loss is not a
+SentencePiece loss), so every law file records it and a fit refuses runs that differ.  Fields
+a run does not record (old runs) read ``unknown`` and match anything.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from chinchax.errors import ScalingError
 from scaling.observations import COLUMN_ALIASES, find_run_dirs
-from scaling.run_meta import read_config, read_summary
+from scaling.rundir import read_config, read_summary
 
 UNKNOWN = "unknown"
 FIELDS = ("tokenizer.kind", "tokenizer.vocab", "tokenizer.hash", "seq_len", "data.source",
@@ -68,7 +69,8 @@ def _init(config: Mapping[str, Any]) -> str:
 
 
 def run_identity(run_dir: str | Path) -> dict[str, str]:
-    config, summary = read_config(run_dir), read_summary(run_dir)
+    """The identity of one run directory, from its ``config.yaml`` and ``summary.json``."""
+    config, summary = read_config(run_dir), read_summary(run_dir) or {}
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     model = summary.get("model") or config.get("model") or {}
     train = config.get("train") if isinstance(config.get("train"), Mapping) else {}
@@ -105,6 +107,7 @@ def common_identity(identities: Mapping[str, Mapping[str, str]], allow_mixed: bo
 
 
 def nested(identity: Mapping[str, str]) -> dict[str, Any]:
+    """``{"tokenizer": {"kind": ...}, "seq_len": ...}``: the law file's ``identity`` section."""
     out: dict[str, Any] = {}
     for key, value in identity.items():
         head, _, tail = key.partition(".")
@@ -131,6 +134,7 @@ def run_dirs_of(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def input_identities(inputs: Sequence[str | Path]) -> dict[str, dict[str, str]]:
+    """The identity of every run behind ``inputs`` (a CSV counts as one run of unknowns)."""
     out: dict[str, dict[str, str]] = {}
     for item in map(Path, inputs):
         if _is_csv(item):

@@ -26,8 +26,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from scipy.optimize import brentq
-
 from chinchax.errors import ScalingError
 from scaling.laws import Law, ParametricLaw
 
@@ -170,6 +168,8 @@ def _bracket_root(fn: Callable[[float], float], lo: float, hi: float) -> float:
     if not (f_lo < 0 < f_hi):
         raise ScalingError("the inference-aware search found no optimum for this law",
                               hint="check the law's coefficients (alpha, beta > 0, beta > gamma)")
+    from scipy.optimize import brentq  # only here: scipy.optimize takes a second to import
+
     return float(brentq(fn, lo, hi, xtol=_LOG_TOL, maxiter=500))
 
 

@@ -15,7 +15,7 @@ from chinchax.errors import ChinchaxError, ScalingError
 from scaling.fit import FitReport
 from scaling.ladder_analysis import (DISAGREEMENT_FACTOR, LadderAnalysis, allocation_agreement,
                                      analyse_ladder, extrapolation, fit_rungs, law_file_name)
-from scaling.ladder_config import (PLAN_FILE, PREDICTION_FILE, REPORT_FILE, SUMMARY_FILE,
+from scaling.ladder_config import (PLAN_FILE, PREDICTION_FILE, REPORT_FILE,
                                    VERIFICATION_FILE, LadderConfig)
 from scaling.ladder_design import LadderPlan, design_ladder, shape_label
 from scaling.ladder_verify import published_comparison, verify_target
@@ -25,7 +25,7 @@ from scaling.prediction import RunPrediction, predict_run
 
 # Re-exported: the launcher, the report and the tests import the ladder's pieces from here.
 __all__ = ["CPU_GUESS_FLOPS_PER_SECOND", "DISAGREEMENT_FACTOR", "PLAN_FILE", "PREDICTION_FILE",
-           "REPORT_FILE", "SUMMARY_FILE", "VERIFICATION_FILE", "LadderAnalysis", "LadderConfig",
+           "REPORT_FILE", "VERIFICATION_FILE", "LadderAnalysis", "LadderConfig",
            "LadderPlan", "ScalingError", "WallTimeModel", "analyse_ladder", "design_ladder",
            "estimate_seconds", "fit_rungs", "law_file_name", "measured_wall_time_model",
            "published_comparison", "verify_target"]

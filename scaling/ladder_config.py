@@ -21,7 +21,6 @@ LAW_FILE = "law.json"
 PREDICTION_FILE = "prediction.json"
 VERIFICATION_FILE = "verification.json"
 REPORT_FILE = "report.md"
-SUMMARY_FILE = "summary.json"
 # The Hitchhiker's guide scores a prediction over the last 30% of the target run.
 ARE_TAIL = 0.3
 

@@ -3,7 +3,6 @@ published Chinchilla and Epoch allocations at the target's scale."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -11,10 +10,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from chinchax.errors import ScalingError
-from scaling.ladder_config import ARE_TAIL, SUMMARY_FILE
+from scaling.ladder_config import ARE_TAIL
 from scaling.laws import Law, get_law
 from scaling.observations import read_run_dir
 from scaling.prediction import RunPrediction
+from scaling.rundir import SUMMARY_NAME, read_summary
 
 PUBLISHED_ALLOCATIONS = ("chinchilla", "chinchilla-unrounded", "epoch-2024", "chinchilla-approach2")
 
@@ -33,11 +33,10 @@ def published_comparison(target_flops: float, n_opt: float,
 def verify_target(prediction: Mapping[str, Any], target_dir: str | Path) -> dict[str, Any]:
     """Tail ARE is mean ``|L − L̂| / L`` over the last 30% of evals."""
     target_dir = Path(target_dir)
-    summary_path = target_dir / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise ScalingError(f"the target run {target_dir} has no summary.json",
+    summary = read_summary(target_dir)
+    if summary is None:
+        raise ScalingError(f"the target run {target_dir} has no {SUMMARY_NAME}",
                           hint="train the target first (chinchax ladder CONFIG)")
-    summary = json.loads(summary_path.read_text())
     if summary.get("status") != "complete" or summary.get("final_eval_loss") is None:
         raise ScalingError(f"the target run {target_dir} is not complete (status "
                           f"{summary.get('status')!r})", hint="run chinchax ladder CONFIG again to resume it")

@@ -179,6 +179,11 @@ def read_yaml(path: epath.PathLike) -> Optional[dict]:
     return data
 
 
+def read_config(run_dir: epath.PathLike) -> dict[str, Any]:
+    """The run's resolved ``config.yaml`` ({} when the run has none, as old runs may)."""
+    return read_yaml(epath.Path(run_dir) / CONFIG_NAME) or {}
+
+
 # -- the plan and the summary -----------------------------------------------------------------
 
 

@@ -25,7 +25,8 @@ from launch.cli import main as cli_main
 from launch.config import load_experiment, load_run_config, resolve, run_config_to_yaml
 from models.config import ModelConfig
 
-from models.hypercloning import (DEFAULT_NOISE_SCALE, copy_blocks, grow_config, grow_params, param_name, shrink_config)
+from models.grow_shape import DEFAULT_NOISE_SCALE, grow_config, shrink_config
+from models.hypercloning import copy_blocks, grow_params, param_name
 from models.loss import cross_entropy
 from models.sharding import DEFAULT_RULES, MeshConfig, make_mesh, state_shardings
 from models.transformer import Transformer

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import yaml
 
 from chinchax.errors import ChinchaxError, CheckpointError, TrainingError
-from models import hypercloning
+from models import grow_shape
 from models.config import ModelConfig
 from models.sharding import MeshConfig
 from scaling.prediction import PredictionConfig
@@ -110,7 +110,7 @@ class InitConfig:
     grow_from: Optional[str] = None
     factor: int = 1
     variant: str = "symmetric"
-    noise_scale: float = hypercloning.DEFAULT_NOISE_SCALE  # noise std / cloned block std
+    noise_scale: float = grow_shape.DEFAULT_NOISE_SCALE  # noise std / cloned block std
     noise_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -135,9 +135,9 @@ class InitConfig:
                                 hint="set init.factor to the widening factor (2, 3, ...); to load "
                                 "a model of the same shape use init.from_run instead")
         try:
-            hypercloning.check_variant(self.variant, self.noise_scale)
+            grow_shape.check_variant(self.variant, self.noise_scale)
             if self.grow_from is not None:
-                hypercloning.check_factor(self.factor)
+                grow_shape.check_factor(self.factor)
         except ChinchaxError as error:
             raise TrainingError(f"init: {error}", hint=error.hint) from None
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import jax
 
 from chinchax.errors import ChinchaxError, TrainingError
-from models import hypercloning
+from models import grow_shape, hypercloning
 from models.config import ModelConfig
 from training.checkpoint import CheckpointConfig, Checkpointer
 from training.config import InitConfig
@@ -53,8 +53,8 @@ def source_model_config(source: InitSource) -> Optional[ModelConfig]:
 def check_growth_shapes(source_model: ModelConfig, factor: int, model: ModelConfig,
                         grow_from: str) -> None:
     """This run's model must be exactly the source's grown ``factor`` times (same layout)."""
-    grown = hypercloning.grow_config(source_model, factor)
-    differing = hypercloning.shape_differences(grown, model)
+    grown = grow_shape.grow_config(source_model, factor)
+    differing = grow_shape.shape_differences(grown, model)
     if differing:
         raise TrainingError(
             f"init.grow_from={grow_from} widened {factor}x is not this run's model: "
@@ -72,10 +72,9 @@ def _abstract_params(model: ModelConfig) -> Any:
     """The parameter tree (``ShapeDtypeStruct`` leaves) of the model ``model`` builds."""
     from flax import nnx
 
-    from models.transformer import Transformer
+    from models.build import abstract_model
 
-    _, params, _ = nnx.split(nnx.eval_shape(lambda: Transformer(model, rngs=nnx.Rngs(0))),
-                             nnx.Param, ...)
+    _, params, _ = nnx.split(abstract_model(model), nnx.Param, ...)
     return params
 
 
@@ -128,9 +127,9 @@ def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
     source = _growth_source(cfg.grow_from)
     source_model = source_model_config(source)
     if source_model is None:
-        source_model = hypercloning.shrink_config(model, factor)
+        source_model = grow_shape.shrink_config(model, factor)
     check_growth_shapes(source_model, factor, model, cfg.grow_from)
-    narrow = hypercloning.shrink_config(model, factor)
+    narrow = grow_shape.shrink_config(model, factor)
     reader = Checkpointer(source.checkpoint_dir, CheckpointConfig(async_save=False))
     try:
         step = source.step if source.step is not None else reader.latest_step()
@@ -169,11 +168,9 @@ def grow_state(cfg: InitConfig, state: dict[str, Any],
     """
     growth = check_growth(cfg, model)
     wide_params = state[PARAMS_KEY]
-    def onto_wide_mesh(small: Any, wide: Any) -> jax.ShapeDtypeStruct:
-        sharding = hypercloning.narrow_sharding(wide.sharding, small.shape)
-        return jax.ShapeDtypeStruct(small.shape, small.dtype, sharding=sharding)
-
-    small_abstract = jax.tree.map(onto_wide_mesh, _abstract_params(growth.narrow), wide_params)
+    small = _abstract_params(growth.narrow)
+    small_abstract = abstract(small, jax.tree.map(  # the narrow leaves laid out like the wide ones
+        lambda s, w: hypercloning.narrow_sharding(w.sharding, s.shape), small, wide_params))
     expected = named_leaves({PARAMS_KEY: small_abstract})
     step_path = str(growth.source.checkpoint_dir / str(growth.step))
     small_params, loaded = load_pretrained_params(

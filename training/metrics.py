@@ -31,7 +31,7 @@ import numpy as np
 from etils import epath
 
 from scaling.rundir import (METRICS_NAME, SUMMARY_NAME, RunSummary, dumps, is_remote,
-                            keep_records_through, read_records, read_text, write_summary,
+                            keep_records_through, plain, read_records, read_text, write_summary,
                             write_text)
 from training.peaks import peak_flops_per_device
 
@@ -145,9 +145,9 @@ class MetricsWriter:
         if writer is not None:
             from tensorboardX.summary import hparams
 
-            plain = json.loads(dumps(config))
-            writer.add_text("config", "```\n" + json.dumps(plain, indent=2) + "\n```", 0)
-            for summary in hparams(flat_hparams(plain), {"eval/loss": 0.0}):
+            values = plain(config)
+            writer.add_text("config", "```\n" + dumps(values, indent=2) + "\n```", 0)
+            for summary in hparams(flat_hparams(values), {"eval/loss": 0.0}):
                 writer.file_writer.add_summary(summary)
             writer.flush()
         for sink in self.sinks:

@@ -18,9 +18,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from models.build import create_sharded_model
+from models.build import abstract_model, create_sharded_model
 from models.sharding import state_shardings, vocab_is_sharded
-from models.transformer import Transformer
 from training.config import RunConfig
 from training.optim import make_optimizer
 from training.step import TrainState, make_train_step
@@ -59,7 +58,7 @@ def abstract_train_state(cfg: RunConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Trai
     """The tree of :func:`initial_train_state` as ShapeDtypeStructs with shardings."""
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    model = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(cfg.seed)))
+    model = abstract_model(cfg.model, cfg.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params = abstract(params, state_shardings(params, mesh, cfg.mesh.rules))
     rest = abstract(rest, jax.tree.map(lambda _: replicated, rest))

@@ -17,12 +17,11 @@ from chinchax.errors import CheckpointError, ModelError
 from models.decode import SamplingConfig, decode_rules, generate
 from models.sharding import MeshConfig, activation_sharding, make_mesh
 from models.transformer import Transformer
+from scaling.rundir import CHECKPOINTS_DIR
 from training.checkpoint import CheckpointConfig, Checkpointer
 from training.config import RunConfig
 from training.state import abstract_train_state
 from training.tokenizer import load_tokenizer
-
-CHECKPOINTS_DIR = "checkpoints"
 
 log = logging.getLogger("chinchax.trained")
 
