@@ -57,7 +57,10 @@ def _quiet_closed_loops() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our own notices at INFO; JAX's backend probing and orbax's per-save chatter only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("chinchax", "launch", "training", "scaling", "models"):
+        logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("absl").addFilter(_NoTraceback())
     _quiet_closed_loops()
     try:

@@ -94,6 +94,11 @@ class ModelConfig:
             )
         if self.head_dim is not None and self.head_dim <= 0:
             raise ModelError(f"model.head_dim must be positive, got {self.head_dim}")
+        for name, upper in (("rope_theta", 1e9), ("norm_eps", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= upper:
+                raise ModelError(f"model.{name} must be a finite number in (0, {upper:g}], got {value!r}",
+                                 hint=f"use the default {getattr(ModelConfig, name):g}")
         for name, allowed in (
             ("mlp", MLP_KINDS),
             ("remat", REMAT_POLICIES),
