@@ -163,7 +163,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
     assert "resume" in output
 
 
-def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path: Path) -> None:
+def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("training.optim.MAX_LEARNING_RATE", 1e31)  # configs refuse it; force a divergence
     exp = tiny_experiment(
         tmp_path,
         optim={"learning_rate": 1e30, "warmup_steps": 0, "clip_norm": None},
@@ -260,7 +261,9 @@ def test_a_run_directory_is_one_run(tmp_path: Path) -> None:
     assert again["tokens_per_s"] > 0 and again["mfu_causal"] == again["mfu"]
 
 
-def test_skip_counts_nonfinite_updates_and_stops_after_k_in_a_row(tmp_path: Path) -> None:
+def test_skip_counts_nonfinite_updates_and_stops_after_k_in_a_row(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("training.optim.MAX_LEARNING_RATE", 1e31)  # configs refuse it; force a divergence
     exp = tiny_experiment(
         tmp_path,
         optim={"learning_rate": 1e30, "warmup_steps": 0, "clip_norm": None},
