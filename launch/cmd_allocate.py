@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -88,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         if plan.inference is not None:
             console.print(inference_table(plan.inference, plan.objective))
         console.print(plan_table(plan))
+    if plan.law_identity_differences:
+        print(f"note: law {plan.law} was fitted on other runs than this plan's ("
+              + "; ".join(plan.law_identity_differences) + "): its allocation and loss are "
+              "extrapolated across tokenizers or context lengths", file=sys.stderr)
     return 0
 
 

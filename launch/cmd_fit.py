@@ -15,6 +15,7 @@ from chinchax.errors import ScalingError
 from launch.tables import backtest_table, number, report_table
 from scaling.backtest import Backtest, backtest_curve, backtest_parametric
 from scaling.curve_law import read_curve_points
+from scaling.lr_schedule import DEFAULT_LAMBDA
 from scaling.findings import fit_findings
 from scaling.fit import FitConfig, FitWarning, coarse_grid, evaluate, fit, fit_curve_report, write_law_file
 from scaling.identity import common_identity, input_identities, run_dirs_of
@@ -59,6 +60,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--backtest", nargs="?", const="budget", choices=("budget", "model"),
                         help="fit without the largest budget (or model), predict its runs' final "
                         "losses and report the ARE")
+    parser.add_argument("--curve-lambda", type=float, default=DEFAULT_LAMBDA, metavar="LAMBDA",
+                        help="approach curve: decay of the annealing momentum per step (Tissue et "
+                        f"al. 2024; default {DEFAULT_LAMBDA}; runs of a few hundred steps fit better "
+                        "with a shorter memory, e.g. 0.99)")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="fit runs whose tokenizer, data, sequence length, compute counter, "
                         "family or initialisation differ")
@@ -109,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # printed below from the report instead
         if args.approach == "curve":
-            points = read_curve_points(run_dirs_of(args.inputs), drop_early=args.drop_early)
+            points = read_curve_points(run_dirs_of(args.inputs), drop_early=args.drop_early,
+                                       lam=args.curve_lambda)
             obs = points.obs
             report = fit_curve_report(points, config, name=name or "fit-curve")
         else:

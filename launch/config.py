@@ -279,7 +279,7 @@ def resolve(exp: ExperimentConfig, *, data_parallel: int | None = None) -> RunCo
     train = dataclasses.replace(exp.train, steps=exp.train.steps or plan.steps,
                                 global_batch=plan.global_batch)
     optim = exp.optim
-    if budget.learning_rate is None and plan.learning_rate is not None:
+    if plan.learning_rate is not None:  # budget.learning_rate, else the budget's rule
         optim = dataclasses.replace(optim, learning_rate=plan.learning_rate)
     prediction = exp.prediction
     if prediction.law is None:  # predict with the law that sized the run

@@ -7,19 +7,29 @@ eval point; each eval is fed to a :class:`~scaling.prediction.DriftMonitor` whos
 alerts go to the terminal, ``metrics.jsonl`` and TensorBoard; ``summary.json`` gets predicted vs
 actual.  On resume the prediction is read back, never recomputed, so it stays the one written
 before the run began.
+
+A law fitted on other data (another tokenizer, sequence length, corpus or model family) predicts
+a loss of another kind: its prediction is written as informational and raises no alert.  A
+curve-law file (``chinchax fit --approach curve``) is reduced at this run's own schedule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Optional
 
 from etils import epath
 
 from chinchax.errors import ChinchaxError
+from scaling.curve_law import CurveLaw
+from scaling.identity import identity_differences, identity_of, law_identity
+from scaling.laws import Law, get_law, law_file_data
+from scaling.lr_schedule import Schedule
 from scaling.prediction import Alert, DriftMonitor, PredictionConfig, RunPrediction, predict_run
 from scaling.rundir import PREDICTION_NAME, make_run_dir, read_json, write_json
 from training.config import RunConfig
+from training.data import data_fingerprint
 from training.hooks import Hook, Run, hook
 
 log = logging.getLogger("chinchax.train")
@@ -47,7 +57,12 @@ class LawWatch:
                 write_json(path, self.prediction.to_dict())
             final = self.prediction.final
             log.info("predicted final loss %.4f [%.4f, %.4f] under law %s", final.loss,
-                     final.lower, final.upper, self.prediction.law)
+                     final.law_lower, final.law_upper, self.prediction.law)
+        if self.prediction.informational:
+            log.info("law %s was fitted on other data (%s): its prediction is informational, "
+                     "no off-the-law alerts", self.prediction.law,
+                     "; ".join(self.prediction.identity_differences))
+            return
         self.monitor = DriftMonitor(self.prediction, margin=self.cfg.margin,
                                     patience=self.cfg.patience)
 
@@ -56,24 +71,30 @@ class LawWatch:
         evals = [s * tokens_per_step for s in range(1, cfg.steps + 1)
                  if s % cfg.train.eval_every == 0 or s == cfg.steps]
         try:
-            return predict_run(self.cfg.law, cfg.run_plan.n_params, evals,
-                               cfg.steps * tokens_per_step, schedule=cfg.optim.schedule,
-                               decay_fraction=cfg.optim.decay_fraction,
-                               wsd_decay_shape=cfg.optim.wsd_decay_shape,
-                               **self.cfg.interval_kwargs())
+            data = law_file_data(str(self.cfg.law))
+            prediction = predict_run(_law_for_run(str(self.cfg.law), data, cfg), cfg.run_plan.n_params,
+                                     evals, cfg.steps * tokens_per_step, schedule=cfg.optim.schedule,
+                                     decay_fraction=cfg.optim.decay_fraction,
+                                     wsd_decay_shape=cfg.optim.wsd_decay_shape,
+                                     **self.cfg.interval_kwargs())
         except ChinchaxError as exc:  # e.g. a power law, which predicts no loss
             log.warning("no loss prediction for this run: %s", exc)
             return None
+        differences = identity_differences(law_identity(data, str(self.cfg.law)), run_identity(cfg),
+                                           ignore=("compute",))  # a loss in N and D: no C in it
+        return dataclasses.replace(prediction, identity_differences=tuple(differences))
 
     def observe(self, step: int, tokens: int, eval_loss: float) -> tuple[dict[str, Any], Optional[Alert]]:
         """Fields to add to the eval record, and an alert if the run left its law."""
-        if self.prediction is None or self.monitor is None:
+        if self.prediction is None:
             return {}, None
         fields: dict[str, Any] = {}
         expected = self.prediction.expected_at(tokens)
         if expected is not None:
             fields.update(predicted_loss=expected.loss, predicted_lower=expected.lower,
                           predicted_upper=expected.upper)
+        if self.monitor is None:  # informational: shown, not checked
+            return fields, None
         alert = self.monitor.observe(step, tokens, eval_loss)
         if alert is not None:
             fields["off_law"] = alert.to_dict()
@@ -83,12 +104,35 @@ class LawWatch:
         return alert is not None and self.cfg.stop_on_alert
 
     def summary(self, final_eval_loss: Optional[float]) -> Optional[dict[str, Any]]:
-        if self.prediction is None or self.monitor is None:
+        if self.prediction is None:
             return None
-        out = dict(self.monitor.summary())
+        out = {} if self.monitor is None else dict(self.monitor.summary())
         if final_eval_loss is not None:
             out.update(self.prediction.compare_final(final_eval_loss))
         return out
+
+
+def run_identity(cfg: RunConfig) -> dict[str, str]:
+    """What a law fitted on this run would record (``scaling.identity``), before it trains."""
+    config = cfg.to_dict()
+    try:
+        fingerprint = data_fingerprint(cfg.data) if not cfg.data.mixture else None
+    except ChinchaxError:
+        fingerprint = None
+    return identity_of(config, {"seq_len": cfg.train.seq_len, "model": config["model"],
+                                "flops_per_token": cfg.run_plan.flops_per_token,
+                                "data": {"fingerprint": fingerprint} if fingerprint else {}})
+
+
+def _law_for_run(name: str, data: Optional[dict[str, Any]], cfg: RunConfig) -> Law:
+    """A curve-law file at this run's schedule (rate, batch, length); any other law as it is."""
+    if data is None or not isinstance(data.get("curve"), dict):
+        return get_law(name)
+    schedule = Schedule.from_config({"optim": cfg.to_dict()["optim"],
+                                     "train": {"steps": cfg.steps, "global_batch": cfg.global_batch,
+                                               "seq_len": cfg.train.seq_len}})
+    return CurveLaw.from_dict(data["curve"]).reduced(schedule, name=name,
+                                                     source=str(data.get("source", "law file")))
 
 
 def law_watch_hooks(cfg: RunConfig, *, write: bool) -> list[Hook]:

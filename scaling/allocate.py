@@ -24,7 +24,8 @@ from scaling.flops import (
 )
 from scaling.inference import (InferenceTradeoff, check_inference_tokens, check_objective,
                                inference_tradeoff)
-from scaling.laws import Allocation, Law, ParametricLaw, get_law
+from scaling.identity import identity_differences, law_identity
+from scaling.laws import Allocation, Law, ParametricLaw, get_law, law_file_data
 from scaling.shapes import ShapeSpace, search_shape
 
 __all__ = ["ScalingError", "BudgetConfig", "RunPlan", "allocate", "plan_run", "plan_run_at_size",
@@ -100,6 +101,8 @@ class RunPlan:
     inference_flops: float = 0.0
     inference: Optional[InferenceTradeoff] = None
     requested_n_params: Optional[float] = None
+    # where the law was fitted on another tokenizer or sequence length than this plan's
+    law_identity_differences: tuple[str, ...] = ()
 
     @property
     def total_flops(self) -> float:
@@ -261,4 +264,14 @@ def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target
         inference_flops=forward_flops_per_sequence(model, budget.seq_len) / budget.seq_len
         * float(budget.inference_tokens),
         inference=tradeoff,
+        law_identity_differences=tuple(plan_law_differences(budget)),
     )
+
+
+def plan_law_differences(budget: BudgetConfig) -> list[str]:
+    """What the plan knows of a run (vocabulary, sequence length) against its law's identity."""
+    if not isinstance(budget.law, (str, Path)):
+        return []
+    recorded = law_identity(law_file_data(budget.law), str(budget.law))
+    return identity_differences(recorded, {"tokenizer.vocab": str(budget.vocab_size),
+                                           "seq_len": str(budget.seq_len)})

@@ -57,14 +57,17 @@ class CurveLaw:
         return e + a * n_params ** -alpha + b * s1[-1] ** -beta - c * s2[-1]
 
     def reduced(self, schedule: Schedule, *, name: str = "curve", source: str = "") -> ParametricLaw:
-        """Chinchilla's ``L(N, D)`` for runs of ``schedule``'s shape, rate and length."""
+        """Chinchilla's ``L(N, D)`` for runs of ``schedule``'s shape, rate and length (its ``E`` is
+        ``E - C*S2_end``, the annealed floor of such runs)."""
         s1, s2 = schedule.areas(self.lam)
         tokens = schedule.steps * schedule.tokens_per_step
         rate = tokens / s1[-1]  # tokens per unit of forward area: D = rate * S1
 
         def law_of(row: Sequence[float]) -> tuple[float, ...]:
             e, a, b, alpha, beta, c = row
-            return (max(e - c * s2[-1], 1e-9), a, b * rate ** beta, alpha, beta, 0.0)
+            # E - C*S2 may be negative when E is not identified: clipping it would drop the
+            # annealing bonus from every prediction; the loss itself stays positive in range
+            return (e - c * s2[-1], a, b * rate ** beta, alpha, beta, 0.0)
 
         samples = tuple(law_of(row) for row in self.samples)
         return ParametricLaw(*law_of([getattr(self, n) for n in CURVE_NAMES]), name=name,
@@ -112,6 +115,9 @@ def read_curve_points(run_dirs: Sequence[str | Path], drop_early: float = 0.1,
     if not 0.0 <= drop_early < 1.0:
         raise ScalingError(f"drop-early fraction must lie in [0, 1), got {drop_early}",
                            hint="use e.g. 0.1 to drop the first 10% of each run's tokens")
+    if not 0.0 < lam < 1.0:
+        raise ScalingError(f"curve lambda must lie in (0, 1), got {lam}",
+                           hint="use e.g. 0.99 (a memory of ~100 steps) or 0.999 (~1,000)")
     parts, s1s, s2s, schedules = [], [], [], {}
     for run in map(Path, run_dirs):
         obs = read_run_dir(run)

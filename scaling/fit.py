@@ -137,7 +137,9 @@ def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, referen
     target = config.target_flops or default_target_flops(obs)
     law = detail.law.reduced(reference, name=name, source=f"chinchax fit, curve law (Tissue et al. "
                              f"2024) on {len(obs)} evals from {obs.n_runs} runs")
-    estimates = {**parametric_quantities(law, target), "C": detail.law.C}
+    # E and C as fitted (the irreducible loss and the annealing coefficient); the law file's
+    # ``law`` holds the reduced E - C*S2_end
+    estimates = {**parametric_quantities(law, target), "E": detail.law.E, "C": detail.law.C}
     estimates.pop("gamma")
     boot = None
     if detail.law.samples:
@@ -148,7 +150,7 @@ def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, referen
             except (ArithmeticError, ScalingError):
                 continue
             quantities.pop("gamma")
-            rows.append([*quantities.values(), raw[5]])
+            rows.append([*{**quantities, "E": raw[0]}.values(), raw[5]])
         failed = detail.n_failed + len(detail.law.samples) - len(rows)
         boot = Bootstrap(names=tuple(estimates), samples=np.array(rows).reshape(len(rows), len(estimates)),
                          n_resamples=config.bootstrap, n_failed=failed, confidence=config.confidence)

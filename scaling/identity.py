@@ -68,9 +68,8 @@ def _init(config: Mapping[str, Any]) -> str:
     return "continued" if init.get("from_run") else "scratch"
 
 
-def run_identity(run_dir: str | Path) -> dict[str, str]:
-    """The identity of one run directory, from its ``config.yaml`` and ``summary.json``."""
-    config, summary = read_config(run_dir), read_summary(run_dir) or {}
+def identity_of(config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, str]:
+    """The identity of a run from its resolved config and what its summary records (or will)."""
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     model = summary.get("model") or config.get("model") or {}
     train = config.get("train") if isinstance(config.get("train"), Mapping) else {}
@@ -81,6 +80,48 @@ def run_identity(run_dir: str | Path) -> dict[str, str]:
             "family.depth_rule": _depth_rule(config, summary),
             "family.tied_embedding": UNKNOWN if tied is None else str(bool(tied)).lower(),
             "init": _init(config)}
+
+
+def run_identity(run_dir: str | Path) -> dict[str, str]:
+    """The identity of one run directory, from its ``config.yaml`` and ``summary.json``."""
+    return identity_of(read_config(run_dir), read_summary(run_dir) or {})
+
+
+# What the published laws were fitted on (Hoffmann et al. 2022: SentencePiece 32k on MassiveText,
+# 2,048-token context, C = 6ND); Epoch's refit reuses Chinchilla's points.
+_CHINCHILLA = {"tokenizer.kind": "sentencepiece", "tokenizer.vocab": "32000", "seq_len": "2048",
+               "data.source": "MassiveText", "compute": "6ND", "init": "scratch"}
+PUBLISHED_IDENTITIES: dict[str, dict[str, str]] = {
+    name: _CHINCHILLA for name in ("chinchilla", "chinchilla-unrounded", "epoch-2024",
+                                   "chinchilla-approach1", "chinchilla-approach2")}
+PUBLISHED_IDENTITIES.update({"zheng-2024": {"compute": "6ND", "init": "scratch"},
+                             "zheng-2024-cpt": {"compute": "6ND", "init": "continued"}})
+
+
+def flat(identity: Mapping[str, Any]) -> dict[str, str]:
+    """The inverse of :func:`nested`, with every field of :data:`FIELDS` present."""
+    out = {k: UNKNOWN for k in FIELDS}
+    for key, value in identity.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": str(v) for k, v in value.items()})
+        else:
+            out[key] = str(value)
+    return out
+
+
+def law_identity(data: Mapping[str, Any] | None, name: str = "") -> dict[str, str]:
+    """A law's identity: a law file's ``identity`` section, a published law's, or all unknown."""
+    if data is not None and isinstance(data.get("identity"), Mapping):
+        return flat(data["identity"])
+    return flat(PUBLISHED_IDENTITIES.get(name, {}))
+
+
+def identity_differences(law: Mapping[str, str], run: Mapping[str, str],
+                         ignore: Sequence[str] = ()) -> list[str]:
+    """``"seq_len: law 128, run 256"`` for each field both know and disagree on."""
+    return [f"{k}: law {law[k]}, run {run[k]}" for k in FIELDS
+            if k not in ignore and UNKNOWN not in (law.get(k, UNKNOWN), run.get(k, UNKNOWN))
+            and law[k] != run[k]]
 
 
 def csv_identity(has_flops_column: bool) -> dict[str, str]:

@@ -230,26 +230,43 @@ def _require_finite(body: dict[str, Any], keys: tuple[str, ...], name: str) -> N
                                hint="refit the law on more data, or fix that coefficient by hand")
 
 
+# Laws fitted by chinchax itself and shipped in the package, by name (see law_files/README.md).
+LAW_FILES_DIR = Path(__file__).with_name("law_files")
+SHIPPED_LAWS: dict[str, Path] = {"embedded-byte": LAW_FILES_DIR / "embedded_byte.json"}
+
+
+def law_file_data(name_or_path: str | Path) -> dict[str, Any] | None:
+    """The JSON of a law file (shipped by name, or a path); ``None`` for a published law."""
+    key = str(name_or_path)
+    if key in PUBLISHED_LAWS:
+        return None
+    path = SHIPPED_LAWS.get(key, Path(key))
+    if path.suffix != ".json" and not path.exists():
+        raise ScalingError(
+            f"unknown law {key!r}",
+            hint="published laws: " + ", ".join(law_names()) + "; or a path to a law .json")
+    if not path.is_file():
+        raise ScalingError(f"law file {key} does not exist",
+                           hint="pass a published law name or the JSON written by 'chinchax fit'")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScalingError(f"law file {key} is not valid UTF-8 JSON ({type(exc).__name__})",
+                           hint="regenerate it with 'chinchax fit --out'") from None
+    if not isinstance(data, dict):
+        raise ScalingError(f"law file {key} is a JSON {type(data).__name__}, not an object",
+                           hint="a law file holds an object with E, A, B, alpha, beta (chinchax fit --out)")
+    return data
+
+
 def get_law(name_or_path: str | Path) -> Law:
     key = str(name_or_path)
     if key in PUBLISHED_LAWS:
         return PUBLISHED_LAWS[key]
-    path = Path(key)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise ScalingError(f"law file {key} does not exist",
-                           hint="pass a published law name or the JSON written by 'chinchax fit'")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ScalingError(f"law file {key} is not valid UTF-8 JSON ({type(exc).__name__})",
-                           hint="regenerate it with 'chinchax fit --out'") from None
-        return law_from_dict(data, name=path.stem)
-    raise ScalingError(
-        f"unknown law {key!r}",
-        hint="published laws: " + ", ".join(sorted(PUBLISHED_LAWS)) + "; or a path to a law .json",
-    )
+    data = law_file_data(key)
+    assert data is not None
+    return law_from_dict(data, name=key if key in SHIPPED_LAWS else Path(key).stem)
 
 
 def law_names() -> list[str]:
-    return sorted(PUBLISHED_LAWS)
+    return sorted([*PUBLISHED_LAWS, *SHIPPED_LAWS])

@@ -198,6 +198,13 @@ class RunPrediction:
     skip_fraction: float
     final: PredictedPoint
     curve: Tuple[PredictedPoint, ...] = field(default=())
+    # fields where the law was fitted on something else than the run (tokenizer, data, ...)
+    identity_differences: Tuple[str, ...] = field(default=())
+
+    @property
+    def informational(self) -> bool:
+        """A law of another identity predicts a loss of another kind: shown, never alerted on."""
+        return bool(self.identity_differences)
 
     @property
     def final_loss(self) -> float:
@@ -239,6 +246,8 @@ class RunPrediction:
             "measured": float(measured) if finite else None,
             "relative_error": (measured / self.final.loss - 1.0) if finite else None,
             "inside": bool(finite and self.final.law_lower <= measured <= self.final.law_upper),
+            **({"informational": True, "identity_differences": list(self.identity_differences)}
+               if self.informational else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,6 +262,7 @@ class RunPrediction:
             values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
             values["final"] = PredictedPoint(**data["final"])
             values["curve"] = tuple(PredictedPoint(**p) for p in data.get("curve", ()))
+            values["identity_differences"] = tuple(data.get("identity_differences", ()))
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ScalingError(f"not a run prediction ({exc})",

@@ -239,6 +239,7 @@ class RunSummary:
     flops_per_token: float
     final_train_loss: Optional[float] = None
     final_eval_loss: Optional[float] = None
+    final_eval_bpb: Optional[float] = None  # bits per byte: compares across tokenizers
     eval_losses: dict[str, float] = field(default_factory=dict)  # per source, when several
     tokens_per_s: float = 0.0
     achieved_flops_per_s: float = 0.0
@@ -255,6 +256,7 @@ class RunSummary:
     plan: Optional[dict[str, Any]] = None
     prediction: Optional[dict[str, Any]] = None
     init: Optional[dict[str, Any]] = None
+    data: Optional[dict[str, Any]] = None  # tokenizer and data fingerprints (the law identity's)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

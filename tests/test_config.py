@@ -31,6 +31,11 @@ def test_budget_decides_shape_steps_and_learning_rate() -> None:
     assert spent == pytest.approx(exp.budget.flops, rel=0.01)
     assert run.optim.learning_rate == pytest.approx(run.plan.allocation["learning_rate"])
     assert run.model.vocab_size == 257  # from the byte tokenizer
+    # a rate the budget states is the rate that trains (not the optimiser's default)
+    assert exp.budget.learning_rate == 0.01 and run.optim.learning_rate == 0.01
+    ruled = resolve(load_experiment(REPO / "configs" / "cpu_tiny.yaml", ["budget.learning_rate=null"]),
+                    data_parallel=1)
+    assert ruled.optim.learning_rate == pytest.approx(ruled.plan.allocation["learning_rate"]) != 0.01
 
 
 def test_dotted_overrides_change_keys() -> None:

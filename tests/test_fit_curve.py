@@ -52,6 +52,18 @@ def test_curve_fit_recovers_the_law_and_its_reduction_predicts_the_same_loss() -
     assert reduced.loss(ladder.target_n, tokens) == pytest.approx(ladder.truth, rel=1e-9)
 
 
+def test_reduction_keeps_the_annealing_bonus_when_e_is_not_identified() -> None:
+    """E fitted at ~0 (a real ladder's case): E - C*S2 < 0 must stay, not be clipped away."""
+    from scaling.curve_law import CurveLaw
+
+    law = CurveLaw(E=1e-9, A=7.5, B=23.0, alpha=0.23, beta=0.2, C=8e-5, lam=0.99)
+    schedule = Schedule("cosine", 0.01, 2000, 2048.0, warmup=10)
+    reduced = law.reduced(schedule)
+    assert reduced.E < 0  # the annealed floor of such runs, below E by C*S2_end
+    tokens = schedule.steps * schedule.tokens_per_step
+    assert reduced.loss(30_000, tokens) == pytest.approx(law.final_loss(30_000, schedule), rel=1e-12)
+
+
 def test_cosine_mid_run_evals_do_not_bias_the_curve_fit() -> None:
     """Three budgets over 9x, a target 10x the largest, rates and batches varying by rule:
     Chinchilla's L(N, D) read off mid-run cosine evals misses the target; the curve law does not."""

@@ -98,3 +98,55 @@ def test_a_csv_that_is_not_utf8_is_one_line(tmp_path: Path, capsys: pytest.Captu
     assert main(["fit", str(csv), "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not UTF-8" in err[0]
+
+
+def test_a_law_of_other_data_predicts_informationally_and_never_alerts(tmp_path: Path) -> None:
+    """A law that far misses the run but was fitted on another sequence length raises no alert;
+    the same law recording the run's own identity does."""
+    from test_trainer import run_in_process, tiny_experiment
+    from training.metrics import read_records
+
+    def law_file(seq_len: str) -> Path:
+        path = tmp_path / f"law_{seq_len}.json"
+        path.write_text(json.dumps({
+            "law": {"form": "parametric", "E": 10.0, "A": 1.0, "B": 1.0, "alpha": 0.3, "beta": 0.3},
+            "identity": {"tokenizer": {"kind": "byte", "vocab": "257"}, "seq_len": seq_len}}))
+        return path
+
+    def run(seq_len: str) -> dict:
+        exp = tiny_experiment(tmp_path / seq_len, prediction={"law": str(law_file(seq_len)), "patience": 2,
+                                                              "skip_fraction": 0.0},
+                              train={"steps": 8, "eval_every": 2})
+        return run_in_process(exp)
+
+    other = run("2048")  # the run trains at seq_len 32
+    assert other["prediction"]["informational"] is True
+    assert other["prediction"]["identity_differences"] == ["seq_len: law 2048, run 32"]
+    assert read_records(tmp_path / "2048" / "run", "alert") == [] and other["status"] == "complete"
+    stored = json.loads((tmp_path / "2048" / "run" / "prediction.json").read_text())
+    assert stored["identity_differences"] == ["seq_len: law 2048, run 32"]
+    same = run("32")
+    assert "informational" not in same["prediction"] and same["prediction"]["alerts"] >= 1
+
+
+def test_allocate_says_when_its_law_knows_other_runs(capsys: pytest.CaptureFixture) -> None:
+    assert main(["allocate", "--flops", "1e21", "--law", "embedded-byte"]) == 0
+    err = capsys.readouterr().err
+    assert "note: law embedded-byte was fitted on other runs" in err
+    assert "tokenizer.vocab: law 257, run 32000" in err and "seq_len: law 128, run 2048" in err
+    assert main(["allocate", "--flops", "1e21"]) == 0  # Chinchilla's own vocabulary and context
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_the_shipped_law_knows_the_embedded_corpus() -> None:
+    """The law that sizes and predicts the main job records the corpus the main job trains on."""
+    from scaling.identity import law_identity
+    from scaling.laws import law_file_data
+    from training.data import data_fingerprint
+    from training.data_config import DataConfig
+
+    data = law_file_data("embedded-byte")
+    identity = law_identity(data)
+    assert identity["data.fingerprint"] == data_fingerprint(DataConfig(source="embedded"))
+    assert identity["tokenizer.kind"] == "byte" and identity["seq_len"] == "128"
+    assert data["curve"]["lambda"] == 0.99 and get_law("embedded-byte").name == "embedded-byte"

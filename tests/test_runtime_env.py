@@ -97,7 +97,7 @@ def test_allocator_benchmark_runs_both_sides_at_toy_size(tmp_path: Path) -> None
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "allocator.py"), "--rounds", "1", "--warmup", "1",
          "--steps", "2", "--repeats", "1", "--out", str(out), "budget.flops=3e10", "train.seq_len=64",
-         "budget.global_batch=4"], capture_output=True, text=True, timeout=600,
+         "budget.global_batch=4", "optim.warmup_steps=1"], capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-800:]
     import json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from launch.cmd_train import train_with_law_watch
 from launch.config import load_experiment, resolve
 from training.checkpoint import Checkpointer, CheckpointConfig
 
+from training.data import eval_bytes_per_token
 from training.metrics import read_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +72,12 @@ def test_run_directory_holds_what_a_fit_needs(tmp_path: Path, capsys: pytest.Cap
     assert all(e["tokens"] == e["step"] * 8 * 32 and e["flops"] > 0 for e in evals)
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert summary["final_eval_loss"] == evals[-1]["eval_loss"]
+    # every eval also in bits per byte (comparable across tokenizers), and the data recorded
+    per_token = eval_bytes_per_token(resolve(load_experiment(tiny_experiment(tmp_path))).data)["synthetic"]
+    assert 0.9 < per_token <= 1.0  # bytes, plus one end-of-document token per document
+    assert evals[-1]["eval_bpb"] == pytest.approx(evals[-1]["eval_loss"] / (math.log(2) * per_token))
+    assert summary["final_eval_bpb"] == evals[-1]["eval_bpb"]
+    assert summary["data"]["fingerprint"] and summary["data"]["vocab_size"] == 257
     train_records = read_records(run_dir, "train")
     assert [r["step"] for r in train_records] == list(range(1, 13))
     assert all("achieved_flops_per_s" in r and r["lr"] > 0 for r in train_records)

@@ -45,6 +45,8 @@ class Run:
     last_loss: float = math.nan
     last_eval: Optional[float] = None
     source_losses: dict[str, float] = field(default_factory=dict)
+    bytes_per_token: dict[str, float] = field(default_factory=dict)  # per eval source: loss -> bits/byte
+    data_identity: Optional[dict] = None  # tokenizer and fingerprints, for summary.json
     eval_fields: dict[str, Any] = field(default_factory=dict)  # hooks add to the eval record
     alerts: list[dict] = field(default_factory=list)  # written after the eval record
     nonfinite: Any = None  # device counters (skipped, in a row, worst row) with on_nonfinite=skip

@@ -8,6 +8,7 @@ restored step, so no step is ever written twice.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, Optional
 
@@ -15,19 +16,21 @@ import jax
 import yaml
 from etils import epath
 
-from chinchax.errors import TrainingError
+from chinchax.errors import ChinchaxError, TrainingError
 from models.sharding import batch_sharding, make_mesh
 from scaling.rundir import (CHECKPOINTS_DIR, CONFIG_NAME, STARTED_CONFIG_NAME, SUMMARY_NAME, RunLock,
                             config_differences, make_run_dir, read_yaml, write_text)
 from training.checkpoint import Checkpointer
 from training.config import RunConfig
-from training.data import build_eval_sets, build_train_iterator
+from training.data import build_eval_sets, build_train_iterator, data_identity, eval_bytes_per_token
 from training.grow import initialise_state
 from training.hooks import Run
 from training.metrics import MetricsWriter
 from training.state import abstract, initial_train_state, jit_train_step
 from training.step import make_eval_step
 from training.wandb_sink import open_sinks
+
+log = logging.getLogger("chinchax.train")
 
 
 def notice(run_is_lead: bool, message: str) -> None:
@@ -98,6 +101,16 @@ def _metrics_writer(cfg: RunConfig, run_dir: epath.Path, is_lead: bool) -> Metri
     return metrics
 
 
+def _data_facts(cfg: RunConfig) -> tuple[dict[str, float], Optional[dict]]:
+    """Bytes per token of each eval source (so every eval loss is also in bits per byte, which
+    compares across tokenizers) and the data identity a law fitted on this run records."""
+    try:
+        return eval_bytes_per_token(cfg.data), data_identity(cfg.data)
+    except ChinchaxError as exc:  # e.g. a source that cannot say how many bytes it holds
+        log.warning("no bits per byte for this run: %s", exc)
+        return {}, None
+
+
 def _build(cfg: RunConfig, run_dir: epath.Path, is_lead: bool, lock: Optional[RunLock],
            force: bool) -> Run:
     resumes = check_same_run(cfg, run_dir, force=force, write=is_lead)
@@ -119,6 +132,7 @@ def _build(cfg: RunConfig, run_dir: epath.Path, is_lead: bool, lock: Optional[Ru
         eval_step=jax.jit(make_eval_step(graphdef), in_shardings=(shardings, data_sharding)),
         train_step=jit_train_step(cfg, graphdef, tx, state, mesh, data_sharding),
         lock=lock, device_kind=jax.devices()[0].device_kind, n_devices=mesh.devices.size)
+    run.bytes_per_token, run.data_identity = _data_facts(cfg)
     run.state = _restore_or_init(run, state, resumes)
     run.start_step = run.step
     if resumes:

@@ -25,7 +25,7 @@ from chinchax.errors import ChinchaxError, CheckpointError, TrainingError
 from models.sharding import activation_sharding
 from scaling.rundir import RunSummary, read_records, read_summary
 from training.config import RunConfig
-from training.data import to_global_batch
+from training.data import bits_per_byte, to_global_batch
 from training.hooks import Hook, Run, hook
 from training.metrics import Progress, mfu
 from training.optim import learning_rate_at_step
@@ -146,12 +146,24 @@ def _eval_loss(run: Run, batches: list[dict]) -> float:
     return float(np.mean(jax.device_get(losses)))
 
 
+def _bits_per_byte(run: Run) -> dict[str, float]:
+    """``eval_bpb`` (primary source) and ``eval_bpb/<name>`` when there are several."""
+    values = {name: bits_per_byte(loss, run.bytes_per_token[name])
+              for name, loss in run.source_losses.items() if name in run.bytes_per_token}
+    primary = next(iter(run.source_losses), None)
+    out = {"eval_bpb": values[primary]} if primary in values else {}
+    if len(run.source_losses) > 1:
+        out.update({f"eval_bpb/{name}": v for name, v in values.items()})
+    return out
+
+
 def _write_eval(run: Run) -> None:
     per_source = ({f"eval_loss/{name}": v for name, v in run.source_losses.items()}
                   if len(run.source_losses) > 1 else {})
     run.metrics.log_eval({"step": run.step, "tokens": run.tokens,
                           "flops": run.tokens * run.plan.flops_per_token,
-                          "eval_loss": run.last_eval, **per_source, **run.eval_fields})
+                          "eval_loss": run.last_eval, **per_source, **_bits_per_byte(run),
+                          **run.eval_fields})
     for alert in run.alerts:
         run.metrics.log_alert(alert)
     run.alerts = []
@@ -240,14 +252,14 @@ def _write_summary(run: Run, hooks: Sequence[Hook], start_wall: float) -> dict[s
         target_steps=cfg.steps, seq_len=cfg.train.seq_len, global_batch=cfg.global_batch,
         tokens=run.tokens, flops=run.tokens * plan.flops_per_token,
         flops_per_token=plan.flops_per_token, final_train_loss=run.last_loss,
-        final_eval_loss=run.last_eval,
+        final_eval_loss=run.last_eval, final_eval_bpb=_bits_per_byte(run).get("eval_bpb"),
         eval_losses=run.source_losses if len(run.source_losses) > 1 else {},
         tokens_per_s=run.tokens_per_s,
         achieved_flops_per_s=run.tokens_per_s * plan.executed_flops_per_token,
         **_mfu(run, run.tokens_per_s), executed_flops_per_token=plan.executed_flops_per_token,
         device_kind=run.device_kind, n_devices=run.n_devices, compile_time_s=run.compile_time,
         wall_time_s=time.time() - start_wall, nonfinite_skipped=run.nonfinite_skipped,
-        model=cfg.model.to_dict(), plan=plan.allocation, init=run.init_record)
+        model=cfg.model.to_dict(), plan=plan.allocation, init=run.init_record, data=run.data_identity)
     data = summary.to_dict()
     for each in hooks:
         if each.summary is not None:
