@@ -124,7 +124,8 @@ class RunPlan:
         out = asdict(self)
         out.update(tokens_per_param=self.tokens_per_param, batch_tokens=self.batch_tokens,
                    flops_error=self.flops_error,
-                   six_n_flops_per_token=6.0 * self.n_params, total_flops=self.total_flops)
+                   six_n_flops_per_token=6.0 * self.n_params, total_flops=self.total_flops,
+                   law_identity_differences=list(self.law_identity_differences))
         if self.inference is not None:
             out["inference"] = self.inference.to_dict()
         return out

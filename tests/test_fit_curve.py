@@ -79,7 +79,8 @@ def test_cosine_mid_run_evals_do_not_bias_the_curve_fit() -> None:
 
 @pytest.mark.slow
 def test_the_90_percent_interval_covers_the_truth_in_85_to_95_percent_of_ladders() -> None:
-    config = FitConfig(**{**SMALL.__dict__, "bootstrap": 100})
+    # two restarts per replicate and 400 L-BFGS iterations: the same 90% coverage at half the time
+    config = FitConfig(**{**SMALL.__dict__, "bootstrap": 100, "bootstrap_starts": 2, "max_iter": 400})
     covered = []
     for seed in range(50):
         ladder = draw_ladder(seed)
