@@ -45,7 +45,7 @@ from scaling.ladder import (CPU_GUESS_FLOPS_PER_SECOND, PLAN_FILE, PREDICTION_FI
                             design_ladder, estimate_seconds, load_prediction, measured_wall_time_model,
                             predict_target, shape_label, verify_target)
 from scaling.ladder_backtest import backtest_stop
-from scaling.rundir import dumps
+from scaling.rundir import config_differences, dumps, read_yaml as read_run_yaml
 
 if TYPE_CHECKING:
     from launch.config import ExperimentConfig
@@ -205,10 +205,12 @@ def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, star
     path = setup.ladder_dir / EXPERIMENTS_DIR / f"{name}.yaml"
     text = experiment_yaml(exp)
     if path.is_file() and path.read_text() != text and started:
-        raise ScalingError(
-            f"run {name} was started with a different experiment than this ladder config now gives "
-            f"({path} differs)",
-            hint=f"restore the config, or delete {exp.run_dir} (and {path}) to train it afresh")
+        differing = config_differences(read_run_yaml(path) or {}, dataclasses.asdict(exp))
+        if differing:  # cadences, logging and the like may change (as for 'chinchax train')
+            raise ScalingError(
+                f"run {name} was started with a different experiment than this ladder config now "
+                f"gives ({path} differs in {', '.join(differing[:5])})",
+                hint=f"restore the config, or delete {exp.run_dir} (and {path}) to train it afresh")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
