@@ -246,9 +246,8 @@ def _laws_section(plan: LadderPlan, analysis: LadderAnalysis,
              "(Hitchhiker's guide)")
     lines = ["", "## Fitted laws", "", f"{evals}; approach 2 uses each rung's final loss.", ""]
     lines += ["Approach 3 law (the law file's coefficients):" if analysis.loss_approach == 3 else
-              "Curve law (Tissue et al. 2024), as L(N, D) at the target's schedule "
-              "(`law_curve.json`'s coefficients; E here is the fitted E less the target's "
-              "annealing bonus C·S2):", ""]
+              "Curve law (Tissue et al. 2024), as L(N, D) at the target's schedule, E less the "
+              "target's annealing bonus C·S2 (`law_curve.json`'s coefficients):", ""]
     lines += _table(COEFFICIENTS, [tuple(number(getattr(law, k)) for k in COEFFICIENTS)])
     lines += [""]
     for approach, report in sorted(analysis.reports.items(), key=lambda item: str(item[0])):
