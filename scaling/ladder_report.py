@@ -357,9 +357,10 @@ def _closing_section(plots: Mapping[str, Path], timings: Mapping[str, Any],
     lines: list[str] = []
     lines += ["", "## Plots", ""]
     lines += [f"![{label}]({PLOTS_DIR}/{path.name})" for label, path in plots.items()]
-    lines += ["", "The isoFLOP and frontier plots use the papers' compute C = 6ND, which for these "
-              "small models is below the exact FLOPs each rung spent (attention and vocabulary "
-              "matmuls); the loss curves use the exact counter."]
+    lines += ["", "Budgets are labelled by the exact FLOPs each spent (`scaling/flops.py`), in the "
+              "isoFLOP profiles and the loss curves alike; only the frontier plot, which draws the "
+              "published laws, uses their convention C = 6ND (below the exact count for these "
+              "small models: attention and vocabulary matmuls)."]
     lines += ["", "## Wall time", ""]
     lines += _table(("", "seconds"), [
         ("rungs (sum of run wall times)", f"{float(timings.get('rungs_s', 0)):.0f}"),
