@@ -96,8 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         from launch.distributed import initialize_distributed
         from launch.memory import check_memory
 
-        info = initialize_distributed(experiment.distributed)  # before any JAX computation
-        logging.getLogger("chinchax.train").info(info.describe())
+        initialize_distributed(experiment.distributed)  # before any JAX computation; says where
         run_cfg = resolve(experiment, data_parallel=data_parallel_size(experiment.mesh, jax.device_count()))
         check_memory(run_cfg)  # one line before compile, not RESOURCE_EXHAUSTED after it
         return _report(train_with_law_watch(run_cfg, force=args.force, guard=guard))
