@@ -1,11 +1,7 @@
 """The main job's train step with the system allocator and with the CLI's better one, side by side.
 
-Each measurement is a fresh worker process (an allocator applies from process start); sides
-alternate (A B B A ...) so load drift on a shared machine falls on both equally.
-
-    python benchmarks/allocator.py                    # writes results/step_cpu_allocator.json
-    python benchmarks/allocator.py --rounds 1 --steps 2 --repeats 1 train.seq_len=64 ...  # smoke
-"""
+Each measurement is a fresh worker (an allocator applies from process start); sides alternate against load drift.
+    python benchmarks/allocator.py    # writes benchmarks/results/step_cpu_allocator.json"""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Small pieces the benchmark scripts share: reading a loss curve, writing a JSON report.
-
-``benchmarks/`` is a folder of scripts, not a package: each script puts its own folder on
-``sys.path`` before importing this module.
-"""
+"""Pieces the benchmark scripts share.  ``benchmarks/`` is a folder of scripts, not a package:
+each puts its own folder on ``sys.path`` before importing this."""
 
 from __future__ import annotations
 

@@ -1,19 +1,8 @@
 """What does continual pre-training (CPT) buy on CPU?  Tiny models, Python source -> English prose.
 
-Per size: ``base`` (scratch on Python, ``cpt_python.yaml``), ``scratch`` (scratch on prose, the
-baseline) and ``cpt0`` (base continued on prose, Python as ``role: eval``); at one size also
-``cpt10``/``cpt30`` with 10%/30% of every batch replayed from Python. Same steps and schedule.
-
-Measured: FLOPs saved (first FLOPs at which CPT's prose loss reaches scratch's final loss,
-log-linear between evals, from the trainer's exact counter; with and without the base run's
-FLOPs, replay counted as CPT); forgetting (held-out Python loss); and the CPT law fitted on the
-no-replay runs, a demonstration rather than an estimate with three tiny models.
-
-    python benchmarks/cpt.py            # 3 sizes x 3 runs + 2 replay runs (~10 minutes)
-    python benchmarks/cpt.py --quick    # 2 sizes, fewer steps, no law fit (~3 minutes)
-
-Writes ``benchmarks/results/cpt.json`` and ``cpt.png``.
-"""
+Per size ``base`` (Python), ``scratch`` (prose) and ``cpt0`` (base continued on prose), plus 10%/30%
+replay at one size: FLOPs saved to scratch's final loss, forgetting of Python, the CPT law's fit.
+    python benchmarks/cpt.py    # ~10 minutes; writes benchmarks/results/cpt.json and cpt.png"""
 
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
 """How fast is the approach-3 fit?  chinchax's batched L-BFGS against a plain scipy loop.
 
-On Epoch's Chinchilla data (240 points): the full 4,500-start fit, and a 1,000-resample
-bootstrap. ``scaling.fit`` batches all problems; the baseline loops ``scipy.optimize.minimize``
-(L-BFGS-B) over the same starts, objective and weights, optionally on a share of its problems
-(``--scipy-share``) scaled up, as the report says.
-
-    python benchmarks/fit_speed.py            # full sizes (several minutes: the scipy loops)
-    python benchmarks/fit_speed.py --quick    # 450 starts, 50 resamples
-"""
+On Epoch's Chinchilla data: the 4,500-start fit and a 1,000-resample bootstrap, against
+``scipy.optimize.minimize`` (L-BFGS-B) looped over the same starts, objective and weights.
+    python benchmarks/fit_speed.py --quick    # 450 starts, 50 resamples"""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """Counts read off a program's text: float32 products of vocabulary size, attention kernels.
-
-Both of JAX's texts are read: StableHLO (``lowered.as_text()``, what the model asked for)
-and XLA's HLO (``compiled.as_text()``, what a backend runs; operands named, not typed, so
-their types are looked up from their definitions).
-"""
+Reads StableHLO (``lowered.as_text()``) and XLA's HLO (``compiled.as_text()``), whose operands
+are named, not typed, so their types come from their definitions."""
 
 from __future__ import annotations
 
@@ -22,8 +19,6 @@ _BACKWARD = re.compile(r"backward|bwd|dkv|dq", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Dot:
-    """One product: operand dtypes and shapes, result dtype and shape."""
-
     lhs: Tuple[str, Tuple[int, ...]]
     rhs: Tuple[str, Tuple[int, ...]]
     out: Tuple[str, Tuple[int, ...]]
@@ -55,8 +50,7 @@ def dots(text: str) -> List[Dot]:
 
 
 def f32_vocab_dots(text: str, vocab_size: int) -> int:
-    """Float32 × float32 products with a vocabulary-sized dimension (the head's, in bf16
-    compute, should have none)."""
+    """Float32 × float32 products with a vocabulary-sized dimension (none in a bf16 head)."""
     return sum(1 for d in dots(text)
                if d.lhs[0] == d.rhs[0] == "f32"
                and vocab_size in d.lhs[1] + d.rhs[1] + d.out[1])

@@ -1,31 +1,8 @@
 """Does HyperCloning pay on CPU?  A small model grown 2x wider against the wide model from scratch.
 
-Four runs on the embedded corpus (the Python standard library's source, bytes), one after
-another in this process, one CPU device:
-
-* ``small``: the narrow model from random init for ``--small-steps`` steps;
-* ``grown-noisy`` / ``grown-symmetric``: ``chinchax grow small --factor 2`` (each variant),
-  then ``chinchax train`` of the written ``experiment.yaml`` for ``--wide-steps`` steps;
-* ``scratch``: the same wide model from random init, same steps, batch, optimiser and
-  schedule, i.e. the same extra FLOPs as a grown run.
-
-Measured, with FLOPs from the trainer's records (the shared counter
-``scaling.flops.train_flops_per_token``, no ``6N`` shortcut):
-
-* the tokens and FLOPs each grown run needs to reach the scratch run's *final* held-out loss
-  (log-linear interpolation between evals), against the scratch run's totals: the speed-up,
-  once counting the wide training only and once including the small run's tokens and FLOPs
-  (Samragh et al. 2024 report 2.2-4x, the small model's cost not counted);
-* how far the copies drifted apart in training: ``max |copy_0 - copy_1| / max |W|`` of the
-  ``up`` kernel's two output copies in each grown run's final checkpoint (0 means the wide
-  model still computes exactly as a narrow one).
-
-    python benchmarks/hypercloning.py            # ~5 minutes of CPU time (2 cores)
-    python benchmarks/hypercloning.py --quick    # fewer steps (~2 minutes), a smoke check
-
-Prints a table and writes ``benchmarks/results/hypercloning.json`` and
-``benchmarks/results/hypercloning.png`` (``hypercloning_quick.*`` with ``--quick``).
-"""
+Tokens and FLOPs each grown run (noisy, symmetric) needs to reach the scratch run's final loss
+(Samragh et al. 2024 report 2.2-4x), and how far its copies drift apart.
+    python benchmarks/hypercloning.py    # ~5 minutes; writes benchmarks/results/hypercloning.json"""
 
 from __future__ import annotations
 

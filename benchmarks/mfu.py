@@ -1,36 +1,8 @@
 """Model FLOPs utilisation of the real train step, shape by shape.
 
-For each shape of a preset the step is built by the trainer's own builders
-(``training.state.initial_train_state`` and ``jit_train_step``: parameters created in their
-shards, AdamW from ``training.optim``, ``make_train_step`` jitted with the state's shardings
-and the state donated) and traced inside ``activation_sharding``, compiled once, run
-for a few warm-up steps, then timed over several repeats of several steps with
-``jax.block_until_ready`` closing each repeat.  The step time is the median over repeats.
-
-Reported per shape and variant: compile time, step time, tokens/s, achieved model FLOP/s and
-MFU by the shared counter (``scaling.flops.executed_flops_per_token``: Chinchilla's terms
-without the embedding gather; ``mfu`` counts the causal triangle of attention, as MaxText,
-Megatron and NeMo do, ``mfu_full_square`` the whole ``T × T`` square), peak device memory
-(``device.memory_stats()`` where the backend keeps it: GPU, TPU; a process-wide peak), XLA's
-compiled memory estimate, and from the compiled program the fused-attention kernel calls
-(forward, backward) and float32 products of vocabulary size.  Rematerialised work is not
-model FLOPs: a remat policy lowers MFU.  Each result is printed (and the JSON rewritten) as
-soon as it exists, so a lease that ends early keeps what was measured.
-
-Where a shape does not fit, the next remat policy of its fallback list is tried (an
-out-of-memory error at compile or at the first step), and the JSON says which ones failed.
-The batch is random tokens reused every step: this measures the step, not the input pipeline.
-
-    python benchmarks/mfu.py --preset cpu                 # tiny shapes, achieved FLOP/s
-    python benchmarks/mfu.py --preset h100        # 1B, six variants, ≤ 8 min on one H100
-    python benchmarks/mfu.py --preset h100 --variants bf16_head,attention_dots
-    python benchmarks/mfu.py --preset tpu --out benchmarks/results/mfu_tpu.json
-    python benchmarks/mfu.py --preset h100 --shapes 1b --batch 16 --remat dots_no_batch
-    python benchmarks/mfu.py --preset cpu-vocab --loss-chunk 128   # chunked cross-entropy
-
-Sizes on the device: ``XLA_PYTHON_CLIENT_MEM_FRACTION`` (GPU preallocation, 0.75 by default)
-bounds what fits; the JSON records it and ``XLA_FLAGS``.
-"""
+The trainer's own step is compiled once and timed (median over repeats); MFU counts the causal
+attention triangle as MaxText does, not remat recompute.  Out of memory, the next remat is tried.
+    python benchmarks/mfu.py --preset h100    # 1B, six variants, ≤ 8 min on one H100"""
 
 from __future__ import annotations
 
@@ -202,11 +174,8 @@ def run_sweep(preset_name: str, *, shapes: Optional[Sequence[str]] = None,
               steps: Optional[int] = None, repeats: Optional[int] = None,
               warmup: Optional[int] = None, variants: Optional[Sequence[str]] = None,
               out: Optional[Path] = None, budget_s: Optional[float] = None) -> Dict[str, Any]:
-    """Run a preset (shapes × variants) and return the report (what ``--out`` writes).
-
-    Each result is printed and ``out`` rewritten as it lands; variants left when
-    ``budget_s`` seconds have passed are recorded as skipped.
-    """
+    """Run a preset (shapes × variants) and return the report; ``out`` is rewritten as each result
+    lands, and variants left after ``budget_s`` seconds are recorded as skipped."""
     if preset_name not in PRESETS:
         raise BenchmarkError(f"unknown preset {preset_name!r}",
                              hint=f"use one of: {', '.join(sorted(PRESETS))}")

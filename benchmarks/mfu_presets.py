@@ -12,10 +12,8 @@ from models.config import ModelConfig
 
 @dataclass(frozen=True)
 class BenchShape:
-    """One model to time: its config, sequence length and batch (sequences per device).
-
-    ``remat_fallbacks`` are tried in order, after ``model.remat``, when the step does not fit.
-    """
+    """One model to time (batch in sequences per device); ``remat_fallbacks`` are tried in order,
+    after ``model.remat``, when the step does not fit."""
 
     name: str = "tiny"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -79,12 +77,9 @@ def _gpu_model(d_model: int, n_layers: int, n_heads: int, d_ff: int, remat: str,
 
 
 def _accelerator_shapes(attention: str) -> List[BenchShape]:
-    """≈125M, 350M and 1B SwiGLU decoders at T = 2048 with a 32k vocabulary.
-
-    One H100 (80 GB, 75% preallocated by default) holds each without rematerialisation at
-    these batches by estimate (1B: 15 GB of parameters and AdamW state, ~30 GB of saved
-    activations); the fallbacks save only the weight matmuls' outputs, then nothing.
-    """
+    """≈125M, 350M and 1B SwiGLU decoders at T = 2048 with a 32k vocabulary.  By estimate each
+    fits one H100 (75% of 80 GB) without remat (1B: 15 GB of parameters and AdamW state, ~30 GB of
+    activations); the fallbacks save only the weight matmuls' outputs, then nothing."""
     fallbacks = ["dots_no_batch", "full"]
     return [
         BenchShape("125m", _gpu_model(768, 12, 6, 2048, "none", attention), 2048, 16, fallbacks),
@@ -117,8 +112,7 @@ PRESETS: Dict[str, Preset] = {
                    BenchShape("cpu-3.4m", _cpu_model(256, 4, 4, 1024), 256, 8),
                    BenchShape("cpu-12m", _cpu_model(512, 4, 8, 1536), 256, 4)],
                   warmup=2, steps=3, repeats=5, description="host CPU, float32, XLA attention"),
-    # A vocabulary-heavy CPU shape (the head is 90% of the parameters): where model.loss_chunk
-    # matters.  Compare --loss-chunk 0 and --loss-chunk 128.
+    # Vocabulary-heavy (the head is 90% of the parameters): compare --loss-chunk 0 and 128.
     "cpu-vocab": Preset([BenchShape("cpu-vocab-9m", ModelConfig(vocab_size=32768, d_model=128,
                                                                 n_layers=2, n_heads=4, d_ff=512),
                                     512, 4)],

@@ -33,7 +33,6 @@ def _pct(x: Optional[float]) -> str:
 
 
 def table_rows(report: Dict[str, Any]) -> List[List[str]]:
-    """One printable row per shape."""
     rows = []
     for r in report["results"]:
         if r["status"] != "ok":

@@ -1,26 +1,8 @@
 """Framework overhead: chinchax's train step against a minimal hand-written JAX/optax step.
 
-The reference is what a careful user would write with no framework: parameters in a plain
-dict, the same decoder math as ``models/transformer.py`` written as functions (RMSNorm in
-float32, half-split RoPE, ``jax.nn.dot_product_attention``, SwiGLU, layers under one
-``lax.scan``), cross-entropy from optax, and ``clip_by_global_norm`` + ``adamw`` with the
-same hyper-parameters and the same decay mask, jitted with its state donated.  It starts from
-a copy of our initial parameters, so both must give the same first loss and the same
-parameters after one update; the report checks that before timing anything (a speed
-comparison of two different computations would mean nothing).
-
-Ours is the step ``training/trainer.py`` runs (built by ``benchmarks/mfu.py``'s
-``build_trainer_step`` from ``training.state``: NNX model split into a state pytree,
-``make_train_step``, sharded jit with donation, traced under ``activation_sharding``).  The two are timed in alternation
-(ours, reference, ours, ...) so that load from other processes falls on both alike; the ratio
-is ``ours / reference`` of the median step times (1.0: no overhead; below 1: ours is faster),
-with the geometric mean of back-to-back pairs beside it.  Timings on a shared CPU are noisy,
-so the report also compares the two compiled programs themselves: XLA's FLOP and byte
-counts and the operations that only one of them holds.
-Two shapes: one so small that per-step dispatch dominates, one where compute does.
-
-    python benchmarks/step_overhead.py --out benchmarks/results/step_overhead_cpu.json
-"""
+Both start from the same parameters and must agree on the first update before timing; they are
+timed in alternation, ratio = ours / reference (below 1: ours is faster).
+    python benchmarks/step_overhead.py --out benchmarks/results/step_overhead_cpu.json"""
 
 from __future__ import annotations
 
@@ -187,7 +169,6 @@ def xla_cost(compiled: Any) -> Dict[str, Optional[float]]:
 
 
 def op_counts(compiled: Any) -> Counter:
-    """How many of each HLO operation the optimised program holds."""
     return Counter(re.findall(r"= \S+ ([a-z][a-z0-9\-]*)\(", compiled.as_text()))
 
 
@@ -201,7 +182,6 @@ def compare_programs(ours: Any, plain: Any) -> Dict[str, Any]:
 
 
 def _compile_both(ours: Any, plain_step: Any, plain_state: Any, batch: Any) -> Tuple[Any, Any, Dict[str, float]]:
-    """Both steps compiled for ``batch``, and how long each compile took."""
     started = time.perf_counter()
     our_step = ours.step.lower(ours.state, batch).compile()
     our_compile = time.perf_counter() - started

@@ -1,10 +1,7 @@
 """``chinchax tokenize`` throughput, and training on shards against the in-memory path.
 
-Tokenizes ``--mb`` MB of stdlib sources with 1 and 2 workers (MB/s including start-up), then
-trains alternately on ``data.source: text`` and ``shards``; the tokens/s ratio should be ~1.
-
-    python benchmarks/tokenize_speed.py --preset cpu --out benchmarks/results/tokenize_cpu.json
-"""
+Tokenizes with 1 and 2 workers (MB/s with start-up); the training tokens/s ratio should be ~1.
+    python benchmarks/tokenize_speed.py --preset cpu --out benchmarks/results/tokenize_cpu.json"""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """The trainer's own train step, built for a benchmark: sharded state, donated, jitted.
-
-``training.config`` and ``training.state`` are imported where the step is built, so a
-benchmark module can be imported (and its arguments checked) on an image without the data
-stack.
-"""
+``training.config`` and ``training.state`` are imported lazily, so benchmarks import without the
+data stack."""
 
 from __future__ import annotations
 
@@ -40,11 +37,8 @@ def build_trainer_step(model_cfg: ModelConfig, devices: Sequence[Any], *,
                        optim: Optional[OptimConfig] = None, global_batch: int = 1,
                        seq_len: int = 256, total_steps: int = 100, seed: int = 0,
                        grad_accum_steps: int = 1) -> TrainerStep:
-    """The train step of ``training/trainer.py`` for ``model_cfg`` on ``devices`` (FSDP over all).
-
-    Lower and call it inside ``activation_sharding(result.mesh, result.rules)``, as the
-    trainer does.
-    """
+    """The train step of ``training/trainer.py`` for ``model_cfg`` on ``devices`` (FSDP over all);
+    lower and call it inside ``activation_sharding(result.mesh, result.rules)``, as the trainer."""
     from training.config import RunConfig, TrainConfig
     from training.state import initial_train_state, jit_train_step
 

@@ -1,9 +1,5 @@
-"""The one exception family: a base class and one subclass per layer.
-
-Every user-facing failure (bad config, data, checkpoint, command line, law file) raises one
-of these with a message that names the problem and a ``hint`` that names the fix.  The
-command line catches :class:`ChinchaxError` and prints both on two short lines; ``--debug``
-shows the traceback instead.
+"""One exception family, a subclass per layer: every user-facing failure names the problem and,
+in ``hint``, the fix, which the command line prints as two short lines instead of a traceback.
 """
 
 from __future__ import annotations

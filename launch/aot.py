@@ -1,24 +1,8 @@
-"""Ahead-of-time compilation reports, as plain data: topologies, HBM, memory, FLOPs, errors.
+"""The JAX-free half of ``chinchax compile``: topologies, HBM, memory and FLOP reports, errors.
 
-``chinchax compile`` lowers and compiles the real train step for a TPU topology on any machine
-(``launch/cmd_compile.py`` does the JAX work).  Everything that does not need JAX lives here
-so that it can be tested without compiling anything:
-
-* :func:`parse_topology` reads ``--topology`` (``v5e:4x4``, ``v4:2x2x2``, ``cpu:8``);
-* :func:`hbm_bytes_per_device` is the memory of one JAX device, keyed like ``training.peaks``;
-* :class:`MemoryReport` turns XLA's ``memory_analysis()`` into per-device totals;
-* :func:`counter_flops` puts the shared FLOP counter next to XLA's ``cost_analysis()`` count;
-* :func:`libtpu_location`, :func:`libtpu_missing_error` and :func:`out_of_memory_error` give
-  one clear :class:`~chinchax.errors.ChinchaxError` instead of a traceback.
-
-**Why XLA's FLOP count needs an adjustment.**  XLA's cost analysis counts the body of a
-``while`` loop once, whatever its trip count, and both the scan over layers and the scan over
-gradient-accumulation micro-batches are ``while`` loops.  :func:`counter_flops` therefore also
-gives the counter's terms arranged the way XLA counts them (layer terms once when layers are
-scanned, one micro-batch when accumulating, the embedding lookup free as a gather), so the
-ratio of the two means something: about 1.0 without rematerialisation, about 4/3 of the layer
-work with ``remat: full`` (the forward pass runs twice), plus a few percent of element-wise
-work (norms, softmax, optimiser update) that the counter leaves out.
+XLA counts a ``while`` body once whatever its trip count (scanned layers, micro-batches), so the
+FLOP report also counts the counter's terms that way; the ratio is then ~1.0 (~4/3 of the layer
+work under ``remat: full``).
 """
 
 from __future__ import annotations
@@ -43,17 +27,9 @@ _TPU_TOPOLOGY = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
 _CPU_TOPOLOGY = re.compile(r"^cpu:(\d+)$")
 
 
-# --------------------------------------------------------------------------- topologies
-
-
 @dataclass(frozen=True)
 class Topology:
-    """What ``--topology`` names: a TPU slice (``platform="tpu"``) or ``n`` host CPU devices.
-
-    ``name`` is what ``jax.experimental.topologies.get_topology_desc`` takes for TPUs
-    (``v5e:4x4``); ``chips`` is the product of its dimensions (one JAX device per chip from
-    v4 on; v2 and v3 chips hold two).
-    """
+    """A TPU slice or ``chips`` host CPU devices; ``name`` is what ``get_topology_desc`` takes."""
 
     platform: str
     name: str
@@ -87,12 +63,8 @@ def parse_topology(text: str) -> Topology:
              "cpu:8 compiles for 8 host CPU devices")
 
 
-# --------------------------------------------------------------------------- device memory
-
-# (pattern on the normalised device kind, bytes of memory per JAX device); first match wins.
-# TPU: Google Cloud TPU system-architecture pages (HBM per chip; v2/v3 chips are two JAX
-# devices, so half each).  XLA keeps a little for itself: on v5e it reports 15.75 GiB usable.
-# GPU: NVIDIA datasheets, in the decimal gigabytes they are sold in.
+# Bytes per JAX device; first match wins.  v2/v3 chips are two devices, so half a chip's HBM;
+# XLA keeps a little (v5e reports 15.75 GiB usable).  GPUs are sold in decimal gigabytes.
 _HBM: tuple[tuple[str, int], ...] = (
     (r"\btpu v2\b", 8 * GIB),
     (r"\btpu v3\b", 16 * GIB),
@@ -110,7 +82,7 @@ _HBM: tuple[tuple[str, int], ...] = (
 
 
 def hbm_bytes_per_device(device_kind: str) -> Optional[int]:
-    """Memory of one JAX device of this kind, or None (CPU, unknown hardware)."""
+    """None for CPUs and unknown hardware."""
     kind = normalise_device_kind(device_kind)
     for pattern, size in _HBM:
         if re.search(pattern, kind):
@@ -120,12 +92,8 @@ def hbm_bytes_per_device(device_kind: str) -> Optional[int]:
 
 @dataclass(frozen=True)
 class MemoryReport:
-    """Per-device memory of one compiled program, in bytes (XLA's ``memory_analysis()``).
-
-    ``aliased`` counts outputs written into donated argument buffers (the train state), so
-    ``total = arguments + outputs - aliased + temporaries + generated_code`` is what one
-    device holds while the step runs.  ``hbm`` is the device's memory (None when unknown).
-    """
+    """Per-device bytes of one compiled program; ``aliased`` outputs reuse donated inputs (the
+    train state), so they count once."""
 
     arguments: int = 0
     outputs: int = 0
@@ -136,7 +104,6 @@ class MemoryReport:
 
     @classmethod
     def from_analysis(cls, stats: Any, hbm: Optional[int]) -> "MemoryReport":
-        """From a ``CompiledMemoryStats`` (anything with its ``*_size_in_bytes`` fields)."""
         return cls(arguments=int(stats.argument_size_in_bytes),
                    outputs=int(stats.output_size_in_bytes),
                    aliased=int(stats.alias_size_in_bytes),
@@ -159,17 +126,9 @@ class MemoryReport:
         return out
 
 
-# --------------------------------------------------------------------------- FLOPs
-
-
 @dataclass(frozen=True)
 class FlopReport:
-    """One device's FLOPs for one train step: the shared counter against XLA's count.
-
-    ``counter`` is the model FLOPs of the whole step (``scaling.flops``, the number MFU
-    uses); ``counter_as_compiled`` is the same terms with loop bodies counted once, as XLA
-    counts them; ``xla_over_counter`` compares XLA with the latter (None if XLA gave no count).
-    """
+    """One device's step FLOPs: the MFU counter, and its terms with loop bodies once, as XLA."""
 
     counter: float = 0.0
     counter_as_compiled: float = 0.0
@@ -191,13 +150,8 @@ class FlopReport:
 
 def counter_flops(model: ModelConfig, *, seq_len: int, global_batch: int, n_devices: int,
                   grad_accum_steps: int = 1, xla: Optional[float] = None) -> FlopReport:
-    """The counter's training FLOPs of one step on one device, whole and as XLA counts them.
-
-    Work is assumed evenly split over devices (data, fsdp and tensor parallelism all divide
-    the matmuls).  As XLA counts it: one layer when layers are scanned, one micro-batch when
-    accumulating, and no embedding term (the counter prices the lookup as a one-hot matmul,
-    XLA sees a gather that costs almost nothing).
-    """
+    """Work splits evenly over devices.  XLA sees one scanned layer, one micro-batch, and no
+    embedding term: the counter prices the lookup as a one-hot matmul, XLA sees a cheap gather."""
     terms = forward_flop_breakdown(model, seq_len)
     sequences_per_device = global_batch / n_devices
     counter = 3.0 * terms.total * sequences_per_device
@@ -208,12 +162,9 @@ def counter_flops(model: ModelConfig, *, seq_len: int, global_batch: int, n_devi
                       loops_counted_once=model.scan_layers or grad_accum_steps > 1)
 
 
-# --------------------------------------------------------------------------- the report
-
-
 @dataclass(frozen=True)
 class CompileReport:
-    """What ``chinchax compile`` prints: where it compiled for, what, how long, how big."""
+    """What ``chinchax compile`` prints."""
 
     topology: str = ""
     platform: str = ""
@@ -235,7 +186,6 @@ class CompileReport:
 
 
 def format_bytes(n: Optional[float]) -> str:
-    """``4.62 GiB`` / ``310.5 MiB`` / ``12.0 KiB``."""
     if n is None:
         return "unknown"
     for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
@@ -245,7 +195,6 @@ def format_bytes(n: Optional[float]) -> str:
 
 
 def report_rows(report: CompileReport) -> list[tuple[str, str]]:
-    """The report as ``(quantity, value)`` rows for a two-column table."""
     mem, flops, run = report.memory, report.flops, report.run
     mesh = " × ".join(f"{axis} {size}" for axis, size in report.mesh.items())
     accumulation = run.get("grad_accum_steps", 1)
@@ -278,11 +227,8 @@ def report_rows(report: CompileReport) -> list[tuple[str, str]]:
     return rows
 
 
-# --------------------------------------------------------------------------- errors
-
-
 def libtpu_location(environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """Where JAX would load libtpu from (``TPU_LIBRARY_PATH`` or the ``libtpu`` package)."""
+    """Where JAX would load libtpu from, if anywhere."""
     path = environ.get("TPU_LIBRARY_PATH")
     if path and os.path.isfile(path):
         return path
@@ -294,7 +240,6 @@ def libtpu_location(environ: Mapping[str, str] = os.environ) -> Optional[str]:
 
 
 def libtpu_missing_error(topology: str, jax_version: str) -> LaunchError:
-    """The one error for a TPU topology without libtpu, naming the install that fixes it."""
     return LaunchError(
         f"--topology {topology} compiles with the TPU compiler (libtpu), which is not installed",
         hint=f'pip install "jax[tpu]=={jax_version}" (brings the libtpu built for this jax; '
@@ -314,7 +259,7 @@ def _to_bytes(number: str, unit: Optional[str]) -> int:
 
 
 def parse_out_of_memory(message: str) -> tuple[Optional[int], Optional[int]]:
-    """``(needed, available)`` bytes from an XLA RESOURCE_EXHAUSTED message (None if absent)."""
+    """``(needed, available)`` bytes from an XLA RESOURCE_EXHAUSTED message."""
     needed = available = None
     for pattern in _NEEDED:
         match = pattern.search(message)
@@ -337,7 +282,6 @@ def is_out_of_memory(message: str) -> bool:
 def out_of_memory_error(message: str, *, topology: str, device_kind: str, global_batch: int,
                         seq_len: int, remat: str, mesh: Mapping[str, int],
                         grad_accum_steps: int = 1) -> LaunchError:
-    """Turn XLA's RESOURCE_EXHAUSTED into one line with the sizes and what to change."""
     needed, available = parse_out_of_memory(message)
     if needed is not None and available is not None:
         sizes = f"needs {format_bytes(needed)} per device, {format_bytes(available)} available"

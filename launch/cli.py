@@ -12,9 +12,8 @@ from launch.runtime_env import reexec_with_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Imported here, after a possible re-execution (main), not twice.  Each module's
-    # ``register(subparsers)`` adds its sub-command(s) and sets ``func`` (namespace -> exit
-    # code); heavy imports (JAX) belong inside the commands, so ``--help`` starts fast.
+    # Imported after a possible re-execution, not twice; JAX stays inside the commands so
+    # ``--help`` starts fast.
     from launch import (cmd_allocate, cmd_compile, cmd_export, cmd_fit, cmd_grow, cmd_ladder,
                         cmd_sample, cmd_tokenize, cmd_tpu, cmd_train, multihost_local)
 

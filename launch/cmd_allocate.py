@@ -1,9 +1,4 @@
-"""``chinchax allocate --flops C``: what a compute budget buys, before any run starts.
-
-``--inference-tokens T`` adds serving cost and prints the inference-aware allocations beside
-Chinchilla's; ``--objective total`` plans for least training + inference compute at
-Chinchilla's loss, ``train`` (default) only reports it.
-"""
+"""``chinchax allocate --flops C``: what a compute budget buys, before any run starts."""
 
 from __future__ import annotations
 
@@ -149,7 +144,7 @@ OPTION_TITLES = {
 
 
 def inference_table(tradeoff: InferenceTradeoff, objective: str) -> Table:
-    """The three allocations side by side (C = 6ND, 2N per served token); the chosen one marked."""
+    """The three allocations side by side (C = 6ND, 2N per served token)."""
     chosen = tradeoff.chosen(objective).name
     table = Table(title=f"{tradeoff.flops:.3g} training FLOPs, {tradeoff.inference_tokens:.3g} "
                   f"inference tokens, law {tradeoff.law} (6ND + 2NT)")

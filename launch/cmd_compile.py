@@ -1,12 +1,7 @@
-"""``chinchax compile CONFIG [key=value ...] --topology v5e:4x4``: will this run fit that slice?
+"""``chinchax compile CONFIG --topology v5e:4x4``: will this run fit that slice?
 
-Ahead-of-time compilation of the real train step for devices this machine does not have: the
-experiment is resolved exactly as ``chinchax train`` resolves it (budget → shape, with the
-batch split over the topology's device count), the mesh is laid over the topology's devices,
-the train state exists only as shapes and shardings (``jax.eval_shape``; no parameter is ever
-materialised), and the step that ``training.trainer`` would run is lowered and compiled.  The
-report gives per-device memory against the chip's HBM, compile time, and XLA's FLOP count
-against the shared counter.  TPU topologies need libtpu (no TPU); ``cpu:N`` needs nothing.
+Compiles the trainer's real step ahead of time for devices this machine lacks, from a state
+that exists only as shapes and shardings.  TPU topologies need libtpu, not a TPU.
 """
 
 from __future__ import annotations
@@ -77,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- devices
-
-
 def topology_devices(topology: Topology, *, slices: int = 1) -> List[Any]:
-    """Compile-only TPU devices of ``topology`` (libtpu), or ``n`` of this host's CPU devices."""
     if topology.is_tpu:
         return _tpu_devices(topology, slices)
     return _cpu_devices(topology.chips)
@@ -97,7 +88,7 @@ def _jax_version() -> str:
 def _tpu_devices(topology: Topology, slices: int) -> List[Any]:
     if libtpu_location() is None:
         raise libtpu_missing_error(topology.name, _jax_version())
-    # No TPU here: do not ask the GCE metadata server which TPU this VM is.
+    # No TPU here, so no metadata server to ask which TPU this VM is.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     # Compile-only: no chip is opened, so other processes holding libtpu are no conflict.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -146,11 +137,7 @@ def _cpu_devices(n: int) -> List[Any]:
     return list(devices[:n])
 
 
-# --------------------------------------------------------------------------- state and step
-
-
 def abstract_batch(cfg: RunConfig, mesh: Any) -> tuple[dict, Any]:
-    """The global ``{"inputs", "targets"}`` batch of one step, and its sharding."""
     import jax
     import jax.numpy as jnp
 
@@ -174,7 +161,6 @@ def _xla_flops(compiled: Any) -> Optional[float]:
 
 
 def compile_train_step(cfg: RunConfig, devices: Sequence[Any], *, topology: str) -> CompileReport:
-    """Lower and compile the trainer's step for ``devices``; measure memory, time and FLOPs."""
     from models.sharding import activation_sharding, make_mesh
     from training.state import abstract_train_state, jit_train_step
 

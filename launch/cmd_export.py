@@ -1,8 +1,4 @@
-"""``chinchax export RUN --format hf OUT``: a trained run as a Hugging Face Llama folder.
-
-Writes ``config.json``, ``model.safetensors`` (float32) and the tokenizer (``training/export_hf.py``);
-``chinchax_export.json`` in ``OUT`` records the source run, the step and what tokenizer was written.
-"""
+"""``chinchax export RUN --format hf OUT``: a trained run as a Hugging Face Llama folder."""
 
 from __future__ import annotations
 

@@ -1,27 +1,8 @@
 """``chinchax grow RUN_DIR --factor 2 --out NEW_RUN_DIR``: a wider run that starts as RUN_DIR's model.
 
-Writes a ready-to-train run directory and nothing else; the widening itself (HyperCloning,
-``models/hypercloning.py``) happens when that run starts, in ``training/init.py``, from the
-config's ``init: {grow_from: RUN_DIR, factor: 2, variant: ...}``.  So there is one code path
-whether the grown run came from this command or from a hand-written config, the wide
-parameters are written straight into the shards of whatever mesh the grown run uses, and no
-second copy of the (big) wide model ever sits on disk before its first real checkpoint.
-
-What NEW_RUN_DIR receives:
-
-* ``config.yaml``: the resolved run config with the grown ``model:`` (``d_model``, ``d_ff`` and
-  the heads × factor), so the FLOP counter, the allocator and the fits see the new shape, and
-  ``init:`` naming the source.  Everything else (data, optimiser, schedule, batch, steps) is
-  the source's, changed by any ``--set key=value`` overrides.  ``prediction.enabled`` is
-  off: a from-scratch scaling law does not describe a warm-started run.
-* ``experiment.yaml``: the same run as an experiment file, for ``chinchax train
-  NEW_RUN_DIR/experiment.yaml``, which trains it (fresh optimiser state, warm-up again, step
-  and token counts from zero) and resumes it when run again.
-
-The data, and its order (``data.seed``), are the source's: the grown run sees the batches the
-small one saw, in the same order, unless ``--set data.seed=N`` asks for another order.
-``--seed`` sets the new run's ``seed`` and the noisy variant's ``init.noise_seed`` (default:
-the source's seed).
+Only the run directory is written; HyperCloning widens the model when the run starts, so
+hand-written ``init: {grow_from: ...}`` configs share the code path and the wide weights land
+straight in the new mesh's shards.
 """
 
 from __future__ import annotations
@@ -86,7 +67,6 @@ def _parse_factor(text: str) -> int:
 
 def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, *, variant: str,
                      noise_scale: float, seed: int, name: str) -> dict[str, Any]:
-    """The experiment (as a dict) of the grown run: the source's with the model widened."""
     data = source.to_dict()
     data.pop("plan", None)  # the allocator's plan sized the small model, not this one
     data.pop("runtime", None)  # a record of the source's process, not a setting (--set runtime.*)
@@ -98,7 +78,7 @@ def grown_experiment(source: RunConfig, source_dir: str, factor: int, out: str, 
         init={"grow_from": _absolute(source_dir), "factor": factor, "variant": variant,
               "noise_scale": float(noise_scale), "noise_seed": seed},
     )
-    data["prediction"] = {**data["prediction"], "enabled": False}
+    data["prediction"] = {**data["prediction"], "enabled": False}  # a from-scratch law misfits a warm start
     return data
 
 

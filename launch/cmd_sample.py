@@ -1,8 +1,4 @@
-"""``chinchax sample RUN --prompt TEXT``: text from a trained run's newest checkpoint.
-
-The run directory's resolved ``config.yaml`` gives the model, tokenizer and mesh; decoding
-uses a key/value cache (``models/decode.py``) and is deterministic under ``--seed``.
-"""
+"""``chinchax sample RUN --prompt TEXT``: text from a trained run's newest checkpoint."""
 
 from __future__ import annotations
 

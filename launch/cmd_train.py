@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def train_with_law_watch(run_cfg: Any, *, force: bool = False,
                          guard: Optional[PreemptionGuard] = None) -> dict:
-    """Train ``run_cfg`` with its law watch (prediction.json before step 1, drift alerts)."""
+    """Train with the law watch: prediction.json before step 1, drift alerts after."""
     import jax
 
     from launch.law_watch import law_watch_hooks

@@ -1,8 +1,6 @@
 """Experiment files: YAML validated into frozen dataclasses, dotted overrides, budget resolution.
 
-OmegaConf structured configs do parsing, type checks and "did you mean"; this module turns their
-exceptions into one-line :class:`ConfigError` messages, and :func:`resolve` asks the allocator
-for shape, batch, steps and learning rate when a ``budget:`` is given.
+OmegaConf does the type checks and "did you mean"; its exceptions become one-line ConfigErrors.
 """
 
 from __future__ import annotations
@@ -228,8 +226,8 @@ def _check_paths(exp: ExperimentConfig) -> None:
 
 
 def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
-    """Data × fsdp, across slices. Without ``n_devices`` the ``-1`` axis counts as 1 (planning
-    elsewhere than the training machine)."""
+    """Data × fsdp, across slices; without ``n_devices`` (planning off the training machine) a
+    ``-1`` axis counts as 1."""
     if n_devices is None:
         data, fsdp = max(mesh.data, 1), max(mesh.fsdp, 1)
     else:
@@ -238,8 +236,8 @@ def data_parallel_size(mesh: MeshConfig, n_devices: int | None = None) -> int:
 
 
 def _check_budget_echoes(budget: BudgetConfig, seq_len: int, vocab: int) -> None:
-    """budget.seq_len/vocab_size come from train: and the tokenizer; a differing hand-set value would
-    be ignored, so it is refused."""
+    """budget.seq_len/vocab_size come from train: and the tokenizer; a differing value is refused,
+    not silently ignored."""
     for key, value, source in (("seq_len", seq_len, "train.seq_len"), ("vocab_size", vocab, "the tokenizer")):
         given = getattr(budget, key)
         if given != getattr(BudgetConfig, key) and given != value:
@@ -310,7 +308,6 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 
 def read_run_dir_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run directory holds, or one ConfigError saying it has none."""
     config = Path(run_dir) / CONFIG_NAME
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no {CONFIG_NAME}",

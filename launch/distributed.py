@@ -1,9 +1,7 @@
-"""Multi-process start-up: one call, early in every process, before any JAX computation.
+"""Multi-process start-up, once per process before any JAX computation.
 
-Where the cluster tells JAX everything (Cloud TPU pod, SLURM, Open MPI) ``jax.distributed``
-needs no addresses; elsewhere they come from the config or ``CHINCHAX_*`` variables set by a
-launcher such as ``chinchax local``. The decision (:func:`plan_startup`) is a pure function of
-config and environment, so it is testable without a cluster.
+TPU pods, SLURM and Open MPI tell JAX everything; elsewhere the config or ``CHINCHAX_*`` name the
+coordinator.  The decision is a pure function of config and environment, testable without a cluster.
 """
 
 from __future__ import annotations
@@ -134,12 +132,8 @@ def _host_count(hostnames: Optional[str]) -> int:
 
 
 def tpu_env_reason(env: Mapping[str, str]) -> Optional[str]:
-    """Why the environment says "one host of a multi-host TPU job", or None.
-
-    GKE and multi-slice jobs set ``TPU_WORKER_HOSTNAMES``/``TPU_PROCESS_ADDRESSES``/``MEGASCALE_*``,
-    older pod runtimes ``CLOUD_TPU_TASK_ID``; plain TPU VMs keep the worker list in the metadata
-    server, which is why attached chips count too.
-    """
+    """Why the environment names a multi-host TPU job, or None.  Plain TPU VMs keep the worker
+    list in the metadata server instead, which is why attached chips count too."""
     for name in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
         if _host_count(env.get(name)) > 1:
             return f"{name} lists {_host_count(env.get(name))} hosts"
@@ -162,9 +156,8 @@ def gpus_visible_to_process(env: Mapping[str, str], device_files: Sequence[str])
 
 
 def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> Optional[int]:
-    # SLURM_STEP_TASKS_PER_NODE looks like "2(x3),1"; the first group is ours only if the node
-    # is the first, so prefer SLURM_NTASKS_PER_NODE when present and fall back on the step's
-    # value only when every node runs the same count.
+    # SLURM_STEP_TASKS_PER_NODE looks like "2(x3),1" and does not say which group is this node's,
+    # so it answers only when every node runs the same count.
     explicit = _env_int(env, "SLURM_NTASKS_PER_NODE")
     if explicit is not None:
         return explicit
@@ -269,7 +262,6 @@ def attached_tpu_chips(sys_root: str | Path = "/sys") -> int:
 
 @dataclass(frozen=True)
 class DistributedInfo:
-
     mode: str
     process_index: int
     process_count: int
@@ -298,11 +290,8 @@ def _set_cpu_devices(count: int) -> None:
 
 def initialize_distributed(cfg: Optional[DistributedConfig] = None,
                            env: Optional[Mapping[str, str]] = None) -> DistributedInfo:
-    """Call once per process before any JAX computation; later calls return the first result.
-
-    A peer that never arrives makes JAX abort after ``initialization_timeout`` (SIGABRT on CPU, not
-    an exception): launchers must bound processes in time.
-    """
+    """Idempotent; call before any JAX computation.  A peer that never arrives makes JAX abort
+    after ``initialization_timeout`` (SIGABRT on CPU, not an exception): bound processes in time."""
     global _STARTED
     if _STARTED is not None:
         return _STARTED

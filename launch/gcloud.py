@@ -1,8 +1,7 @@
-"""Running ``gcloud`` argv lists: dry runs, retries for flaky SSH, and clear set-up errors.
+"""Running ``gcloud`` argv lists, echoed shell-quoted so they paste into a shell.
 
-Every command is echoed shell-quoted, so output can be pasted into a shell. SSH to many TPU
-workers fails now and then for passing reasons (exit 255, "Connection closed by remote host"),
-so those are retried with exponential backoff; anything else fails at once.
+SSH to many TPU workers fails now and then for passing reasons (exit 255, "Connection closed"),
+so only those are retried, with exponential backoff.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ INSTALL_HINT = ("install the Google Cloud CLI (https://cloud.google.com/sdk/docs
 LOGIN_HINT = ("run `gcloud auth login` (or `gcloud auth activate-service-account --key-file=KEY.json`), "
               "then check with `gcloud auth list`")
 
-# Lower-case fragments of messages that mean "the network hiccuped; the same command may work".
+# Lower-case fragments of messages meaning the network hiccuped and a retry may work.
 TRANSIENT_MARKERS = (
     "connection closed",
     "connection reset",
@@ -61,7 +60,6 @@ def format_command(argv: Sequence[str]) -> str:
 
 
 def is_transient_failure(returncode: int, output: str) -> bool:
-    """SSH's own exit code, or a known network message in the output."""
     if returncode == 0:
         return False
     if returncode == SSH_FAILURE_EXIT_CODE:
@@ -72,8 +70,7 @@ def is_transient_failure(returncode: int, output: str) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``attempts`` tries in all, waiting ``first_delay_s``, then ``factor`` times longer each
-    time, never more than ``max_delay_s``."""
+    """``attempts`` tries in all, with exponential backoff capped at ``max_delay_s``."""
 
     attempts: int = 4
     first_delay_s: float = 5.0
@@ -117,7 +114,7 @@ class CommandResult:
 
 
 def _pump(stream, sink: TextIO, tail: deque) -> None:
-    """Copy as it arrives (prompts without newline too), keeping the tail for errors and the retry check."""
+    """Raw reads, so prompts without a newline show; the tail feeds errors and the retry check."""
     fd = stream.fileno()
     while True:
         chunk = os.read(fd, 4096)
@@ -130,7 +127,6 @@ def _pump(stream, sink: TextIO, tail: deque) -> None:
 
 
 class Gcloud:
-
     def __init__(self, *, dry_run: bool = False, retry: RetryPolicy = RetryPolicy(),
                  out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> None:
         self.dry_run = dry_run

@@ -1,10 +1,6 @@
-"""``chinchax local N CONFIG [overrides]``: N cooperating ``chinchax train`` processes on this host.
-
-Each gets a share of the CPU as its devices and ``CHINCHAX_*`` variables for
-``jax.distributed`` (coordinator on 127.0.0.1), so multi-host paths (per-process shards,
-collective checkpoints, lead-only writes) run without a cluster. Logs go to
-``RUN_DIR/logs/process-<i>.log``. A process that never meets its peers aborts inside JAX without
-a Python error, so the group runs under a deadline and one failure stops the rest.
+"""``chinchax local N CONFIG``: N ``chinchax train`` processes on this host forming one JAX job,
+so multi-host paths run without a cluster.  A process that never meets its peers aborts inside
+JAX without a Python error, so the group runs under a deadline and one failure stops the rest.
 """
 
 from __future__ import annotations
@@ -59,11 +55,8 @@ def process_env(base: Mapping[str, str], *, port: int, num_processes: int, proce
     return env
 
 
-# Joins the job before ``chinchax train`` runs, so the processes meet even where the train
-# command does not start the distributed runtime itself; where it does, its own call finds the
-# runtime started and returns the same record (initialize_distributed is idempotent).
 def train_command(config: str, overrides: Sequence[str], run_dir: Optional[str] = None) -> List[str]:
-    """Run by this interpreter (no reliance on PATH)."""
+    """Run by this interpreter, not whatever ``chinchax`` is on PATH."""
     extra = ["--run-dir", run_dir] if run_dir else []
     return [sys.executable, "-m", "launch.cli", "train", config, *overrides, *extra]
 
@@ -109,7 +102,7 @@ def _copy(stream: IO[bytes], log: IO[bytes], echo: Optional[IO[str]]) -> None:
 
 
 def _stop(procs: Sequence[subprocess.Popen], grace_s: float) -> List[bool]:
-    """SIGTERM whatever still runs, SIGKILL after ``grace_s``; which ones were stopped."""
+    """SIGTERM, then SIGKILL after ``grace_s``; returns which ones were stopped."""
     stopped = [p.poll() is None for p in procs]
     for proc, running in zip(procs, stopped):
         if running:
@@ -128,11 +121,8 @@ def _stop(procs: Sequence[subprocess.Popen], grace_s: float) -> List[bool]:
 def run_processes(num_processes: int, command: CommandBuilder, log_dir: Path, *, cpu_devices: int = 2,
                   timeout_s: float = 600.0, port: Optional[int] = None, echo: Optional[IO[str]] = None,
                   base_env: Optional[Mapping[str, str]] = None, grace_s: float = GRACE_S) -> List[ProcessOutcome]:
-    """One outcome per process; never leaves a child behind.
-
-    After the first failure the others get ``grace_s`` (their collectives would wait for the dead
-    peer until JAX's heartbeat timeout); at ``timeout_s`` everything is stopped.
-    """
+    """Never leaves a child behind.  After the first failure the others get ``grace_s``: their
+    collectives would otherwise wait for the dead peer until JAX's heartbeat timeout."""
     if num_processes < 1:
         raise LaunchError(f"number of processes {num_processes} must be at least 1", hint="e.g. chinchax local 2 ...")
     if cpu_devices < 1:

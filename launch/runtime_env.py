@@ -1,9 +1,7 @@
-"""The environment a run wants before JAX starts: XLA GPU flags and memory fraction, and a faster
-CPU allocator (the CLI re-executes itself once to get it).
+"""What must be in the environment before JAX starts: XLA flags, GPU memory share, allocator.
 
-XLA flags by precedence: the environment's ``XLA_FLAGS``, ``runtime.xla_flags``, then
-:data:`GPU_XLA_FLAGS` (NVIDIA only). XLA's CPU runtime allocates each step's temporaries afresh:
-with glibc's malloc that costs tens of thousands of page faults a step.
+XLA's CPU runtime allocates each step's temporaries afresh, which under glibc's malloc costs
+tens of thousands of page faults a step, so the CLI re-executes itself once under a faster one.
 """
 
 from __future__ import annotations
@@ -52,7 +50,6 @@ GPU_XLA_FLAGS = (
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-
     xla_flags: List[str] = field(default_factory=list)
     gpu_defaults: bool = True
     gpu_memory_fraction: float = 0.9
@@ -73,7 +70,7 @@ def _flag_name(flag: str) -> str:
 
 
 def merge_xla_flags(existing: str, extra: Sequence[str]) -> str:
-    """``existing`` plus each flag of ``extra`` whose name it does not set yet."""
+    """Flags already in ``existing`` win."""
     named = {_flag_name(f) for f in existing.split()}
     added: List[str] = []
     for flag in extra:
@@ -91,7 +88,6 @@ def gpu_visible(env: Mapping[str, str]) -> bool:
 
 
 def runtime_environment(cfg: RuntimeConfig, env: Mapping[str, str], *, gpu: bool) -> Dict[str, str]:
-    """Pure: the caller sets them."""
     flags = list(cfg.xla_flags)
     changes: Dict[str, str] = {}
     if gpu and cfg.gpu_defaults and env.get(ENV_GPU_DEFAULTS, "1").lower() not in OFF:
@@ -129,7 +125,6 @@ def apply_runtime(cfg: RuntimeConfig, env: Optional[MutableMapping[str, str]] = 
 
 
 def find_tcmalloc() -> Optional[str]:
-    """Path of tcmalloc from the linker cache (Debian: ``libtcmalloc-minimal4``), or None."""
     try:
         listing = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
@@ -149,7 +144,6 @@ def glibc_has_hugetlb() -> bool:
 
 def allocator_environment(env: Mapping[str, str], *, tcmalloc: Optional[str],
                           hugetlb: bool) -> Dict[str, str]:
-    """The variables that switch the allocator, or {} when none should change (pure)."""
     mode = env.get(ENV_ALLOCATOR, "auto").strip().lower() or "auto"
     if mode in OFF or env.get(ENV_ALLOCATOR_SET):
         return {}
@@ -173,7 +167,7 @@ def command_of(argv: Sequence[str]) -> Optional[str]:
 
 
 def reexec_with_allocator(argv: Sequence[str]) -> None:
-    """Re-execute this process once under a faster allocator; returns when nothing changes."""
+    """Returns only when nothing changes; otherwise this process is replaced."""
     orig = getattr(sys, "orig_argv", None)
     if sys.platform != "linux" or command_of(argv) not in STEP_COMMANDS or not orig or "-" in orig[1:2]:
         return

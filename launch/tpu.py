@@ -1,15 +1,6 @@
-"""Cloud TPU VM commands as data: the exact ``gcloud`` argv lists and remote shell scripts.
-
-Nothing here runs anything, so every command is testable and ``--dry-run`` shows the real one.
-``tpu-vm scp`` copies *to* every worker with ``--worker=all`` but *from* one worker at a time,
-so logs come back one scp per worker.
-
-Remote layout (relative to each worker's login directory)::
-
-    chinchax/            the project (tarball of this checkout, or a git clone)
-    chinchax/.venv/      made by uv with the Python the constraints were pinned for
-    chinchax/logs/       worker-<hostname>.log
-    chinchax/.run-configs/  the experiment file copied at ``run`` time
+"""Cloud TPU VM commands as data (``gcloud`` argv lists, remote scripts): testable, and
+``--dry-run`` shows the real ones.  ``tpu-vm scp`` copies *to* all workers at once but *from*
+only one, so logs come back one scp per worker.
 """
 
 from __future__ import annotations
@@ -31,13 +22,11 @@ REMOTE_DIR = "chinchax"
 REMOTE_ARCHIVE = "chinchax-src.tar.gz"
 REMOTE_CONFIG_DIR = ".run-configs"
 DEFAULT_PYTHON = "3.11"  # the interpreter constraints.txt was resolved with (numpy 2.4 needs >= 3.11)
-# jax[tpu] brings the libtpu matching the pinned jax; gcsfs lets run directories live on gs://
-# (etils' epath needs it for metrics and summaries; orbax reaches GCS on its own).
+# jax[tpu] brings the libtpu matching the pinned jax; etils' epath needs gcsfs for gs:// run dirs.
 DEFAULT_EXTRAS = ("jax[tpu]", "gcsfs")
 WORKER_LOG = "logs/worker-$(hostname).log"
 
-# TPU generation (the accelerator type's prefix) -> runtime image for JAX, from Google's
-# "TPU software versions" page: one base image per generation, JAX installed by pip.
+# From Google's "TPU software versions" page: one base image per generation, JAX from pip.
 RUNTIME_VERSIONS: Dict[str, str] = {
     "v6e": "v2-alpha-tpuv6e",
     "v5p": "v2-alpha-tpuv5",
@@ -48,7 +37,6 @@ RUNTIME_VERSIONS: Dict[str, str] = {
     "v2": "tpu-ubuntu2204-base",
 }
 
-# Directories and files never shipped to workers: version control, caches, local runs and envs.
 PACK_EXCLUDED_DIRS = frozenset({".git", ".hg", "runs", "logs", "__pycache__", ".venv", "venv", "build", "dist",
                                 ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", ".whl",
                                 "node_modules", REMOTE_CONFIG_DIR})
@@ -68,7 +56,6 @@ def check_name(name: str) -> str:
 
 
 def accelerator_generation(accelerator_type: str) -> str:
-    """``v5p-64`` -> ``v5p``; ``v5litepod-16`` -> ``v5litepod``."""
     match = _ACCELERATOR.match(accelerator_type)
     if not match:
         raise LaunchError(f"accelerator type {accelerator_type!r} is not of the form GENERATION-SIZE",
@@ -117,7 +104,6 @@ class TpuTarget:
 
 def create_command(target: TpuTarget, accelerator_type: str, *, version: Optional[str] = None,
                    spot: bool = False, reserved: bool = False, queued: bool = False) -> List[str]:
-    """``queued-resources create`` when ``queued`` (required for slices > 1)."""
     if spot and reserved:
         raise LaunchError("--spot and --reserved exclude each other",
                           hint="spot: cheap and preemptible; reserved: your reservation; pick one")
@@ -144,14 +130,12 @@ def ssh_all_command(target: TpuTarget, command: str) -> List[str]:
 
 
 def ssh_one_command(target: TpuTarget, command: str, node: Optional[str] = None, worker: int = 0) -> List[str]:
-    """Default: worker 0 of the first slice, the lead process."""
     return [*TPUS, "tpu-vm", "ssh", node or target.nodes[0], *target.location, f"--worker={worker}",
             f"--command={command}"]
 
 
 def remote_word(path: str, *, glob_name: bool = False) -> str:
-    """Quoted for the remote shell (scp's legacy protocol expands remote paths there); ``glob_name``
-    keeps a wildcard file name (``worker-*.log``) live."""
+    """Quoted for the remote shell, where scp's legacy protocol expands remote paths."""
     if glob_name and "/" in path:
         directory, name = path.rsplit("/", 1)
         if re.fullmatch(r"[A-Za-z0-9_.*-]+", name):
@@ -182,7 +166,7 @@ def queued_describe_command(target: TpuTarget) -> List[str]:
 
 
 def worker_count(describe_json: str) -> int:
-    """From ``tpu-vm describe --format=json``: one network endpoint per worker."""
+    """One network endpoint per worker in ``tpu-vm describe --format=json``."""
     try:
         endpoints = json.loads(describe_json).get("networkEndpoints") or []
     except (json.JSONDecodeError, AttributeError):
@@ -204,16 +188,12 @@ def delete_command(target: TpuTarget, *, queued: bool, quiet: bool = False) -> L
     return [*TPUS, "tpu-vm", "delete", target.name, *target.location, *yes]
 
 
-# ---------------------------------------------------------------- remote shell scripts
-
-
 def _join(steps: Sequence[str]) -> str:
     return " && ".join(steps)
 
 
 def dquote(text: str) -> str:
-    """Double-quote for the remote shell; scripts avoid single quotes so the whole script fits in one
-    pasteable ``--command='...'``."""
+    """Double quotes only, so a whole script fits in one pasteable ``--command='...'``."""
     if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
         return text
     return '"' + re.sub(r'([$`"\\])', r"\\\1", text) + '"'
@@ -222,7 +202,7 @@ def dquote(text: str) -> str:
 def setup_script(*, remote_dir: str = REMOTE_DIR, archive: Optional[str] = REMOTE_ARCHIVE,
                  git_url: Optional[str] = None, git_ref: str = "origin/HEAD",
                  python: str = DEFAULT_PYTHON, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
-    """Unpack (or clone) and install into ``.venv`` with uv, which supplies the pinned Python; idempotent."""
+    """Idempotent; uv supplies the Python the constraints were pinned with."""
     d = dquote(remote_dir)
     if git_url is not None:
         url, ref = dquote(git_url), dquote(git_ref)
@@ -269,10 +249,8 @@ def train_command(config: str, overrides: Sequence[str], env: Sequence[str] = ()
 
 def run_script(config: str, overrides: Sequence[str], *, remote_dir: str = REMOTE_DIR,
                env: Sequence[str] = (), detach: bool = False) -> str:
-    """The same ``chinchax train`` on every worker (peers found through TPU metadata), logged to
-    ``logs/worker-<hostname>.log``. Attached, a dropped connection stops the run and rerunning
-    resumes from the last checkpoint; ``detach`` uses ``nohup`` (follow with ``tpu logs --follow``).
-    """
+    """The same ``chinchax train`` on every worker; peers meet through TPU metadata.  Attached, a
+    dropped connection stops the run (rerunning resumes); ``detach`` survives it under ``nohup``."""
     train = train_command(config, overrides, env)
     start = [f"cd {dquote(remote_dir)}", "mkdir -p logs"]
     if detach:
@@ -292,15 +270,11 @@ def remote_config_path(local_config: str) -> str:
     return f"{REMOTE_CONFIG_DIR}/{Path(local_config).name}"
 
 
-# ---------------------------------------------------------------- shipping the project
-
-
 def _excluded(relative: Path) -> bool:
     return any(part in PACK_EXCLUDED_DIRS or part.endswith(PACK_EXCLUDED_SUFFIXES) for part in relative.parts)
 
 
 def project_files(source: Path) -> List[Path]:
-    """Everything but VCS data, caches, runs and envs."""
     files = []
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
@@ -329,5 +303,5 @@ def pack_project(source: Path, archive: Path) -> Tuple[int, int]:
 
 
 def default_source() -> Path:
-    """This checkout (an editable install)."""
+    """This checkout: the package is an editable install."""
     return Path(__file__).resolve().parent.parent

@@ -1,24 +1,7 @@
-"""Splash attention: the Pallas flash-attention kernel for TPU, behind ``model.attention: splash``.
-
-Why a kernel at all.  ``jax.nn.dot_product_attention``'s XLA path materialises the float32
-scores ``[B, N, T, T]`` of every head of a layer (plus the probabilities, in float32 and
-again in the compute dtype): at T = 2048 that is 16 MiB per head per sequence, twice over.
-Splash attention walks the scores block by block in on-chip memory and keeps only a
-per-row log-sum-exp, so attention memory becomes linear in T and the causal kernel skips
-the blocks above the diagonal (half the work).
-
-Layout.  The kernel takes one sequence at a time, heads first (``[N, T, H]``), with queries
-already scaled by ``1/sqrt(H)``; batches are a ``vmap`` over it.  Grouped-query attention is
-native (keys and values ``[K, T, H]`` with ``K`` dividing ``N``).  Under
-:func:`models.sharding.activation_sharding` the call is wrapped in ``shard_map`` over the
-batch and head axes, because GSPMD cannot split a Pallas call by itself (it would gather
-every input onto every device).
-
-Availability.  The kernel ships with JAX (``jax.experimental.pallas.ops.tpu``) and compiles
-only for TPU; elsewhere it runs in Pallas's interpreter, which is exact but very slow and
-used only by the tests.  The model refuses ``splash`` off TPU (``models/transformer.py``)
-with a hint to use ``auto``/``xla`` (or ``cudnn`` on GPU): those compute the same function.
-"""
+"""Splash attention, the Pallas flash-attention kernel for TPU, behind ``model.attention: splash``.
+XLA's path materialises float32 scores ``[B, N, T, T]``; splash keeps memory linear in T and skips
+blocks above the diagonal.  It runs under ``shard_map`` because GSPMD cannot split a Pallas call (it
+would gather every input); off TPU only Pallas's slow interpreter runs it, for the tests."""
 
 from __future__ import annotations
 
@@ -99,11 +82,8 @@ def splash_attention(
     *,
     interpret: Optional[bool] = None,
 ) -> jax.Array:
-    """Causal ``softmax(q kᵀ / sqrt(H)) v`` with the splash kernel; same layout and result as
-    ``jax.nn.dot_product_attention(q, k, v, is_causal=True)``.
-
-    ``interpret=None`` compiles the kernel on TPU and interprets it elsewhere (tests only).
-    """
+    """Causal ``softmax(q kᵀ / sqrt(H)) v``, same layout and result as
+    ``jax.nn.dot_product_attention(is_causal=True)``; ``interpret=None`` interprets off TPU (tests)."""
     if interpret is None:
         interpret = target_platform() != "tpu"
     _block_for(q_BTNH.shape[1])  # one clear error before tracing the kernel

@@ -17,10 +17,8 @@ def abstract_model(cfg: ModelConfig, seed: int = 0) -> nnx.Module:
 
 
 def create_sharded_model(cfg: ModelConfig, mesh: Mesh, rules: Rules, seed: int = 0) -> nnx.Module:
-    """Initialise under ``jax.jit`` with ``out_shardings`` from the logical names.
-
-    Random values equal those of an unsharded ``Transformer(cfg, rngs=nnx.Rngs(seed))``.
-    """
+    """Initialise under ``jax.jit`` with ``out_shardings`` from the logical names; the values
+    equal those of an unsharded ``Transformer(cfg, rngs=nnx.Rngs(seed))``."""
 
     def init() -> nnx.State:
         return nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)))

@@ -1,25 +1,7 @@
-"""ModelConfig: the shape of the decoder-only transformer, as plain data.
-
-This module imports nothing from JAX so that the FLOP counter and the allocator
-(``scaling/``) can reason about shapes instantly, anywhere.
-
-Parameter layout (the contract between ``models/transformer.py`` and
-``scaling/flops.py``; ``count_params`` must equal the scalars in this tree):
-
-* ``embed``: token embedding ``[vocab_size, d_model]``.
-* per layer (stacked on a leading ``layers`` axis when ``scan_layers``):
-  - ``attn_norm``: RMSNorm scale ``[d_model]``
-  - ``q``: ``[d_model, n_heads * head_dim]``; ``k``, ``v``: ``[d_model, n_kv_heads * head_dim]``
-  - ``o``: ``[n_heads * head_dim, d_model]``
-  - with ``use_bias``: biases on q, k, v (their output widths) and o (``d_model``)
-  - ``mlp_norm``: RMSNorm scale ``[d_model]``
-  - ``mlp == "swiglu"``: ``gate`` and ``up`` ``[d_model, d_ff]``, ``down`` ``[d_ff, d_model]``;
-    ``mlp == "gelu"``: ``up`` ``[d_model, d_ff]``, ``down`` ``[d_ff, d_model]``;
-    with ``use_bias``: biases on each of them (their output widths)
-* ``final_norm``: RMSNorm scale ``[d_model]``.
-* ``head``: output projection ``[d_model, vocab_size]`` unless ``tie_embeddings`` (then the
-  logits are ``x @ embed.T``).  The head never has a bias.
-"""
+"""ModelConfig: the decoder's shape as plain data.  No JAX here, so the FLOP counter and the
+allocator (``scaling/``) reason about shapes instantly, anywhere.  The parameter tree that
+``models/transformer.py`` builds is the contract with ``scaling/flops.py``: ``count_params`` must
+equal its scalar count (the head never has a bias; a tied head is ``embed.T``)."""
 
 from __future__ import annotations
 
@@ -59,14 +41,11 @@ class ModelConfig:
     remat: str = "none"
     scan_layers: bool = True
     attention: str = "auto"
-    # Sequence positions per cross-entropy chunk (0: whole sequence at once).  With a chunk,
-    # the loss computes logits one chunk at a time inside a rematerialised scan, so the full
-    # ``[batch, seq, vocab]`` float32 logits never exist; the head's forward matmul is
-    # recomputed in the backward pass (about 2·d_model·vocab FLOPs per token).
+    # Positions per cross-entropy chunk (0: whole sequence): float32 [B, T, V] logits never exist,
+    # at the price of the head's matmul again in the backward (2·d_model·vocab FLOPs per token).
     loss_chunk: int = 0
-    # Dtype of the logits gradient in the output head's backward products under bf16/fp16
-    # compute: "compute" (bf16 products, float32 accumulation; models/head.py) or "float32"
-    # (float32 products, the former behaviour).  No effect in float32 compute.
+    # Logits-gradient dtype in the head's backward under bf16/fp16 compute (models/head.py):
+    # "compute" (bf16 products, float32 sums) or "float32".  No effect in float32 compute.
     head_backward: str = "compute"
 
     def __post_init__(self) -> None:
@@ -115,22 +94,18 @@ class ModelConfig:
 
     @property
     def kv_heads(self) -> int:
-        """Number of key/value heads (``n_heads`` when not grouped)."""
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     @property
     def resolved_head_dim(self) -> int:
-        """Per-head width of queries, keys and values."""
         return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
 
     @property
     def q_width(self) -> int:
-        """Width of the query projection, ``n_heads * head_dim`` (the attention width)."""
         return self.n_heads * self.resolved_head_dim
 
     @property
     def kv_width(self) -> int:
-        """Width of each of the key and value projections."""
         return self.kv_heads * self.resolved_head_dim
 
     def replace(self, **changes: object) -> "ModelConfig":
@@ -138,5 +113,4 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Plain-dict form for YAML / JSON."""
         return dataclasses.asdict(self)

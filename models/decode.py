@@ -1,11 +1,7 @@
-"""Autoregressive decoding with a key/value cache, and its sampler.
-
-Training needs no cache, so decoding reuses the model's layers and replaces only the attention
-core: the cache is ``[L, B, S, K, H]`` (S = prompt + new tokens), filled by one prefill pass.
+"""Autoregressive decoding with a key/value cache ``[L, B, S, K, H]``, filled by one prefill pass.
 Token ``i`` is drawn with ``split(key(seed), max_tokens)[i]`` with or without the cache, so
-``use_cache=False`` is the reference the cached path is tested against. Call inside
-:func:`models.sharding.activation_sharding`; :func:`decode_rules` replicates the tiny batch.
-"""
+``use_cache=False`` is the reference the cached path is tested against.  Call inside
+:func:`models.sharding.activation_sharding`; :func:`decode_rules` replicates the tiny batch."""
 
 from __future__ import annotations
 

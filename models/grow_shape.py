@@ -35,7 +35,6 @@ def check_factor(factor: Any) -> int:
 
 
 def check_variant(variant: str, noise_scale: float) -> None:
-    """Reject an unknown variant or a negative / non-finite noise scale."""
     if variant not in VARIANTS:
         raise ModelError(f"unknown HyperCloning variant {variant!r}",
                                 hint=f"use one of: {', '.join(VARIANTS)}")
@@ -46,12 +45,8 @@ def check_variant(variant: str, noise_scale: float) -> None:
 
 
 def grow_config(cfg: ModelConfig, factor: int) -> ModelConfig:
-    """The shape ``factor`` times wider: ``d_model``, ``d_ff``, query and kv heads × factor.
-
-    ``head_dim`` is kept (an explicit one stays explicit; an implied one stays implied and is
-    unchanged because ``d_model`` and ``n_heads`` grow alike).  Depth, vocabulary, MLP kind,
-    tying, biases and numerics are the source's.
-    """
+    """The shape ``factor`` times wider (``d_model``, ``d_ff``, query and kv heads); ``head_dim``,
+    depth, vocabulary and numerics are kept (an implied head_dim too: d_model, n_heads grow alike)."""
     n = check_factor(factor)
     if cfg.resolved_head_dim % 2:
         raise ModelError(

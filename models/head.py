@@ -1,12 +1,7 @@
 """The output head's product, kept off float32 matrix units in low-precision compute.
-
-Autodiff of ``einsum(x_bf16, w_bf16, preferred_element_type=f32)`` feeds the float32 logits
-gradient ``[B, T, V]`` into both backward products, so XLA upcasts the bf16 operand and runs
-two float32 × float32 products of vocabulary size (TF32 at best on a GPU) and holds a float32
-``[B, T, V]`` gradient.  Here the backward casts the logits gradient to the compute dtype
-first (as MaxText's bf16 head does): bf16 × bf16 products, accumulated in float32.  The
-forward keeps float32 logits.  In float32 compute the plain einsum runs, unchanged.
-"""
+Autodiff of a bf16 einsum with float32 output feeds a float32 ``[B, T, V]`` gradient into two
+vocabulary-sized float32 products; here the backward casts it to the compute dtype first (as
+MaxText's bf16 head does), products summed in float32.  Logits stay float32."""
 
 from __future__ import annotations
 

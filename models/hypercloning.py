@@ -1,52 +1,7 @@
-"""HyperCloning: widen a trained decoder by an integer factor without changing its function.
-
-Samragh et al. 2024 ("Scaling Smart", arXiv 2409.12903) start a wide model from a trained
-narrow one so that, before its first step, the wide model computes exactly the narrow model's
-logits; training then continues from the narrow model's loss instead of from ``ln V``.
-
-The construction, for a factor ``n`` (every hidden vector of the wide model is ``n`` copies of
-the narrow model's, side by side)
-    * ``d_model``, ``d_ff`` and the number of query heads grow ``n``-fold; the head size is kept
-      (RoPE rotates within a head, so it is untouched, and the attention scale ``1/sqrt(H)``
-      stays right).  Key/value heads grow ``n``-fold too, so the GQA group size is unchanged;
-      query head ``c·N + h`` of copy ``c`` then reads kv head ``(c·N + h) // G = c·K + h // G``,
-      which is copy ``c`` of the kv head it read before.
-    * Every linear kernel ``W [in, out]`` becomes ``[n·in, n·out]``: ``W`` tiled ``n × n`` and
-      divided by ``n`` (the input expansion factor): each output copy sums ``n`` equal input
-      copies times ``W/n``, which is ``x W``.  The output head (``[d, V]``, vocabulary not
-      grown) is tiled over its input only and divided by ``n``.
-    * Biases, RMSNorm scales and the token embedding are tiled, unscaled.  RMSNorm divides by
-      the RMS over ``d_model``; the mean of squares over ``n`` identical copies equals the mean
-      over one, so the RMS (and the effect of ``eps``) is unchanged.
-    * Tied embeddings: the logits are ``h @ embed.T``; with the embedding tiled (as the input
-      side needs) that sum runs over ``n`` copies and would be ``n×`` too large.  The final
-      RMSNorm scale is therefore divided by ``n``: the final hidden state becomes ``n`` copies of
-      ``h/n`` and ``(h/n)·e`` summed ``n`` times is ``h·e``.  Input embeddings stay unscaled, so
-      the residual stream is exactly tiled.
-
-Symmetry, and how it is broken.  In the ``symmetric`` variant every block of a wide kernel is
-the same ``W/n``, so the gradient that reaches each copy of a hidden vector is the same, every
-copy of every weight receives the same gradient, and AdamW (elementwise, same state) applies
-the same update: in exact arithmetic the wide model stays an ``n``-fold copy of a narrow one
-forever, and only floating-point accidents (reduction order on a sharded backend) can ever
-separate the copies.  The ``noisy`` variant adds noise that cancels in the forward function
-but not in the backward pass: for a kernel the block ``(i, j)`` (input copy ``i``, output copy
-``j``) is ``W/n + η_ij`` with ``Σ_i η_ij = 0``.  The inputs of a layer are identical copies, so
-``Σ_i x (W/n + η_ij) = x W`` and the logits are unchanged; but the gradient sent back to input
-copy ``i`` is ``Σ_j δ_j (W/n + η_ij)ᵀ``, which differs between copies, so from the first step on
-the copies receive different updates and the extra width is used.  Noise is added to every
-kernel whose input is grown (q, k, v, o, gate, up, down and an untied head) and never to the
-embedding, biases or norms, where it could not cancel.  ``noise_scale`` is the noise's standard
-deviation relative to that of the cloned block ``W/n`` (per layer); the default is the paper's
-signal-to-noise ratio of 10 dB (``10^(-1/2) ≈ 0.32``).  With float32 parameters the function
-then agrees to rounding error (the noise terms cancel in a float sum: a few ulp of ``|x||η|``);
-with bfloat16 parameters the stored blocks are rounded and the cancellation is only approximate.
-
-Everything here is ``jnp`` arithmetic on a pytree, jitted, so it works on sharded arrays:
-pass ``out_shardings`` (e.g. ``models.sharding.state_shardings`` of the wide model on the target
-mesh) and the wide parameters are written straight into their shards on that mesh, whatever
-mesh the narrow parameters live on.
-"""
+"""HyperCloning (Samragh et al. 2024, "Scaling Smart", arXiv 2409.12903): widen a trained decoder
+by an integer factor ``n`` so that, before its first step, it computes exactly the narrow model's
+logits.  Hidden vectors become ``n`` side-by-side copies; the ``noisy`` variant adds noise that
+cancels in the forward pass but not in the gradient, so the copies train apart."""
 
 from __future__ import annotations
 
@@ -119,11 +74,8 @@ def _tile(x: jax.Array, n: int, axes: Sequence[int]) -> jax.Array:
 
 def _cancelling_noise(key: jax.Array, w: jax.Array, n: int, scale: float,
                       grow_output: bool) -> jax.Array:
-    """Noise shaped like the wide kernel whose ``n`` input blocks sum to zero per output block.
-
-    Drawn as ``[..., n, in, (n,) out]``, centred over the input-copy axis (which is what makes
-    it cancel), rescaled so each entry's std is ``scale × std(W/n)`` per layer.
-    """
+    """Noise shaped like the wide kernel whose ``n`` input blocks sum to zero per output block, so
+    ``Σ_i x η_ij = 0`` on identical input copies; std ``scale × std(W/n)`` per layer."""
     *lead, d_in, d_out = w.shape
     copies_out = (n,) if grow_output else ()
     shape = (*lead, n, d_in, *copies_out, d_out)
@@ -137,7 +89,7 @@ def _cancelling_noise(key: jax.Array, w: jax.Array, n: int, scale: float,
 
 def _grow_leaf(name: ParamName, x: jax.Array, cfg: ModelConfig, n: int,
                noise: Optional[Callable[[jax.Array, bool], jax.Array]]) -> jax.Array:
-    """One parameter, widened (see the module docstring for why each rule keeps the function)."""
+    """One parameter, widened so that the function is unchanged."""
     dtype = x.dtype
     x32 = x.astype(jnp.float32)
     leaf = name[-1]
@@ -147,15 +99,15 @@ def _grow_leaf(name: ParamName, x: jax.Array, cfg: ModelConfig, n: int,
         wide = _tile(x32, n, [-2]) / n
         if noise is not None:
             wide = wide + noise(x32, False)
-    elif leaf == "kernel" and len(name) >= 2 and name[-2] in BLOCK_KERNELS:  # [..., in, out]
+    elif leaf == "kernel" and len(name) >= 2 and name[-2] in BLOCK_KERNELS:  # n copies × W/n = x W
         wide = _tile(x32, n, [-2, -1]) / n
         if noise is not None:
             wide = wide + noise(x32, True)
     elif leaf == "bias" and len(name) >= 2 and name[-2] in BLOCK_KERNELS:
         wide = _tile(x32, n, [-1])
-    elif leaf == "scale" and len(name) >= 2 and name[-2] in BLOCK_NORMS:
+    elif leaf == "scale" and len(name) >= 2 and name[-2] in BLOCK_NORMS:  # n copies: same RMS
         wide = _tile(x32, n, [-1])
-    elif name == ("final_norm", "scale"):
+    elif name == ("final_norm", "scale"):  # a tied head sums over n embedding copies
         wide = _tile(x32, n, [-1]) / (n if cfg.tie_embeddings else 1)
     else:
         raise ModelError(f"no HyperCloning rule for parameter {'/'.join(name)}",
@@ -167,15 +119,9 @@ def _grow_leaf(name: ParamName, x: jax.Array, cfg: ModelConfig, n: int,
 def grow_params(params: Any, cfg: ModelConfig, factor: int, *, variant: str = "symmetric",
                 noise_scale: float = DEFAULT_NOISE_SCALE, rng: Optional[jax.Array] = None,
                 out_shardings: Any = None) -> Any:
-    """The parameters of ``grow_config(cfg, factor)`` computing the same logits as ``params``.
-
-    ``params`` is the narrow model's parameter pytree (``nnx.State`` of ``nnx.Param``, a plain
-    dict from ``nnx.to_pure_dict``, or a checkpoint's ``params`` subtree; layers scanned or
-    not, as ``cfg.scan_layers`` says); the result has the same structure with wide arrays.
-    ``variant="noisy"`` adds cancelling noise (``noise_scale`` relative to each cloned block's
-    std, drawn from ``rng``; default key 0) so that the copies train apart.  ``out_shardings``
-    (same structure as the result) places the wide arrays on a mesh as they are computed.
-    """
+    """The parameters of ``grow_config(cfg, factor)`` computing the same logits as ``params``, written
+    straight into ``out_shardings``.  ``symmetric`` copies get equal gradients and updates, so they
+    never separate; ``noisy`` adds cancelling noise (``noise_scale`` × each block's std) so they do."""
     n = check_factor(factor)
     check_variant(variant, noise_scale)
     _check_params_match(params, cfg)
@@ -222,10 +168,6 @@ def narrow_sharding(sharding: Any, shape: Tuple[int, ...]) -> Any:
 
 
 def copy_blocks(x: jax.Array, n: int, axis: int) -> jax.Array:
-    """``x`` with ``axis`` split into its ``n`` copies: a new axis of size ``n`` in its place.
-
-    For inspecting a grown tensor: ``copy_blocks(kernel, 2, -1)`` gives ``[..., in, 2, out/2]``
-    whose slices along the new axis are the output copies.
-    """
+    """``x`` with ``axis`` split into its ``n`` copies (a new axis of size ``n``), for inspection."""
     axis = axis % x.ndim
     return x.reshape(*x.shape[:axis], n, x.shape[axis] // n, *x.shape[axis + 1:])

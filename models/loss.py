@@ -1,18 +1,7 @@
-"""Next-token cross-entropy: the plain version, a vocab-parallel one, and ``loss_fn``.
-
-Losses are computed in float32 whatever the compute dtype.  The optional z-loss
-(``z_loss * logsumexp(logits)**2``, as in PaLM) keeps the softmax normaliser near 1 so that
-low-precision logits do not drift.  The vocab-parallel version never gathers the logits:
-each device holds a slice of the vocabulary, and only the per-token max, sum of
-exponentials and target logit cross the vocab axis (three small all-reduces instead of an
-all-gather of ``[B, T, V]``).
-
-The chunked version (``model.loss_chunk``) goes one step further for large vocabularies: it
-takes the final hidden states and the head, and computes logits and losses over sequence
-chunks inside a rematerialised ``lax.scan``, so only one chunk's float32 logits (and their
-gradient) exist at a time.  The price is the head's forward matmul once more in the backward
-pass.
-"""
+"""Next-token cross-entropy in float32, with PaLM's z-loss (``z_loss * logsumexp**2`` keeps the
+softmax normaliser near 1).  The vocab-parallel version all-reduces per-token max, sum of
+exponentials and target logit instead of gathering ``[B, T, V]``; the chunked one holds one chunk's
+logits at a time, at the price of the head's matmul again in the backward (``model.loss_chunk``)."""
 
 from __future__ import annotations
 
@@ -43,12 +32,9 @@ def _mean_over_mask(
 
 
 def target_logits(logits_BTV: jax.Array, ids_BT: jax.Array) -> jax.Array:
-    """``logits[b, t, ids[b, t]]`` by compare-and-select (0 where the id is out of range).
-
-    ``take_along_axis`` would differentiate into a scatter over a zeroed float32 ``[B, T, V]``
-    buffer; a select fuses into the softmax gradient.  Used in low-precision compute: in
-    float32 the gather stays, so the float32 path's gradients stay bit-identical.
-    """
+    """``logits[b, t, ids[b, t]]`` by compare-and-select (0 where the id is out of range): unlike
+    ``take_along_axis`` it does not differentiate into a scatter over a zeroed float32 ``[B, T, V]``.
+    Used in low precision only, so the float32 path's gradients stay bit-identical."""
     vocab_V = jax.lax.broadcasted_iota(ids_BT.dtype, (1, 1, logits_BTV.shape[-1]), 2)
     return jnp.sum(jnp.where(vocab_V == ids_BT[..., None], logits_BTV, 0.0), axis=-1)
 
@@ -88,13 +74,8 @@ def cross_entropy(
 def vocab_parallel_token_losses(
     logits_BTV: jax.Array, targets_BT: jax.Array, *, mesh: Mesh, rules: Rules, select: bool = False
 ) -> Tuple[jax.Array, jax.Array]:
-    """:func:`token_losses` with the vocabulary split over the mesh axes ``vocab`` maps to.
-
-    A ``shard_map`` program: each shard reduces its own slice of the vocabulary, then the
-    max (for stability), the sum of exponentials and the target logit are combined with
-    explicit ``pmax`` / ``psum`` over the vocab axes.  Falls back to :func:`token_losses`
-    when ``vocab`` is not sharded.
-    """
+    """:func:`token_losses` in a ``shard_map`` over the vocab axes: max, sum of exponentials and
+    target logit combined by ``pmax``/``psum``.  Plain when ``vocab`` is not sharded."""
     logits_spec = logical_to_mesh_spec(("batch", "seq", "vocab"), rules)
     vocab_axes = logits_spec[2]
     if vocab_axes is None:
@@ -148,17 +129,9 @@ def chunked_token_losses(
     mesh_and_rules: Optional[Tuple[Mesh, Rules]] = None,
     select: bool = False,
 ) -> Tuple[jax.Array, jax.Array]:
-    """:func:`token_losses` of ``x_BTD @ w_DV`` without ever holding all the logits.
-
-    The sequence is cut into ``T / chunk`` pieces; a ``lax.scan`` computes each piece's
-    float32 logits, its cross-entropy and log-normaliser, and drops the logits.  The scan
-    body is wrapped in ``jax.checkpoint`` (saving nothing), so the backward pass recomputes
-    one piece's logits at a time instead of keeping ``[B, T, V]`` float32 residuals.  With
-    ``mesh_and_rules`` each piece uses :func:`vocab_parallel_token_losses`.  ``w_DV`` is
-    best passed as stored (float32): each piece casts it to ``x``'s dtype, so the head's
-    gradient is summed over pieces in float32.  ``select``: the low-precision head (bf16
-    backward products, target logit by select).
-    """
+    """:func:`token_losses` of ``x_BTD @ w_DV`` a ``chunk`` of positions at a time, in a scan whose
+    body is checkpointed, so no float32 ``[B, T, V]`` logits or residuals exist.  Pass ``w_DV`` as
+    stored (float32) so its gradient sums over chunks in float32; ``select``: low-precision head."""
     B, T, D = x_BTD.shape
     if chunk <= 0 or T % chunk:
         raise ModelError(
@@ -192,9 +165,8 @@ def chunked_token_losses(
 def model_token_losses(
     model: nnx.Module, inputs_BT: jax.Array, targets_BT: jax.Array, *, vocab_parallel: bool = False
 ) -> Tuple[jax.Array, jax.Array]:
-    """Per-token ``(ce_BT, lse_BT)`` of ``model`` on ``inputs_BT``, by the cheapest route its
-    config allows: chunked when ``model.cfg.loss_chunk`` is set and shorter than the
-    sequence, vocab-parallel when asked and a mesh is active, plain otherwise."""
+    """Per-token ``(ce_BT, lse_BT)`` of ``model``: chunked when ``cfg.loss_chunk`` is shorter than
+    the sequence, vocab-parallel when asked and a mesh is active, plain otherwise."""
     active = active_mesh_and_rules() if vocab_parallel else None
     cfg = getattr(model, "cfg", None)
     chunk = getattr(cfg, "loss_chunk", 0)
@@ -215,14 +187,8 @@ def model_token_losses(
 def loss_fn(
     model: nnx.Module, batch: Batch, *, z_loss: float = 0.0, vocab_parallel: bool = False
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    """``(loss, aux)`` of ``model`` on ``batch = {inputs, targets[, mask]}`` (int32 ``[B, T]``).
-
-    ``aux`` holds the plain cross-entropy ``ce`` (without z-loss) and ``n_tokens``.  With
-    ``vocab_parallel`` the loss uses the mesh and rules of the active
-    :func:`models.sharding.activation_sharding` block (plain when none is active); with
-    ``model.cfg.loss_chunk`` the logits are computed a chunk at a time.  Works
-    with ``nnx.value_and_grad(loss_fn, has_aux=True)``.
-    """
+    """``(loss, {ce, n_tokens})`` on ``batch = {inputs, targets[, mask]}``; ``ce`` excludes the z-loss.
+    ``vocab_parallel`` uses the active :func:`models.sharding.activation_sharding` mesh, if any."""
     ce_BT, lse_BT = model_token_losses(
         model, batch["inputs"], batch["targets"], vocab_parallel=vocab_parallel
     )

@@ -1,13 +1,7 @@
 """Remat policies, and the attention residuals a policy can keep by name.
-
-A fused attention kernel (cuDNN, splash) is a custom call whose backward needs its forward's
-output and log-sum-exp.  Those come out of the kernel's own ``custom_vjp``, not out of a dot,
-so ``dots_no_batch`` cannot keep them and the backward runs the forward kernel again.
-:func:`with_named_residuals` names every residual of an attention call ``attention``; the
-``attention_dots`` policy keeps them plus the no-batch-dimension dots (MaxText's
-``minimal_with_context``).  With XLA attention the residuals include the score matrix
-``[B, N, T, T]``: use that policy with a fused kernel.
-"""
+A fused attention kernel's residuals (output, log-sum-exp) come from its ``custom_vjp``, not a dot,
+so ``dots_no_batch`` drops them and the backward reruns the kernel; ``attention_dots`` (MaxText's
+``minimal_with_context``) keeps them.  With XLA attention they include ``[B, N, T, T]`` scores."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
 """Device mesh and logical-axis sharding, as data.
-
-Parameters and activations name their dimensions with *logical* axes (``batch``, ``seq``,
-``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``, ``layers``); a list of rules maps each
-logical axis onto zero or more *mesh* axes (``data``, ``fsdp``, ``tensor``).  Changing the
-parallelism of a run is then a config edit, never a model edit.  The default path is GSPMD:
-``jax.jit`` with :class:`NamedSharding` in and out, plus sharding constraints that the model
-places on key activations while :func:`activation_sharding` is active.
-"""
+Tensors name their dimensions with logical axes (``batch``, ``embed``, ``heads``, ...); rules map
+them onto mesh axes (``data``, ``fsdp``, ``tensor``), so parallelism is a config edit, not a model
+edit.  GSPMD does the rest, with constraints placed while :func:`activation_sharding` is active."""
 
 from __future__ import annotations
 
@@ -81,11 +76,7 @@ def parse_rules(rules: Rules) -> Dict[str, Tuple[str, ...]]:
 @dataclass(frozen=True)
 class MeshConfig:
     """Mesh sizes per axis (``-1``: the rest of the devices) and the logical→mesh rules.
-
-    ``data``/``fsdp``/``tensor`` are sizes within a slice (ICI); ``dcn_*`` multiply them
-    across slices of a multi-slice TPU job, so the mesh axis ``data`` has
-    ``data * dcn_data`` devices, and so on.
-    """
+    ``data``/``fsdp``/``tensor`` are per slice (ICI); ``dcn_*`` multiply them across slices."""
 
     data: int = -1
     fsdp: int = 1
@@ -145,12 +136,8 @@ class MeshConfig:
 
 
 def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """A ``(data, fsdp, tensor)`` mesh with Auto axis types (GSPMD constraints allowed).
-
-    With any ``dcn_*`` above 1 the device order comes from ``create_hybrid_device_mesh`` so
-    that only the DCN-sized axes cross slice boundaries (TPU slices; on other platforms each
-    process counts as one slice).
-    """
+    """A ``(data, fsdp, tensor)`` mesh with Auto axis types (GSPMD constraints allowed); with
+    ``dcn_*`` above 1 only the DCN-sized axes cross slices (off TPU each process is a slice)."""
     devices = list(jax.devices() if devices is None else devices)
     ici = cfg.ici_shape(len(devices))
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
@@ -171,12 +158,9 @@ def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -
 
 
 def logical_to_mesh_spec(names: Sequence[Optional[str]], rules: Rules) -> PartitionSpec:
-    """Map one tensor's logical axis names onto a PartitionSpec.
-
-    A mesh axis already used by an earlier dimension is dropped from later ones (a
-    PartitionSpec may use each mesh axis once), so ``(batch, seq, embed)`` activations stay
-    batch-sharded while ``embed`` weights are fsdp-sharded under the same rules.
-    """
+    """One tensor's logical axis names as a PartitionSpec.  A mesh axis used by an earlier
+    dimension is dropped from later ones, so ``(batch, seq, embed)`` activations stay batch-sharded
+    while ``embed`` weights are fsdp-sharded under the same rules."""
     table = parse_rules(rules)
     used: set = set()
     spec: List[object] = []
@@ -222,7 +206,6 @@ def vocab_is_sharded(mesh: Mesh, rules: Rules) -> bool:
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
-    """Sharding of ``[B, T]`` token batches."""
     return NamedSharding(mesh, logical_to_mesh_spec(("batch", "seq"), rules))
 
 
@@ -233,12 +216,9 @@ _ACTIVE: contextvars.ContextVar[Optional[Tuple[Mesh, Tuple[Tuple[str, str], ...]
 
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules: Rules) -> Iterator[None]:
-    """Within this block (while tracing), :func:`constrain` pins activations to ``rules``.
-
-    Also sets ``mesh`` as JAX's current mesh, so a jitted function traced outside the block
-    is traced again inside it.  The rules are not part of JAX's cache key: use one set of
-    rules per mesh (as a run does).
-    """
+    """While tracing in this block, :func:`constrain` pins activations to ``rules``.  It also sets
+    JAX's current mesh (jitted functions retrace inside); the rules are not in JAX's cache key, so use
+    one set of rules per mesh."""
     parse_rules(rules)
     token = _ACTIVE.set((mesh, tuple((r[0], r[1]) for r in rules)))
     try:

@@ -1,13 +1,7 @@
 """Decoder-only transformer in Flax NNX: RMSNorm, RoPE, GQA attention, SwiGLU / GELU MLP.
-
-The parameter tree follows the layout fixed in ``models/config.py`` (the FLOP and parameter
-counters in ``scaling/flops.py`` are written against it).  Tensor names carry their shape
-(``x_BTD``, ``w_DQ``): B batch, T sequence, D d_model, V vocab, N query heads, K kv heads,
-H head_dim, Q = N*H, C = K*H, F d_ff, L layers.  Parameters are stored in ``param_dtype``
-and cast to ``compute_dtype`` where used; logits are float32.  Every parameter records its
-logical axes (``out_sharding`` metadata) and key activations are constrained through
-:func:`models.sharding.constrain`, which does nothing unless a mesh is active.
-"""
+Names carry their shape (``x_BTD``): B batch, T sequence, D d_model, V vocab, N query heads, K kv
+heads, H head_dim, Q = N*H, C = K*H, F d_ff, L layers.  Parameters live in ``param_dtype`` with
+logical axes, compute runs in ``compute_dtype``, logits are float32."""
 
 from __future__ import annotations
 
@@ -41,8 +35,7 @@ def _param(
     names: Tuple[str, ...],
     dtype: jnp.dtype,
 ) -> nnx.Param:
-    """A parameter annotated with logical axes.  Not sharded eagerly: logical names only
-    become devices through the rules in ``models/sharding.py``."""
+    """A parameter with logical axes, placed by the rules of ``models/sharding.py``, not eagerly."""
     return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
 
 
@@ -54,7 +47,6 @@ def _ones(key: jax.Array, shape: Tuple[int, ...], dtype: jnp.dtype) -> jax.Array
 def _stacked(
     layers: Optional[int], shape: Tuple[int, ...], names: Tuple[str, ...]
 ) -> Tuple[Tuple[int, ...], Tuple[str, ...]]:
-    """Prepend the ``layers`` axis when parameters are stacked for a scan."""
     return (shape, names) if layers is None else ((layers,) + shape, ("layers",) + names)
 
 
@@ -80,11 +72,7 @@ class RMSNorm(nnx.Module):
 
 
 class Dense(nnx.Module):
-    """``y = x @ kernel (+ bias)``; kernel ``[in, out]`` with logical names ``(in, out)``.
-
-    With ``layers`` the parameters get a leading layer axis (``[layers, in, out]``), the
-    fan-in scaling still per layer.
-    """
+    """``x @ kernel (+ bias)``, kernel ``[in, out]``; ``layers`` adds a leading axis."""
 
     def __init__(
         self,
@@ -117,8 +105,8 @@ class Dense(nnx.Module):
 
 
 def project_to_vocab(x_BTD: jax.Array, w_DV: jax.Array, *, low_precision_backward: bool = True) -> jax.Array:
-    """Float32 logits ``x @ w``: ``w`` (as stored) cast to ``x``'s dtype here, products
-    accumulated in float32; in bf16 the backward products stay bf16 (``models/head.py``)."""
+    """Float32 logits ``x @ w``, ``w`` cast to ``x``'s dtype here; in bf16 the backward products stay
+    bf16 (``models/head.py``)."""
     logits_BTV = head_logits(x_BTD, w_DV, low_precision_backward=low_precision_backward)
     return constrain(logits_BTV, ("batch", "seq", "vocab"))
 
@@ -163,11 +151,8 @@ def apply_rope(x_BTNH: jax.Array, sin_TH2: jax.Array, cos_TH2: jax.Array) -> jax
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder layer: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``.
-
-    ``layers=L`` builds L layers at once, every parameter stacked on a leading ``layers``
-    axis; the model scans over that axis and calls the block on one slice at a time.
-    """
+    """Pre-norm decoder layer: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``; ``layers=L``
+    stacks L layers on a leading axis for the model's scan."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, layers: Optional[int] = None) -> None:
         D, F, Q, C = cfg.d_model, cfg.d_ff, cfg.q_width, cfg.kv_width
@@ -264,19 +249,12 @@ class Transformer(nnx.Module):
                                 low_precision_backward=self.cfg.head_backward == "compute")
 
     def output_kernel(self) -> jax.Array:
-        """The head ``w_DV`` as stored (the embedding, transposed, when tied).
-
-        Callers cast where they use it (:func:`project_to_vocab`), so that a loss computed in
-        chunks sums the head's gradient over the chunks in the stored dtype, not in bf16.
-        """
+        """The head ``w_DV`` as stored (the embedding transposed when tied); callers cast it, so
+        a chunked loss sums the head's gradient in the stored dtype, not bf16."""
         return self.embed[...].T if self.head is None else self.head.kernel[...]
 
     def hidden_states(self, tokens_BT: jax.Array) -> jax.Array:
-        """``tokens_BT`` → final-normed ``x_BTD`` in the compute dtype (the head's input).
-
-        The loss can project these to the vocabulary a chunk at a time
-        (``model.loss_chunk``) instead of asking for the full logits.
-        """
+        """``tokens_BT`` → final-normed ``x_BTD``, the head's input (a chunked loss projects it)."""
         cfg = self.cfg
         needs = _ATTENTION_BACKEND.get(cfg.attention)
         if needs is not None and backend_name() != needs:

@@ -1,9 +1,7 @@
-"""Budget to run, before the run: FLOPs and a law in; a model shape, tokens, batch, steps out.
+"""From a FLOP budget and a law to a model shape, tokens, batch and steps, before the run.
 
-The law's ``(N_opt, D_opt)`` (``C = 6 N D``, ``N`` with embeddings) picks the nearest
-hardware-friendly shape; tokens then come from the exact counter, so the run spends the budget
-within 1% as the trainer counts it. Chinchilla Table A3: ``chinchilla-unrounded`` is within 5%
-in ``N`` up to 67B, 5.7–7.3% from 175B; the rounded law allocates 18–30% fewer parameters.
+The law's ``N_opt`` (``C = 6 N D``) picks the nearest hardware-friendly shape; tokens come from
+the exact counter, so the run spends the budget within 1% as the trainer counts it.
 """
 
 from __future__ import annotations
@@ -31,9 +29,8 @@ from scaling.shapes import ShapeSpace, search_shape
 __all__ = ["ScalingError", "BudgetConfig", "RunPlan", "allocate", "plan_run", "plan_run_at_size",
            "resolve_law"]
 
-# A chosen shape more than this many times N_opt means the budget cannot afford even the
-# smallest allowed model (its vocabulary matrices alone, typically); less than 1/this means
-# the law wants a model beyond the largest allowed shape.
+# Beyond this factor either way of N_opt, the budget cannot afford the smallest allowed shape
+# (its vocabulary matrices, typically) or the law wants one beyond the largest.
 MAX_PARAM_OVERSHOOT = 2.0
 
 
@@ -270,7 +267,7 @@ def _plan_for_params(budget: BudgetConfig, law: Law, optimum: Allocation, target
 
 
 def plan_law_differences(budget: BudgetConfig) -> list[str]:
-    """What the plan knows of a run (vocabulary, sequence length) against its law's identity."""
+    """The plan's vocabulary and sequence length against its law's identity."""
     if not isinstance(budget.law, (str, Path)):
         return []
     recorded = law_identity(law_file_data(budget.law), str(budget.law))

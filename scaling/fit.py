@@ -1,9 +1,6 @@
-"""``fit``: one entry point for Chinchilla's approaches 1, 2 and 3, bootstrapped, and the law file.
+"""One entry point for Chinchilla's approaches 1, 2 and 3, bootstrapped, and the law file.
 
-The pieces live apart: :mod:`scaling.fit_config` (settings), :mod:`scaling.lbfgs` (the batched
-optimiser), :mod:`scaling.fit_approach3`, :mod:`scaling.fit_approach12` and
-:mod:`scaling.fit_bootstrap`.  :func:`evaluate` scores a fit on held-out points (ARE, Choshen
-et al. 2024).  Compute follows the papers' ``C = 6 N D``, as in ``scaling/laws.py``.
+Held-out scoring is ARE (Choshen et al. 2024); compute is the papers' ``C = 6 N D``.
 """
 
 from __future__ import annotations
@@ -86,7 +83,6 @@ def default_target_flops(obs: Observations) -> float:
 
 
 def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None = None) -> FitReport:
-    """Fit with ``config.approach``, bootstrap it if asked, and collect estimates and intervals."""
     target = config.target_flops or default_target_flops(obs)
     law_name = name or f"fit-approach{config.approach}"
     boot: Bootstrap | None = None
@@ -163,7 +159,7 @@ def curve_report(detail: CurveFit, obs: Observations, config: FitConfig, referen
 
 def write_law_file(report: FitReport, path: str | Path,
                    settings: Mapping[str, Any] | None = None) -> Path:
-    """Write the law file (JSON) that ``chinchax allocate --law PATH`` reads."""
+    """The JSON that ``chinchax allocate --law PATH`` reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps(report.to_dict(settings), indent=2) + "\n")

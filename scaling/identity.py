@@ -69,7 +69,7 @@ def _init(config: Mapping[str, Any]) -> str:
 
 
 def identity_of(config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, str]:
-    """The identity of a run from its resolved config and what its summary records (or will)."""
+    """From the resolved config and what the summary records (or will)."""
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     model = summary.get("model") or config.get("model") or {}
     train = config.get("train") if isinstance(config.get("train"), Mapping) else {}
@@ -83,7 +83,6 @@ def identity_of(config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[s
 
 
 def run_identity(run_dir: str | Path) -> dict[str, str]:
-    """The identity of one run directory, from its ``config.yaml`` and ``summary.json``."""
     return identity_of(read_config(run_dir), read_summary(run_dir) or {})
 
 

@@ -1,10 +1,7 @@
 """Sizing a model for training plus serving compute (Sardana et al. 2024, "Beyond Chinchilla-Optimal").
 
-Serving costs ~``2 N`` FLOPs a token, so ``T`` served tokens make ``6 N D + 2 N T``. Options:
-``chinchilla`` (``law.allocate``), ``same_loss`` (least total at Chinchilla's loss), ``same_cost``
-(least loss at Chinchilla's total), both ``brentq`` on analytic derivatives in ``log N`` between
-sign-changing brackets: exact, no start guess, Chinchilla's optimum at ``T = 0``.
-Both give ``N`` at most Chinchilla's: a larger model costs more to train and to serve.
+Serving ``T`` tokens costs ``2 N T`` FLOPs on top of ``6 N D``. ``same_loss`` is the least total
+at Chinchilla's loss, ``same_cost`` the least loss at Chinchilla's total; both are smaller models.
 
 Worked example (``epoch-2024``, PaLM's ``C = 2.53e24``, ``T = 1e13``; the tests recompute it):
 
@@ -47,9 +44,9 @@ __all__ = [
 OBJECTIVES = ("train", "total")
 INFERENCE_FLOPS_PER_PARAM = 2.0  # one forward pass per served token
 TRAIN_FLOPS_PER_PARAM = 6.0
-# Root tolerance in log N: 1e-12 relative in N, far below any shape rounding.
+# 1e-12 relative in N, far below any shape rounding.
 _LOG_TOL = 1e-12
-# Bracket expansion in log N: up to 60 steps of e**2 covers any sane model size.
+# Up to 60 steps of e**2 in log N covers any sane model size.
 _EXPAND_STEP = 2.0
 _EXPAND_LIMIT = 60
 

@@ -1,21 +1,7 @@
-"""Observations for scaling-law fits: (N, D, C, loss) points grouped into runs.
+"""(N, D, C, loss) points for the fits, from CSV files or run directories, grouped into runs.
 
-A fit needs little: parameters ``N``, tokens ``D``, training FLOPs ``C`` and a loss, plus the
-run each point came from.  The run matters because points of one run are not independent
-(one seed, one schedule), so the bootstrap resamples runs, not rows, and Hitchhiker-style
-filtering (drop each run's earliest part) works per run.
-
-Two sources feed the same :class:`Observations`:
-
-* a CSV file with a column for ``N``, one for ``D`` or ``C`` (the other follows from
-  ``C = 6 N D``), a loss column, and optionally ``run_id``, ``seed`` and ``step``; without a
-  run column every row is its own run;
-* run directories written by ``chinchax train``: ``RUN/summary.json`` gives ``N`` and the
-  seed, ``RUN/metrics.jsonl`` gives every eval (``{"kind": "eval", "step", "tokens", "flops",
-  "eval_loss"}``), so intermediate checkpoints become observations too.
-
-Bad input stops here with one :class:`ScalingError` that names the file, the row and
-the fix, so the fitting code can assume clean, positive, finite numbers.
+Points of one run are not independent, so the bootstrap resamples runs and early points are
+dropped per run.  Bad input fails here, so the fits can assume positive, finite numbers.
 """
 
 from __future__ import annotations
@@ -48,11 +34,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Observations:
-    """Loss observations as parallel arrays; one entry per (run, eval) point.
-
-    ``seed`` and ``step`` are -1 where unknown.  Instances are immutable values: every
-    filter returns a new one.
-    """
+    """Parallel arrays, one entry per (run, eval) point; ``seed`` and ``step`` are -1 if unknown."""
 
     n_params: np.ndarray
     tokens: np.ndarray
@@ -94,9 +76,7 @@ class Observations:
         obs.validate(source)
         return obs
 
-    # ----------------------------------------------------------------------------- checks
     def validate(self, source: str = "input") -> None:
-        """Raise one :class:`ScalingError` for the first unusable row."""
         size = self.n_params.size
         for name in ("tokens", "flops", "loss", "run_id", "seed", "step"):
             if getattr(self, name).size != size:
@@ -127,13 +107,11 @@ class Observations:
         run = str(self.run_id[row])
         return f"row {row}" if run == f"row{row}" else f"row {row} (run {run})"
 
-    # ----------------------------------------------------------------------------- views
     def __len__(self) -> int:
         return int(self.n_params.size)
 
     @property
     def runs(self) -> tuple[str, ...]:
-        """Distinct run ids in order of first appearance."""
         _, first = np.unique(self.run_id.astype(str), return_index=True)
         return tuple(str(self.run_id[i]) for i in sorted(first))
 
@@ -143,7 +121,6 @@ class Observations:
 
     @property
     def run_codes(self) -> np.ndarray:
-        """Index of each point's run in :attr:`runs` (what the bootstrap resamples)."""
         index = {run: i for i, run in enumerate(self.runs)}
         return np.array([index[str(r)] for r in self.run_id], dtype=np.int64)
 
@@ -153,7 +130,6 @@ class Observations:
         return 6.0 * self.n_params * self.tokens
 
     def select(self, mask: Any) -> "Observations":
-        """The subset picked by a boolean mask or an index array."""
         return Observations(*(getattr(self, name)[mask] for name in _FIELDS))
 
     def final_points(self) -> "Observations":
@@ -166,11 +142,8 @@ class Observations:
         return self.select(keep)
 
     def drop_early(self, fraction: float) -> "Observations":
-        """Drop each run's points before ``fraction`` of its final tokens (Hitchhiker practice).
-
-        Early checkpoints are still far from the law's regime (warm-up, a learning rate not yet
-        annealed), so they bias a fit; a one-point run keeps its point.
-        """
+        """Drop each run's points before ``fraction`` of its final tokens (Hitchhiker practice):
+        warm-up and an unannealed learning rate bias a fit."""
         if not 0.0 <= fraction < 1.0:
             raise ScalingError(f"drop-early fraction must lie in [0, 1), got {fraction}",
                                    hint="use e.g. 0.1 to drop the first 10% of each run's tokens")
@@ -192,7 +165,7 @@ class Observations:
         return self.select(keep)
 
     def records(self) -> list[dict[str, Any]]:
-        """The points as JSON-ready dicts (the ``data`` section of a law file)."""
+        """The ``data`` section of a law file."""
         return [
             {"run_id": str(self.run_id[i]), "n_params": float(self.n_params[i]),
              "tokens": float(self.tokens[i]), "flops": float(self.flops[i]),
@@ -209,7 +182,6 @@ _FIELDS = ("n_params", "tokens", "flops", "loss", "run_id", "seed", "step")
 
 
 def require_runs(obs: Observations, minimum: int, purpose: str) -> None:
-    """Fail with a clear message when there are fewer than ``minimum`` runs for ``purpose``."""
     if obs.n_runs < minimum:
         raise ScalingError(
             f"{purpose} needs at least {minimum} runs, got {obs.n_runs}",
@@ -238,7 +210,6 @@ def _float_cell(text: str | None) -> float:
 
 
 def read_csv(path: str | Path) -> Observations:
-    """Observations from a CSV: N, D or C, loss; optional run id, seed, step."""
     path = Path(path)
     try:
         with path.open(newline="") as handle:
@@ -287,11 +258,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 def read_run_dir(path: str | Path, run_id: str | None = None) -> Observations:
-    """Every eval of one run directory as observations (N from summary.json).
-
-    Eval records at zero tokens carry no information about ``L(N, D)`` and are skipped; a run
-    without eval records in ``metrics.jsonl`` contributes its final point from the summary.
-    """
+    """Every eval with tokens > 0, else the summary's final point."""
     path = Path(path)
     summary_path = path / SUMMARY_NAME
     summary = read_summary(path)
@@ -329,7 +296,6 @@ def _eval_records(run_dir: Path) -> Iterable[dict[str, Any]]:
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:
-    """``path`` itself if it is a run directory, else its run-directory children (sorted)."""
     path = Path(path)
     if is_run_dir(path):
         return [path]
@@ -343,12 +309,8 @@ def find_run_dirs(path: str | Path) -> list[Path]:
 
 
 def load_observations(inputs: Sequence[str | Path], drop_early: float = 0.1) -> Observations:
-    """Read CSV files, run directories and parents of run directories into one set.
-
-    ``drop_early`` removes each run's points before that fraction of its final tokens.  Run
-    ids are the directory names (the CSV's run column, or one run per row); if two inputs
-    bring the same id, the later ones are prefixed with their parent so runs stay distinct.
-    """
+    """CSV files, run directories and their parents as one set; a repeated run id gets its
+    parent as prefix so runs stay distinct."""
     if not inputs:
         raise ScalingError("no inputs given", hint="pass CSV files or run directories")
     parts: list[Observations] = []

@@ -1,37 +1,9 @@
-"""What a run should reach, said before it starts, and a watch on whether it is getting there.
+"""A run's predicted loss curve, stated before it starts, and a monitor that flags drift from it.
 
-:func:`predict_run` turns a parametric law and a run's size (``N`` parameters, eval points at
-``D_t`` tokens, ``D`` final tokens) into a :class:`RunPrediction`: the predicted final loss
-``L(N, D)`` with an interval, and the predicted curve ``L(N, D_t)`` at every eval point.  The
-trainer writes it to ``prediction.json`` before its first step and feeds each eval to a
-:class:`DriftMonitor`, which raises an :class:`Alert` when the measured loss stays outside the
-interval.  Everything here is plain floats and NumPy: JSON-friendly and free of JAX.
-
-**Interval.**  When the law carries bootstrap replicates (``ParametricLaw.samples``, written
-by ``chinchax fit``) and there are at least :data:`MIN_BOOTSTRAP_SAMPLES` of them, the interval
-is the central ``level`` percentile range of the replicates' predictions.  The replicates
-describe the uncertainty of the *law*, not the noise of one run (seed-to-seed variation alone
-moves a loss by about a percent), so the interval is widened to at least ``± noise_floor``
-around the point prediction.  Without replicates (a published law) the interval is a stated
-relative band, ``± relative_band`` (3% by default: a little under the ~4% average relative
-error that the Hitchhiker's guide to scaling-law estimation reports as the realistic best
-for predicting a held-out run).  ``level`` only applies to the bootstrap.
-
-**Runs whose schedule has not decayed.**  ``L(N, D_t)`` is the loss of a model *trained to*
-``D_t`` tokens with a full, decayed schedule.  A mid-run checkpoint of a longer cosine or WSD
-run has not annealed yet and sits *above* that curve; the gap closes as the learning rate
-decays and is gone at the end of the run.  So intermediate points are compared against an
-asymmetric interval: the lower bound is the law's (a checkpoint well *below* the
-fully-trained envelope means the law or the run is off), and the upper bound is widened by
-``undecayed_slack × remaining(t)``, where ``remaining(t)`` is the fraction of the
-learning-rate decay still ahead at that point (1 at the start; ``(1 + cos π t)/2`` for cosine;
-1 through WSD's stable phase, then down to 0 over its decay; always 1 for a constant rate).
-The final point of a decayed schedule is compared strictly against the law's interval.  A
-constant-rate run never anneals, so its final point keeps the slack.  The gap an undecayed
-checkpoint carries grows with the learning rate it is still at, which is why the allowance
-follows the remaining decay; its size (5% by default) is a heuristic, configurable.  Points in
-the first ``skip_fraction`` of the run (10%, as the Hitchhiker's guide drops for fitting) are
-reported but not checked: warmup and early transients do not follow any law.
+The interval is bootstrap quantiles widened to ``± noise_floor`` (replicates carry the law's
+uncertainty, not seed noise), else ``± relative_band`` (3%, under the Hitchhiker's guide's ~4%
+held-out error).  Mid-run checkpoints have not annealed, so the upper bound gains
+``undecayed_slack × remaining decay``; the first ``skip_fraction`` of a run is not checked.
 """
 
 from __future__ import annotations
@@ -74,12 +46,10 @@ WSD_DECAY_SHAPES = ("linear", "cosine")
 # ==================================================================================== config
 @dataclass(frozen=True)
 class PredictionConfig:
-    """The ``prediction:`` settings of a run: which law, how wide, when to warn or stop.
+    """A run's ``prediction:`` settings; ``law=None`` falls back to the ``budget:`` law.
 
-    ``law`` ``None`` means the law of the run's ``budget:`` section (no prediction when the
-    run has neither).  ``margin`` is how far (relative) outside the interval a loss must be to
-    count, ``patience`` how many evals in a row, and ``stop_on_alert`` ends the run at the first
-    alert.  The remaining fields are :func:`predict_run`'s (module docstring).
+    ``margin`` is the relative distance outside the interval that counts, ``patience`` how many
+    evals in a row.
     """
 
     enabled: bool = True
@@ -99,7 +69,6 @@ class PredictionConfig:
         _check_monitor_settings(self.margin, self.patience, prefix="prediction.")
 
     def interval_kwargs(self) -> dict[str, float]:
-        """The keyword arguments of :func:`predict_run` this config sets."""
         return dict(level=self.level, relative_band=self.relative_band,
                     noise_floor=self.noise_floor, undecayed_slack=self.undecayed_slack,
                     skip_fraction=self.skip_fraction)
@@ -138,10 +107,9 @@ def _check_monitor_settings(margin: Any, patience: Any, prefix: str = "") -> Non
 # ==================================================================================== schedule
 def remaining_decay(progress: float, schedule: str = "cosine", *, decay_fraction: float = 0.2,
                     wsd_decay_shape: str = "linear") -> float:
-    """Fraction of the learning-rate decay still ahead at ``progress`` ∈ [0, 1] of the run.
+    """Fraction of the learning-rate decay still ahead at ``progress`` ∈ [0, 1]; warmup ignored.
 
-    1 before any decay, 0 once the rate has reached its final value; warmup is ignored (the
-    points it covers are not checked).  Schedules as in ``training/optim.py``.
+    Schedules as in ``training/optim.py``.
     """
     p = min(max(float(progress), 0.0), 1.0)
     if schedule == "constant":
@@ -160,12 +128,7 @@ def remaining_decay(progress: float, schedule: str = "cosine", *, decay_fraction
 # ==================================================================================== prediction
 @dataclass(frozen=True)
 class PredictedPoint:
-    """The law's prediction at one eval point, and the interval a measured loss is held to.
-
-    ``loss`` is ``L(N, D_t)`` and ``[law_lower, law_upper]`` its interval; ``[lower, upper]`` is
-    what the monitor accepts (``upper`` carries the undecayed-schedule slack).  ``checked`` is
-    false for points in the first ``skip_fraction`` of the run.
-    """
+    """``L(N, D_t)`` with the law's interval and the monitor's (``upper`` carries the slack)."""
 
     tokens: int
     progress: float
@@ -212,12 +175,10 @@ class RunPrediction:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The law's interval on the final loss."""
         return (self.final.law_lower, self.final.law_upper)
 
     def expected_at(self, tokens: float) -> Optional[PredictedPoint]:
-        """The prediction at ``tokens``: a curve point, or the log-linear interpolation between
-        the two around it; ``None`` before the first eval point or after the final tokens."""
+        """A curve point or a log-linear interpolation; ``None`` outside the curve."""
         positions = [p.tokens for p in self.curve]
         if not positions or tokens < positions[0] or tokens > positions[-1]:
             return None
@@ -233,8 +194,7 @@ class RunPrediction:
                               **mix)
 
     def compare_final(self, measured: float) -> dict[str, Any]:
-        """Predicted against measured final loss, for ``summary.json``; ``inside`` is against the
-        law's interval (``level`` is ``None`` for the fixed relative band)."""
+        """For ``summary.json``; ``inside`` is against the law's interval, without slack."""
         finite = isinstance(measured, (int, float)) and math.isfinite(measured)
         return {
             "law": self.law,
@@ -257,7 +217,6 @@ class RunPrediction:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunPrediction":
-        """Read back :meth:`to_dict` (e.g. ``prediction.json`` on resume)."""
         try:
             values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
             values["final"] = PredictedPoint(**data["final"])
@@ -292,7 +251,6 @@ def _positive(name: str, value: Any) -> float:
 
 def _bootstrap_bounds(law: ParametricLaw, n: float, tokens: np.ndarray,
                       level: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Percentile bounds of the replicates' predictions (non-finite replicates dropped)."""
     rows = np.array([sample.loss(n, tokens) for sample in law.sample_laws()], dtype=np.float64)
     rows = rows.reshape(len(rows), -1)
     rows = rows[np.isfinite(rows).all(axis=1)]
@@ -315,7 +273,6 @@ def _check_schedule(schedule: str, decay_fraction: float, wsd_decay_shape: str) 
 
 def _law_bounds(model: ParametricLaw, n: float, tokens: np.ndarray, loss: np.ndarray, level: float,
                 relative_band: float, noise_floor: float) -> tuple[str, np.ndarray, np.ndarray, int]:
-    """The law's own interval: bootstrap quantiles (widened to the noise floor), else a band."""
     lower, upper, n_samples = _bootstrap_bounds(model, n, tokens, level) if model.samples \
         else (np.array([]), np.array([]), 0)
     if lower.size:
@@ -339,13 +296,7 @@ def predict_run(
     undecayed_slack: float = DEFAULT_UNDECAYED_SLACK,
     skip_fraction: float = DEFAULT_SKIP_FRACTION,
 ) -> RunPrediction:
-    """The law's prediction for a run of ``n_params`` parameters trained on ``final_tokens``.
-
-    ``tokens_at_evals`` are the token counts at which the run evaluates (each in
-    ``(0, final_tokens]``; sorted and de-duplicated here; the final point is always added).
-    ``schedule``, ``decay_fraction`` and ``wsd_decay_shape`` describe the learning-rate
-    schedule, as in ``training/optim.py``.  See the module docstring for the interval.
-    """
+    """The law's curve at ``tokens_at_evals`` (each in ``(0, final_tokens]``) plus the final point."""
     model = _loss_model(law)
     n = _positive("n_params", n_params)
     final = _positive("final_tokens", final_tokens)
@@ -387,11 +338,8 @@ def predict_run(
 # ==================================================================================== monitor
 @dataclass(frozen=True)
 class Alert:
-    """A run off its law: ``patience`` or more evals in a row outside the interval by ``margin``.
-
-    ``direction`` is ``above`` or ``below``; ``excess`` is how far beyond the bound (relative to
-    the bound; ``inf`` for a non-finite loss) and ``deviation`` is ``measured / predicted - 1``.
-    """
+    """``patience`` or more evals in a row outside the interval by ``margin``; ``excess`` is
+    relative to the bound, ``deviation`` to the prediction."""
 
     step: int
     tokens: int
@@ -416,7 +364,6 @@ class Alert:
         return f"off the law: {what} for {self.streak} eval{'s' if self.streak != 1 else ''} in a row"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (non-finite numbers as ``None``), with the message."""
         out: dict[str, Any] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                for k, v in asdict(self).items()}
         out["message"] = self.message
@@ -424,14 +371,9 @@ class Alert:
 
 
 class DriftMonitor:
-    """Compares each eval with a :class:`RunPrediction` and says when the run is off the law.
+    """Alerts on each eval that extends a streak of ``patience`` off evals on one side.
 
-    An eval counts as *off* when its loss is above ``upper × (1 + margin)`` or below
-    ``lower × (1 − margin)``; :meth:`observe` returns an :class:`Alert` for every eval that
-    makes (or extends) a run of ``patience`` or more consecutive off evals on the same side,
-    and ``None`` otherwise.  An eval back inside resets the count, as does one on the other
-    side (which starts a new count).  Unchecked evals (early in the run, or outside the
-    predicted curve) neither count nor reset.  A non-finite loss counts as off above.
+    Unchecked evals neither count nor reset the streak; a non-finite loss counts as above.
     """
 
     def __init__(self, prediction: RunPrediction, *, margin: float = DEFAULT_MARGIN,
@@ -475,7 +417,6 @@ class DriftMonitor:
         return alert
 
     def summary(self) -> dict[str, Any]:
-        """How the run went against its prediction, for ``summary.json``."""
         return {"evals_checked": self.checked, "alerts": self.alerts, "margin": self.margin,
                 "patience": self.patience,
                 "first_alert": None if self.first_alert is None else self.first_alert.to_dict()}

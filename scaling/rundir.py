@@ -1,15 +1,7 @@
-"""The run directory: its file names, typed records, and the one reader and writer of each.
+"""The run directory, the contract between training and scaling (DESIGN.md): its file names and
+the one reader and writer of each.  No JAX, so fits and ladders read runs anywhere.
 
-The run directory is the contract between training and scaling (DESIGN.md), so everything that
-touches one goes through here.  Pure Python: no JAX, so fits and ladders read runs anywhere.
-
-    RUN/config.yaml          the resolved config of the latest start
-    RUN/config.started.yaml  the resolved config that started the run (a rerun is compared to it)
-    RUN/metrics.jsonl        one JSON record per line: train, eval, alert
-    RUN/summary.json         RunSummary, written at the end
-    RUN/prediction.json      the law's prediction, written before step 1
-    RUN/checkpoints/         orbax steps
-    RUN/.lock                held by the one trainer writing RUN (see RunLock)
+A rerun is compared with ``config.started.yaml``, the config that started the run.
 """
 
 from __future__ import annotations
@@ -99,7 +91,6 @@ def write_json(path: epath.PathLike, value: Any) -> None:
 
 
 def read_text(path: epath.Path) -> str:
-    """The text of a run-directory file, or one RunDirError (unreadable, not UTF-8)."""
     try:
         return path.read_text()
     except UnicodeDecodeError:
@@ -111,7 +102,6 @@ def read_text(path: epath.Path) -> str:
 
 
 def read_json(path: epath.PathLike, default: Any = None) -> Any:
-    """The JSON value in ``path`` (``default`` if the file is absent), or one RunDirError."""
     path = epath.Path(path)
     if not path.exists():
         return default
@@ -124,11 +114,8 @@ def read_json(path: epath.PathLike, default: Any = None) -> Any:
 
 
 def read_records(path: epath.PathLike, kind: Optional[str] = None, *, strict: bool = False) -> list[dict]:
-    """The records of a JSON-lines file (a run dir means its metrics.jsonl), optionally one kind.
-
-    A torn last line (a crash mid-write) is skipped; other bad lines are skipped too, or with
-    ``strict`` raise a RunDirError naming the line.
-    """
+    """Records of a JSON-lines file (a run dir means its metrics.jsonl); a torn last line from a
+    crash is skipped, other bad lines too unless ``strict``."""
     path = epath.Path(path)
     if path.is_dir():
         path = path / METRICS_NAME
@@ -152,7 +139,6 @@ def read_records(path: epath.PathLike, kind: Optional[str] = None, *, strict: bo
 
 
 def keep_records_through(lines: list[str], step: int) -> list[str]:
-    """The JSON lines whose step is at most ``step``, newline-ended (torn lines dropped)."""
     kept = []
     for line in lines:
         try:
@@ -165,7 +151,6 @@ def keep_records_through(lines: list[str], step: int) -> list[str]:
 
 
 def read_yaml(path: epath.PathLike) -> Optional[dict]:
-    """A YAML mapping from a run directory file (None if absent)."""
     path = epath.Path(path)
     if not path.exists():
         return None
@@ -180,7 +165,7 @@ def read_yaml(path: epath.PathLike) -> Optional[dict]:
 
 
 def read_config(run_dir: epath.PathLike) -> dict[str, Any]:
-    """The run's resolved ``config.yaml`` ({} when the run has none, as old runs may)."""
+    """{} for old runs without ``config.yaml``."""
     return read_yaml(epath.Path(run_dir) / CONFIG_NAME) or {}
 
 
@@ -189,11 +174,7 @@ def read_config(run_dir: epath.PathLike) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run will cost, counted once by ``scaling.flops`` before it starts.
-
-    ``allocation`` is the allocator's plan (budget, law, predicted loss) when a budget sized the
-    run; the trainer reads the counts from here and never recounts.
-    """
+    """What a run will cost, counted once before it starts; the trainer never recounts."""
 
     n_params: int
     n_params_non_embedding: int
@@ -223,7 +204,7 @@ def plan_from_dict(data: Optional[Mapping[str, Any]], model: ModelConfig, seq_le
 
 @dataclass
 class RunSummary:
-    """``summary.json``: what a finished (or stopped) run reports; keys as the JSON's."""
+    """``summary.json`` of a finished or stopped run."""
 
     run_name: str
     status: str
@@ -275,7 +256,6 @@ def write_summary(run_dir: epath.PathLike, summary: RunSummary | Mapping[str, An
 
 
 def read_summary(run_dir: epath.PathLike) -> Optional[dict[str, Any]]:
-    """``summary.json`` as a dict (None without one); garbled or non-object is one RunDirError."""
     path = epath.Path(run_dir) / SUMMARY_NAME
     data = read_json(path)
     if data is not None and not isinstance(data, dict):
@@ -288,11 +268,9 @@ def read_summary(run_dir: epath.PathLike) -> Optional[dict[str, Any]]:
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``RUN/.lock``, held for the run's life; the OS drops it on a crash.
+    """An exclusive ``flock`` on ``RUN/.lock`` that the OS drops on a crash.
 
-    The lock is local to one machine: for a ``gs://`` run directory it is taken on a file in the
-    local temp directory named after the URL, so two trainers on one host are kept apart but
-    two hosts are not (a multi-host run locks on its lead process only).
+    Host-local: a ``gs://`` run locks a temp file named after the URL, so two hosts are not kept apart.
     """
 
     def __init__(self, run_dir: epath.PathLike) -> None:
@@ -348,7 +326,6 @@ class RunLock:
 
 
 def make_run_dir(run_dir: epath.PathLike) -> epath.Path:
-    """Create ``run_dir`` (and parents), or one RunDirError saying why not."""
     path = epath.Path(run_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -380,6 +357,6 @@ def _harmless(key: str) -> bool:
 
 
 def config_differences(started: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, harmless keys left out."""
+    """Dotted keys that differ, harmless keys left out."""
     old, new = dict(_flatten(plain(started))), dict(_flatten(plain(current)))
     return sorted(k for k in set(old) | set(new) if not _harmless(k) and old.get(k) != new.get(k))

@@ -1,11 +1,8 @@
-"""From a parameter count to a hardware-friendly transformer shape.
+"""From a parameter count to a hardware-friendly transformer shape (widths of ``multiple_of``,
+heads of 64/128, the sizes MXUs and flash kernels are tuned for).
 
-Widths are multiples of ``multiple_of`` (128 fills TPU MXUs and tensor-core tiles); heads of a
-listed size (64/128, what flash/cuDNN/Splash kernels are tuned for); ``d_ff ≈ 8/3 d_model`` for
-SwiGLU, ``4 d_model`` for GELU. Loss is nearly flat across aspect ratios (Kaplan et al. 2020,
-fig. 5), so aspect is a soft pull towards Chinchilla Table A9's ``≈ 5.5 · N**0.125``:
-cost ``|ln(N/N_target)| + 0.1 · |ln(aspect/preferred)|``. Parameters are affine in depth, so each
-width costs two exact counts.
+Loss is nearly flat across aspect ratios (Kaplan et al. 2020, fig. 5), so the cost
+``|ln(N/N_target)| + 0.1 · |ln(aspect/preferred)|`` only pulls aspect towards Table A9's.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Host-local batches from an endless element stream, resumable from one number.
-
-Element ``k`` is a pure function of ``k``, so the position (elements the whole job consumed) is
-the same on every host for any host count and batch size; a mixture's per-source counts follow
-in closed form (:func:`interleave_counts`, weights as integers, smallest scaled to 100 as grain).
-"""
+"""Host-local batches from an endless element stream, resumable from one number: element ``k``
+is a pure function of ``k``, so the position is the same on every host for any host count, and
+a mixture's per-source counts follow in closed form."""
 
 from __future__ import annotations
 
@@ -33,7 +30,8 @@ def interleave_proportions(weights: Sequence[float]) -> List[int]:
 
 
 def interleave_counts(position: int, proportions: Sequence[int]) -> List[int]:
-    """Source 0 gets ``k - floor(k (R - p_0) / R)`` of the first ``k`` (``R`` the sum); the rest recurse."""
+    """Grain's interleave in closed form: source 0 gets ``k - floor(k (R - p_0) / R)`` of the first
+    ``k`` (``R`` the sum); the rest recurse."""
     if position < 0:
         raise DataError(f"negative stream position {position}", hint="count elements from 0")
     counts: List[int] = []

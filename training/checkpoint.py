@@ -1,24 +1,6 @@
-"""Checkpoints: orbax ``CheckpointManager`` with keep-last-k plus every-N, async saves, resharding
-restores and a fallback past a damaged newest checkpoint.
-
-A checkpoint step holds two items:
-
-* ``state``: a pytree of arrays (parameters, optimiser state, step, RNG keys; typed PRNG keys
-  are fine), written with ``StandardSave``.  Restoring takes an *abstract* tree whose leaves are
-  ``jax.ShapeDtypeStruct(shape, dtype, sharding=...)``: the arrays come back laid out on that
-  sharding, so a checkpoint written by one mesh restores onto another (8 devices -> 4).
-* ``extra``: a JSON dict (the data iterator's position, run metadata), written with ``JsonSave``.
-
-Why the fallback: a host can die while a checkpoint is written, or a disk can lose a file.
-orbax writes each step into a temporary directory and renames it (or, on GCS, marks it with a
-commit file) only when complete, so an unfinished save is never listed as a step, and old steps
-are deleted only after a new one is committed.  A committed step can still be damaged later; a
-restore then warns, moves the damaged step aside (``corrupt-<step>-<time>`` beside the steps,
-kept for inspection, never again listed) and restores the newest older step that reads back.
-Nothing a resume still needs is deleted.
-
-Directories are ``etils.epath`` paths, so ``gs://bucket/run/checkpoints`` works like a local one.
-"""
+"""orbax checkpoints: keep-last-k plus every-N, async saves, restores onto any mesh (the
+abstract tree's shardings), and a fallback past a damaged newest step, which is moved aside
+(``corrupt-<step>-<time>``) rather than deleted.  Paths are ``etils.epath`` (``gs://`` works)."""
 
 from __future__ import annotations
 
@@ -51,8 +33,6 @@ class CheckpointFallbackWarning(UserWarning):
 
 
 class Restored(NamedTuple):
-    """What ``Checkpointer.restore`` returns: unpack as ``state, extra, step = ...``."""
-
     state: Any
     extra: dict
     step: int
@@ -83,11 +63,11 @@ def _mismatch_hint() -> str:
 
 
 class Checkpointer:
-    """Saves and restores ``(state pytree, extra JSON)`` per step under one directory."""
+    """``(state pytree, extra JSON)`` per step under one directory."""
 
     def __init__(self, directory: epath.PathLike, cfg: CheckpointConfig = CheckpointConfig()) -> None:
         path = str(directory)
-        # orbax wants absolute paths; a relative local run dir (runs/<name>) is made absolute
+        # orbax wants absolute paths
         self.directory = epath.Path(path if "://" in path else os.path.abspath(path))
         self.cfg = cfg
         self.last_save_blocking_s: Optional[float] = None
@@ -110,19 +90,12 @@ class Checkpointer:
                                   hint="check the path exists and is writable (for gs:// also the "
                                   "credentials), or choose another run directory") from error
 
-    # -- saving -------------------------------------------------------------------------------
-
     def due(self, step: int) -> bool:
-        """Whether ``step`` falls on the regular saving cadence."""
         return step > 0 and step % self.cfg.every_steps == 0
 
     def save(self, step: int, state: Any, extra: Optional[dict] = None, *, force: bool = False) -> bool:
-        """Save ``state`` and ``extra`` as ``step`` if due (or forced); return whether it saved.
-
-        Returns after the arrays are copied off the device (safe to donate them next), the
-        write itself continues in the background when ``async_save``.  A step that is already
-        saved is left as it is.
-        """
+        """Returns once the arrays are off the device (safe to donate); with ``async_save`` the
+        write goes on in the background.  An existing step is left as it is."""
         if not (force or self.due(step)):
             return False
         if step in self._manager.all_steps():
@@ -141,18 +114,16 @@ class Checkpointer:
         return bool(saved)
 
     def wait(self) -> None:
-        """Block until every background save is committed, at most ``save_timeout_s``."""
+        """Block until background saves commit, at most ``save_timeout_s``."""
         _bounded(self._manager.wait_until_finished, self.cfg.save_timeout_s,
                  f"a background checkpoint save in {self.directory}")
 
-    # -- reading ------------------------------------------------------------------------------
-
     def all_steps(self) -> list[int]:
-        """Committed steps, oldest first (unfinished temporary directories are not steps)."""
+        """Committed steps, oldest first."""
         return sorted(self._manager.all_steps())
 
     def last_good_step(self) -> Optional[int]:
-        """The newest step committed on storage, read from the folder (works after a failure)."""
+        """Read from the folder, not the manager, so it works after a failed save."""
         try:
             names = [p.name for p in self.directory.iterdir()]
         except OSError:
@@ -163,18 +134,13 @@ class Checkpointer:
         return max(steps, default=None)
 
     def latest_step(self) -> Optional[int]:
-        """The newest committed step, or None for a fresh directory."""
         return self._manager.latest_step()
 
     def restore(self, step: Optional[int], abstract_state: Any, *, fallback: bool = True,
                 require: tuple[str, ...] = ()) -> Restored:
-        """Restore ``step`` (None: the newest) onto the shapes and shardings of ``abstract_state``.
-
-        If the step cannot be read (truncated or damaged files) and ``fallback`` is set, warn,
-        move it aside and try the next older step; so too a step whose ``extra`` lacks a key in
-        ``require`` (its metadata is unusable).  A checkpoint whose tree or shapes differ
-        from ``abstract_state`` is a config mismatch, not damage: that raises at once.
-        """
+        """``step`` None: the newest.  With ``fallback`` an unreadable step (or one whose ``extra``
+        lacks a ``require`` key) is moved aside for the next older one; a tree or shape mismatch
+        is a config error, not damage, and raises at once."""
         self.wait()
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
@@ -239,7 +205,7 @@ class Checkpointer:
                 f"does not have, first {surplus[0]!r}", hint=_mismatch_hint())
 
     def _set_aside(self, failures: list[tuple[int, BaseException]], restored_step: int) -> None:
-        """Warn, and move damaged steps out of orbax's view so later saves can reuse the numbers."""
+        """Damaged steps leave orbax's view so later saves can reuse their numbers."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for step, error in failures:
             warnings.warn(
@@ -256,15 +222,13 @@ class Checkpointer:
             ocp.multihost.sync_global_processes("chinchax_checkpoint_set_aside")
         self._manager.reload()
 
-    # -- lifetime -----------------------------------------------------------------------------
-
     def close(self) -> None:
-        """Finish background saves (at most ``save_timeout_s``) and release the manager's threads."""
+        """Finish background saves, at most ``save_timeout_s``."""
         _bounded(self._manager.close, self.cfg.save_timeout_s,
                  f"finishing checkpoint saves in {self.directory}")
 
     def abandon(self, timeout_s: float = 5.0) -> None:
-        """After a failed save: give the manager ``timeout_s`` to close, then leave it behind."""
+        """After a failed save: give the manager ``timeout_s`` to close, then leave it."""
         try:
             _bounded(self._manager.close, timeout_s, "closing checkpoints")
         except CheckpointError as error:

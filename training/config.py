@@ -1,10 +1,5 @@
-"""Run settings the trainer reads, and the fully resolved ``RunConfig``.
-
-``RunConfig`` is what a run *is* once every choice has been made (the allocator has turned a
-budget into a shape, batch and steps).  The trainer never sees a budget or a YAML file: those
-live in ``launch/``.  Plain dataclasses only: importing this module loads no orbax or grain
-(beyond what ``training.data`` needs for ``DataConfig``).
-"""
+"""The fully resolved ``RunConfig``: budgets and YAML stay in ``launch/``, the trainer sees only
+a shape, batch and steps.  Plain dataclasses, so importing this loads no orbax."""
 
 from __future__ import annotations
 
@@ -28,12 +23,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Length, batch and cadence of a run.
-
-    ``steps`` and ``global_batch`` may be left unset when a ``budget:`` section is given: the
-    allocator fills them in.  ``grad_accum_steps`` splits each global batch into that many
-    micro-batches inside the compiled step (same update, less activation memory).
-    """
+    """``steps`` and ``global_batch`` unset: the allocator fills them from a ``budget:`` section."""
 
     steps: Optional[int] = None
     global_batch: Optional[int] = None
@@ -70,12 +60,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """When to save and what to keep.
-
-    A step is saved when ``step % every_steps == 0`` (and always when the trainer forces it: end
-    of run, preemption).  The newest ``keep_last`` steps are kept, and with ``keep_every`` every
-    step divisible by it is kept for good (intermediate checkpoints for scaling fits).
-    """
+    """The newest ``keep_last`` steps are kept, and every multiple of ``keep_every`` for good
+    (intermediate checkpoints for scaling fits)."""
 
     every_steps: int = 100
     keep_last: int = 3
@@ -98,13 +84,8 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class InitConfig:
-    """Where the parameters of a new run come from (the ``init:`` section).
-
-    All unset: fresh random parameters.  ``from_run``: the newest checkpoint of that run
-    directory (or of that ``checkpoints/`` folder, or that one step folder), same shape.
-    ``grow_from`` and ``factor``: the newest checkpoint of a smaller run, widened ``factor``
-    times by HyperCloning; this run's model must be the grown shape.
-    """
+    """A new run's parameters: random, ``from_run`` (same shape), or ``grow_from`` a smaller run
+    widened ``factor`` times by HyperCloning."""
 
     from_run: Optional[str] = None
     grow_from: Optional[str] = None
@@ -143,13 +124,12 @@ class InitConfig:
 
     @property
     def active(self) -> bool:
-        """Whether the run starts from another run's parameters at all."""
         return self.from_run is not None or self.grow_from is not None
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one training run needs, with every budget-derived value filled in."""
+    """One training run, every budget-derived value filled in."""
 
     name: str
     run_dir: str
@@ -178,7 +158,7 @@ class RunConfig:
 
     @property
     def run_plan(self) -> RunPlan:
-        """The plan launch/ resolved, or the counts of this model when none was given."""
+        """launch/'s plan, or this model's counts when none was given."""
         return self.plan if self.plan is not None else plan_for(self.model, self.train.seq_len)
 
     @property
@@ -189,5 +169,5 @@ class RunConfig:
         return asdict(self)
 
     def to_yaml(self) -> str:
-        """The resolved config as YAML: the run directory's ``config.yaml``."""
+        """The run directory's ``config.yaml``."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -1,8 +1,5 @@
-"""A source's documents tokenized once into one flat ``.npy`` token array, cached.
-
-Each document ends with the end-of-document id. The cache key digests everything the tokens
-depend on (source settings, file sizes and times, tokenizer), so changed input builds a new entry.
-"""
+"""A source's documents tokenized once into one flat ``.npy`` array, each ending in the
+end-of-document id; the cache key digests all the tokens depend on, so changed input rebuilds."""
 
 from __future__ import annotations
 

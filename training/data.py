@@ -1,8 +1,4 @@
-"""Input pipeline entry points: a corpus (or a mixture of several) as resumable packed batches.
-
-config -> documents (:mod:`training.sources`) -> tokens (:mod:`training.corpus`) -> split and
-pack (:mod:`training.packing`) -> batches (:mod:`training.batch_iterator`).
-"""
+"""Input pipeline entry points: a corpus, or a mixture, as resumable packed batches."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""What a run reads: one corpus, or a weighted mixture, validated on construction.
-
-Shapes belong to the trainer. Every mistake is a one-line :class:`DataError` whose hint names the fix.
-"""
+"""What a run reads: one corpus or a weighted mixture, validated on construction so every
+mistake is a one-line :class:`DataError` whose hint names the fix."""
 
 from __future__ import annotations
 
@@ -35,14 +33,12 @@ def did_you_mean(value: str, choices: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class SourceConfig:
-
     source: str = "embedded"  # embedded | prose | synthetic | text | tfds | hf | shards
     # text, hf: a file or directory, and/or a glob (``**`` recurses); hf: or a save_to_disk
     # folder; shards: the folder `chinchax tokenize` wrote (its manifest.json)
     path: Optional[str] = None
     glob: Optional[str] = None
     document_separator: str = ""  # text: split files into documents at this string ("" = one per file)
-    # tfds
     tfds_name: Optional[str] = None
     tfds_split: str = "train"
     tfds_data_dir: Optional[str] = None  # None: TFDS's default (~/tensorflow_datasets)
@@ -53,7 +49,6 @@ class SourceConfig:
     hf_config: Optional[str] = None
     hf_split: str = "train"
     max_documents: int = 0  # read at most this many documents (0 = all)
-    # split and order
     validation_fraction: float = 0.05
     seed: int = 0  # the document split and the order of training sequences
     split_seed: Optional[int] = None  # fix the split apart from the order (None: use seed)
@@ -142,8 +137,8 @@ class MixtureSource(SourceConfig):
 
 @dataclass(frozen=True)
 class DataConfig(SourceConfig):
-    """The corpus fields, or ``mixture`` (then those are not read). Tokenizer, cache and reading
-    settings are shared: a model has one vocabulary."""
+    """The corpus fields, or ``mixture`` (then those are not read); the tokenizer is shared, as a
+    model has one vocabulary."""
 
     tokenizer: str = BYTE_TOKENIZER  # "byte", a SentencePiece .model, a tokenizer.json or an HF tokenizer folder
     cache_dir: Optional[str] = None  # None: ~/.cache/chinchax (or $XDG_CACHE_HOME/chinchax)
@@ -172,7 +167,6 @@ class DataConfig(SourceConfig):
 
 @dataclass(frozen=True)
 class NamedSource:
-
     name: str
     weight: float
     role: str

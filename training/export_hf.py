@@ -1,17 +1,6 @@
-"""Export a trained run as a Hugging Face Llama folder: ``config.json``, ``model.safetensors``
-and the tokenizer where one exists.
-
-Why Llama.  The decoder is exactly Llama's function: RMSNorm, half-split RoPE, SwiGLU, no
-biases, grouped-query attention, tied or untied head.  Our RoPE rotates (first half, second
-half) channel pairs, which is Llama's ``rotate_half`` convention in Hugging Face, so q and k
-are written as they are (no permutation; that is only needed for Meta's interleaved
-checkpoints).  Kernels are stored ``[in, out]`` here and ``[out, in]`` (``nn.Linear``) there,
-so each is transposed.  ``lm_head.weight`` is written even for a tied head (a copy of the
-embedding): loaders that tie ignore it, loaders that do not (Flax) need it.
-
-The safetensors file carries ``format: pt`` metadata: it is the layout ``LlamaForCausalLM``
-reads, and ``FlaxLlamaForCausalLM`` converts it without needing torch.
-"""
+"""A trained run as a Hugging Face Llama folder, since the decoder is exactly Llama's function.
+Our half-split RoPE is HF's ``rotate_half``, so q/k need no permutation; kernels are ``[in, out]``
+here, ``[out, in]`` there.  ``lm_head.weight`` is written even when tied: Flax loaders need it."""
 
 from __future__ import annotations
 
@@ -47,7 +36,7 @@ _LAYER_WEIGHTS = {
 
 
 def check_llama(cfg: ModelConfig) -> None:
-    """Refuse shapes that are not Llama's (a GELU MLP, biases) before writing anything."""
+    """Refuse a GELU MLP or biases before anything is written."""
     if cfg.mlp != "swiglu":
         raise ConfigError(f"model.mlp={cfg.mlp!r} has no Llama equivalent (Llama uses SwiGLU)",
                           hint="only runs with model.mlp=swiglu export as Llama")
@@ -57,7 +46,7 @@ def check_llama(cfg: ModelConfig) -> None:
 
 
 def llama_config(cfg: ModelConfig, *, max_positions: int, tokenizer: Tokenizer) -> dict[str, Any]:
-    """``config.json`` of the equivalent ``LlamaForCausalLM`` (float32 weights)."""
+    """``config.json`` of the equivalent ``LlamaForCausalLM``."""
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
@@ -82,7 +71,7 @@ def _layers(blocks: Any, cfg: ModelConfig) -> list[dict[str, Any]]:
 
 
 def llama_tensors(model: Transformer) -> dict[str, np.ndarray]:
-    """The model's parameters under Llama's names, in Llama's ``[out, in]`` layout (float32)."""
+    """Under Llama's names and ``[out, in]`` layout, float32."""
     cfg = model.cfg
     check_llama(cfg)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -98,8 +87,8 @@ def llama_tensors(model: Transformer) -> dict[str, np.ndarray]:
 
 
 def write_byte_tokenizer(out: Path, *, eod_id: int) -> None:
-    """Our byte tokenizer as a ``tokenizers`` BPE with no merges and byte fallback: every byte
-    becomes the token ``<0xNN>`` whose id is the byte's value, so ids match ours exactly."""
+    """A BPE with no merges and byte fallback: byte ``b`` is the token ``<0xNN>`` with id ``b``,
+    so ids match ours exactly."""
     try:
         from tokenizers import Tokenizer as HFTokenizer, decoders, models
     except ImportError as error:
@@ -117,13 +106,13 @@ def write_byte_tokenizer(out: Path, *, eod_id: int) -> None:
 
 
 def write_tokenizer(spec: str, tokenizer: Tokenizer, out: Path) -> str:
-    """Write the run's tokenizer into ``out`` as Hugging Face reads it; say what was written."""
+    """Returns a line saying what was written."""
     if spec == BYTE_TOKENIZER:
         write_byte_tokenizer(out, eod_id=tokenizer.eod_id)
         return (f"byte-level tokenizer.json: ids 0-255 are the UTF-8 bytes, {tokenizer.eod_id} is "
                 f"{EOD_TOKEN} (end of document)")
     source = Path(spec).expanduser()
-    if source.is_dir():  # a Hugging Face tokenizer folder: copy its files as they are
+    if source.is_dir():
         copied = [f.name for f in sorted(source.iterdir()) if f.is_file()
                   and (f.name.startswith(("tokenizer", "special_tokens")) or f.suffix == ".model")]
         for name in copied:
@@ -141,8 +130,8 @@ def write_tokenizer(spec: str, tokenizer: Tokenizer, out: Path) -> str:
 
 def export_llama(model: Transformer, out: Path, *, data_tokenizer: str, max_positions: int,
                  source: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Write the Hugging Face folder ``out``; return what was written (also in
-    ``chinchax_export.json``)."""
+    """Returns what was written (also ``chinchax_export.json``).  Weights carry ``format: pt``
+    metadata, which ``FlaxLlamaForCausalLM`` also converts without torch."""
     from safetensors.numpy import save_file
 
     check_llama(model.cfg)

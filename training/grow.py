@@ -1,12 +1,6 @@
-"""Growing a smaller run (HyperCloning) into this run's parameters.
-
-One code path: ``chinchax grow`` only checks the source and writes a config whose ``init:``
-names the small run and whose ``model:`` is the grown shape; the widening itself always
-happens here, when the grown run starts (a config written by hand works the same way).  The
-small checkpoint is read straight onto this run's mesh (shardings derived from the wide
-parameters'), widened by one jitted function whose outputs are laid out as this run's
-parameters, and the optimiser state, step and data position stay this run's fresh ones.
-"""
+"""Growing a smaller run (HyperCloning) into this run's parameters, always at start-up, so a
+config from ``chinchax grow`` and one written by hand take the same path.  Only parameters
+travel; the optimiser state, step and data position stay this run's fresh ones."""
 
 from __future__ import annotations
 
@@ -29,7 +23,7 @@ log = logging.getLogger("chinchax.init")
 
 
 def _growth_source(path: str) -> InitSource:
-    """:func:`resolve_source`, with its messages naming ``init.grow_from``."""
+    """:func:`resolve_source` with messages naming ``init.grow_from``."""
     try:
         return resolve_source(path)
     except TrainingError as error:
@@ -38,7 +32,7 @@ def _growth_source(path: str) -> InitSource:
 
 
 def source_model_config(source: InitSource) -> Optional[ModelConfig]:
-    """The small run's ModelConfig from its config.yaml / summary.json (None without them)."""
+    """From the small run's config.yaml or summary.json."""
     fields = source_model_fields(source)
     if fields is None:
         return None
@@ -52,7 +46,6 @@ def source_model_config(source: InitSource) -> Optional[ModelConfig]:
 
 def check_growth_shapes(source_model: ModelConfig, factor: int, model: ModelConfig,
                         grow_from: str) -> None:
-    """This run's model must be exactly the source's grown ``factor`` times (same layout)."""
     grown = grow_shape.grow_config(source_model, factor)
     differing = grow_shape.shape_differences(grown, model)
     if differing:
@@ -69,7 +62,6 @@ def check_growth_shapes(source_model: ModelConfig, factor: int, model: ModelConf
 
 
 def _abstract_params(model: ModelConfig) -> Any:
-    """The parameter tree (``ShapeDtypeStruct`` leaves) of the model ``model`` builds."""
     from flax import nnx
 
     from models.build import abstract_model
@@ -80,7 +72,6 @@ def _abstract_params(model: ModelConfig) -> Any:
 
 def _check_stored_params(source: InitSource, step: int, stored: dict[str, Any],
                          expected: dict[str, Any]) -> None:
-    """The small checkpoint must hold the parameters its own config describes."""
     hint = ("the checkpoint was written by a model other than the one its config.yaml names: "
             "point init.grow_from at the run that wrote it, or restore that run's config.yaml")
     stored_params = {k: v for k, v in stored.items() if k.split("/", 1)[0] == PARAMS_KEY}
@@ -104,8 +95,7 @@ def _check_stored_params(source: InitSource, step: int, stored: dict[str, Any],
 
 @dataclass(frozen=True)
 class GrowthSource:
-    """A checked ``init.grow_from``: where its checkpoint is, which step, and the narrow model
-    (the source's shape with this run's numerics) that its parameters are read into."""
+    """``narrow``: the source's shape with this run's numerics, to read its parameters into."""
 
     source: InitSource
     step: int
@@ -114,13 +104,7 @@ class GrowthSource:
 
 
 def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
-    """Everything about ``init.grow_from`` that can be checked without reading arrays.
-
-    The small model's shape comes from the source run's config.yaml (without one: this model
-    narrowed by the factor); this run's model must be that shape grown, and the source's
-    checkpoint must hold parameters of that shape.  Used by the trainer and by ``chinchax
-    grow`` (which checks before writing a run directory).
-    """
+    """Everything checkable without reading arrays; ``chinchax grow`` calls it before writing."""
     if cfg.grow_from is None:
         raise TrainingError("init.grow_from is not set", hint="name the smaller run to widen")
     factor = cfg.factor
@@ -144,8 +128,7 @@ def check_growth(cfg: InitConfig, model: ModelConfig) -> GrowthSource:
 
 
 def _moments_like_params(stored: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
-    """Restore targets for the stored optimiser moments, laid out like their parameters (they
-    are read and dropped, but should not sit replicated on every device meanwhile)."""
+    """Moments are read and dropped, but must not sit replicated on every device meanwhile."""
     by_suffix = {name.split("/", 1)[1]: target for name, target in expected.items()}
     like: dict[str, Any] = {}
     for name, meta in stored.items():
@@ -160,12 +143,7 @@ def _moments_like_params(stored: dict[str, Any], expected: dict[str, Any]) -> di
 
 def grow_state(cfg: InitConfig, state: dict[str, Any],
                model: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``state`` with its parameters taken from ``cfg.grow_from`` widened ``cfg.factor`` times.
-
-    Returns ``(state, record)`` like :func:`initialise_state`; the record says ``grow_from``,
-    ``factor``, ``variant`` (with the noise settings), the checkpoint and step read, and the
-    source run's tokens and FLOPs (so a total cost can include the small model's).
-    """
+    """The record keeps the source's tokens and FLOPs, so a total cost can include them."""
     growth = check_growth(cfg, model)
     wide_params = state[PARAMS_KEY]
     small = _abstract_params(growth.narrow)
@@ -191,11 +169,7 @@ def grow_state(cfg: InitConfig, state: dict[str, Any],
 
 def initialise_state(cfg: InitConfig, state: dict[str, Any],
                      model: ModelConfig) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
-    """The trainer's entry point: ``state`` with its parameters replaced as ``cfg`` says.
-
-    Returns ``(state, record)``; ``record`` is None for a fresh initialisation.  The optimiser
-    state, step and everything else in ``state`` are kept as they are (fresh).
-    """
+    """``state`` with only its parameters replaced; ``record`` None for a fresh initialisation."""
     if cfg.grow_from is not None:
         return grow_state(cfg, state, model)
     if cfg.from_run is None:

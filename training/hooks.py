@@ -1,5 +1,5 @@
 """The state a train loop shares with its hooks, and hooks with a cadence (Levanter's
-``add_hook(fn, every=N)``): eval, logging, checkpoints and the law watch are all hooks."""
+``add_hook(fn, every=N)``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from training.metrics import MetricsWriter, Progress
 
 @dataclass
 class Run:
-    """One run in progress: what was built at start-up and what the loop has seen so far."""
+    """What start-up built and what the loop has seen so far."""
 
     cfg: RunConfig
     plan: RunPlan

@@ -1,37 +1,6 @@
-"""Where a run's parameters come from: fresh initialisation, or another run's checkpoint.
-
-Continual pre-training (CPT) starts a model from the parameters a finished run left behind
-and trains it on new data.  Only the *parameters* travel: the optimiser state, the step and
-the data position are the new run's own, so the new run warms up and decays on its own
-schedule (``optim.warmup_steps`` / ``warmup_fraction`` as usual) and its token and FLOP
-counts start at zero (``D`` of the CPT law counts continual-training tokens only).
-
-Written in a config as::
-
-    init:
-      from_run: runs/python     # a run directory, its checkpoints/ folder, or one step folder
-
-``from`` would read better but is a Python keyword, so the dataclass field and the YAML key
-are both ``from_run``.  A run directory means its newest checkpoint; ``.../checkpoints/300``
-picks step 300.  The source must have the same parameter shapes as this run (copy the
-source's ``model:`` section); a mismatch is one :class:`TrainingError` naming the fields that
-differ.
-
-Why the trainer applies it only to a run directory without checkpoints: once a CPT run has
-saved its own state, a restart must resume *that* state (parameters it has since updated,
-its optimiser moments, its data position), exactly as any other run resumes.  What was
-loaded is recorded in the run's checkpoints and in ``summary.json`` (``init``), so a resumed
-run still says where it started.
-
-Why the whole stored tree is read.  :meth:`training.checkpoint.Checkpointer.restore` reads a
-complete checkpoint tree (it refuses a tree with fewer leaves, which protects every ordinary
-resume), so the source's optimiser state is read along with its parameters and dropped at
-once.  The moments are laid out like this run's parameters where the trees agree, so the
-transient cost is one optimiser state's worth of memory, spread like the parameters.
-
-``grow_from`` and ``factor`` start from a *smaller* model widened by an integer factor
-(HyperCloning): see ``training/grow.py``.
-"""
+"""Continual pre-training: a run starting from another run's checkpoint (``init.from_run``).
+Only parameters travel, so warm-up, step and token counts are the new run's own (``D`` of the CPT
+law counts continual tokens).  Applied only without checkpoints of its own: a restart resumes."""
 
 from __future__ import annotations
 
@@ -57,8 +26,7 @@ PARAMS_KEY = "params"  # the parameters' subtree of a trainer checkpoint
 
 @dataclass(frozen=True)
 class InitSource:
-    """A ``from_run`` path resolved: the checkpoint folder, the step (None: newest) and the
-    run directory around it, when there is one (for its config.yaml and summary.json)."""
+    """``step`` None: newest; ``run_dir`` (for config.yaml, summary.json) when there is one."""
 
     checkpoint_dir: epath.Path
     step: Optional[int]
@@ -75,8 +43,8 @@ def missing_hint(path: str) -> str:
 
 
 def resolve_source(path: str) -> InitSource:
-    """Tell a run directory, a ``checkpoints/`` folder and a single step folder apart."""
-    # orbax wants absolute paths; a URL (gs://...) is left as it is
+    """A run directory, a ``checkpoints/`` folder or a single step folder."""
+    # orbax wants absolute paths
     where = epath.Path(path if "://" in path else os.path.abspath(path))
     if not where.exists():
         raise TrainingError(f"init.from_run={path} does not exist", hint=missing_hint(path))
@@ -95,11 +63,8 @@ def resolve_source(path: str) -> InitSource:
     return resolved
 
 
-# -- reading the stored tree ------------------------------------------------------------------
-
-
 def _key_name(key: Any) -> str:
-    """One path component as ``training.checkpoint`` names it (dict key, attribute, index)."""
+    """Path components named as ``training.checkpoint`` names them."""
     for attribute in ("key", "name", "idx"):
         if hasattr(key, attribute):
             return str(getattr(key, attribute))
@@ -115,7 +80,7 @@ def named_leaves(tree: Any) -> dict[str, Any]:
 
 
 def read_stored_tree(source: InitSource, step: int) -> Any:
-    """The stored state's metadata tree (shape and dtype of every leaf), read without arrays."""
+    """Shapes and dtypes only, no arrays."""
     try:
         return ocp.StandardCheckpointHandler().metadata(
             source.checkpoint_dir / str(step) / STATE_ITEM).tree
@@ -126,7 +91,7 @@ def read_stored_tree(source: InitSource, step: int) -> Any:
 
 
 def _read_mapping(path: epath.Path) -> dict[str, Any]:
-    """A YAML or JSON file of the source run as a dict ({} if absent or unreadable)."""
+    """{} if absent or unreadable."""
     try:
         data = read_json(path) if path.suffix == ".json" else read_yaml(path)
     except ChinchaxError:
@@ -135,7 +100,7 @@ def _read_mapping(path: epath.Path) -> dict[str, Any]:
 
 
 def source_model_fields(source: InitSource) -> Optional[dict[str, Any]]:
-    """The source run's model fields: its resolved config.yaml, else its summary.json."""
+    """From the resolved config.yaml, else summary.json."""
     if source.run_dir is None:
         return None
     for name in (CONFIG_NAME, SUMMARY_NAME):
@@ -146,7 +111,7 @@ def source_model_fields(source: InitSource) -> Optional[dict[str, Any]]:
 
 
 def _shape_mismatch(source: InitSource, step: int, problem: str, model: ModelConfig) -> TrainingError:
-    """A shape error that names the model fields that differ, when the source's config says."""
+    """Names the model fields that differ, when the source's config says."""
     theirs = source_model_fields(source)
     ours = model.to_dict()
     differing = ([f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours
@@ -179,8 +144,8 @@ def _check_params(source: InitSource, step: int, stored: dict[str, Any],
 
 def _restore_target(stored_tree: Any, expected: dict[str, Any], like: dict[str, Any],
                     replicated: NamedSharding) -> Any:
-    """The whole stored tree as restore targets: parameters onto this run's shardings, other
-    leaves laid out like this run's leaf of the same name and shape, else replicated."""
+    """The whole tree, since ``Checkpointer.restore`` refuses a partial one: other leaves are laid
+    out like this run's leaf of that name and shape, else replicated."""
 
     def target(path: tuple, meta: Any) -> Any:
         name = _leaf_name(path)
@@ -195,7 +160,7 @@ def _restore_target(stored_tree: Any, expected: dict[str, Any], like: dict[str, 
 
 
 def _source_summary(source: InitSource) -> dict[str, Any]:
-    """Tokens and FLOPs the source run spent (from its summary.json), for total-cost accounting."""
+    """What the source run spent, for total-cost accounting."""
     summary = _read_mapping(source.run_dir / SUMMARY_NAME) if source.run_dir is not None else {}
     keys = {"run_name": "source_run_name", "steps": "source_steps", "tokens": "source_tokens",
             "flops": "source_flops", "final_eval_loss": "source_final_eval_loss"}
@@ -204,14 +169,8 @@ def _source_summary(source: InitSource) -> dict[str, Any]:
 
 def load_pretrained_params(path: str, abstract_state: dict[str, Any],
                            model: ModelConfig) -> tuple[Any, dict[str, Any]]:
-    """Read the parameters of the checkpoint at ``path`` onto ``abstract_state["params"]``.
-
-    ``abstract_state`` is this run's state tree of ``jax.ShapeDtypeStruct`` leaves with
-    shardings (the current mesh's): the parameters come back in exactly that structure and
-    layout, whatever mesh wrote them.  Returns ``(params, record)``; the record (JSON) says
-    what was loaded: the path, the checkpoint folder and step, and the source run's tokens
-    and FLOPs when its summary.json is there.
-    """
+    """Onto ``abstract_state["params"]``'s structure and shardings, whatever mesh wrote them;
+    ``record`` (JSON) says what was loaded."""
     source = resolve_source(path)
     params_abstract = abstract_state[PARAMS_KEY]
     expected = named_leaves({PARAMS_KEY: params_abstract})

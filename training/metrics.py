@@ -1,21 +1,6 @@
-"""What a run reports: ``metrics.jsonl``, TensorBoard scalars, ``summary.json``, MFU, progress.
-
-The run directory is the contract between training and scaling fits, so the JSON lines are the
-record of truth and everything else (TensorBoard, the progress bar) is a view of them:
-
-* ``{"kind": "train", "step", "loss", "lr", "grad_norm", "tokens", "flops", "tokens_per_s",
-  "step_time_s", "mfu" | "achieved_flops_per_s"}`` at log intervals;
-* ``{"kind": "eval", "step", "tokens", "flops", "eval_loss", ...}`` at eval intervals, so a fit
-  can use intermediate points (loss against tokens seen and FLOPs spent);
-* ``{"kind": "alert", "step", "message", ...}`` for things a person should see later.
-
-Non-finite floats are written as ``null`` so every line is strict JSON.  Only the process that
-is ``enabled`` (process 0) writes; the others are silent no-ops, so the trainer can call
-everything unconditionally.  Run directories may be ``gs://`` paths (``etils.epath``): local
-files are appended line by line (a crash loses at most the line being written), object stores,
-which cannot append, get the whole file rewritten at most every ``remote_flush_s`` seconds and
-on close.
-"""
+"""What a run reports.  ``metrics.jsonl`` (``train``, ``eval``, ``alert`` records) is the record
+of truth that scaling fits read; TensorBoard, wandb and the progress bar are views of it.
+Only process 0 writes; object stores cannot append, so they get the whole file rewritten."""
 
 from __future__ import annotations
 
@@ -42,10 +27,7 @@ KINDS = ("train", "eval", "alert")
 
 
 def mfu(flops_per_s: float, device_kind: str, n_devices: int) -> Optional[float]:
-    """Model FLOPs utilisation: achieved model FLOP/s over the devices' dense bf16 peak.
-
-    None where no peak is known (CPU, unlisted hardware): report achieved FLOP/s instead.
-    """
+    """Achieved model FLOP/s over the devices' dense bf16 peak; None where no peak is known."""
     peak = peak_flops_per_device(device_kind)
     if peak is None or n_devices <= 0:
         return None
@@ -58,8 +40,7 @@ def tensorboard_tag(kind: str, name: str) -> str:
 
 
 def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"d_model": 64}}`` -> ``{"model.d_model": 64}``; values TensorBoard's hparams
-    accept (numbers, strings, booleans; anything else as its text)."""
+    """``{"model": {"d_model": 64}}`` -> ``{"model.d_model": 64}``, other types as text."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, Mapping):
@@ -70,13 +51,8 @@ def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class MetricsWriter:
-    """Appends records to ``metrics.jsonl`` and TensorBoard; writes ``summary.json`` at the end.
-
-    TensorBoard events go to ``run_dir`` itself (so ``tensorboard --logdir runs/`` lists runs by
-    name), one ``train/<field>`` or ``eval/<field>`` scalar per numeric field (``eval_loss`` is
-    ``eval/loss``: :func:`tensorboard_tag`).  ``sinks`` (e.g. wandb) get every record too.  tensorboardX
-    writes them from a background queue: ``flush()`` pushes the file, ``close()`` drains all.
-    """
+    """TensorBoard events go to ``run_dir`` itself, so ``tensorboard --logdir runs/`` lists runs by
+    name; a disabled writer (not process 0) is a no-op, so callers need no checks."""
 
     def __init__(self, run_dir: epath.PathLike, *, enabled: Optional[bool] = None,
                  tensorboard: bool = True, remote_flush_s: float = 30.0,
@@ -104,25 +80,21 @@ class MetricsWriter:
         if self._remote and self.path.exists():
             self._lines = read_text(self.path).splitlines(keepends=True)
 
-    # -- records ------------------------------------------------------------------------------
-
     def log_train(self, record: Optional[Mapping[str, Any]] = None, **fields: Any) -> dict:
-        """A training record (``step`` required); returns the record as written."""
         return self.write("train", record, **fields)
 
     def log_eval(self, record: Optional[Mapping[str, Any]] = None, **fields: Any) -> dict:
-        """A held-out evaluation record (``step``, ``tokens``, ``flops``, ``eval_loss``, ...)."""
         return self.write("eval", record, **fields)
 
     def log_alert(self, record: Optional[Mapping[str, Any]] = None, **fields: Any) -> dict:
-        """Something a person should see later (``step`` and ``message``); also logged as a warning."""
+        """Something a person should see later; also logged as a warning."""
         written = self.write("alert", record, **fields)
         if self.enabled:
             log.warning("step %s: %s", written.get("step"), written.get("message", ""))
         return written
 
     def write(self, kind: str, record: Optional[Mapping[str, Any]] = None, **fields: Any) -> dict:
-        """Append one record of ``kind`` to the JSON lines and its numbers to TensorBoard."""
+        """Returns the record as written (non-finite floats as ``null``)."""
         merged = {"kind": kind, **dict(record or {}), **fields}
         if "step" not in merged:
             raise ValueError(f"a {kind} record needs a 'step' field, got keys {sorted(merged)}")
@@ -138,7 +110,6 @@ class MetricsWriter:
         return written
 
     def log_config(self, config: Mapping[str, Any]) -> None:
-        """The resolved run config: TensorBoard text and hparams, and every sink's config."""
         if not self.enabled:
             return
         writer = self._tensorboard_writer()
@@ -191,14 +162,9 @@ class MetricsWriter:
                 self._tensorboard_wanted = False
         return self._tensorboard
 
-    # -- resume -------------------------------------------------------------------------------
-
     def truncate_after(self, step: int) -> int:
-        """Drop records with ``step > step`` (a resumed run will write them again); return how many.
-
-        TensorBoard event files cannot be edited: the next events file starts with a purge
-        marker at ``step + 1``, which makes TensorBoard hide the older events beyond it.
-        """
+        """Drop records past ``step`` (a resume writes them again).  TensorBoard files cannot be
+        edited, so the next one starts with a purge marker at ``step + 1``."""
         if not self.enabled:
             return 0
         self._purge_step = step + 1
@@ -220,15 +186,11 @@ class MetricsWriter:
             write_text(self.path, "".join(kept))
         return len(lines) - len(kept)
 
-    # -- end of run ---------------------------------------------------------------------------
-
     def write_summary(self, summary: RunSummary | Mapping[str, Any]) -> None:
-        """Write ``summary.json`` atomically (final eval loss, N, D, FLOPs, wall time, MFU, ...)."""
         if self.enabled:
             write_summary(self.run_dir, summary)
 
     def flush(self) -> None:
-        """Push buffered records out (remote run dirs are rewritten whole)."""
         if not self.enabled:
             return
         if self._remote and self._dirty:
@@ -239,7 +201,7 @@ class MetricsWriter:
             self._tensorboard.flush()
 
     def close(self) -> None:
-        """Flush and release files (safe to call twice)."""
+        """Safe to call twice."""
         if not self.enabled:
             return
         self.flush()
@@ -286,13 +248,8 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Live progress: a rich bar with ETA and the latest fields in a terminal, plain lines otherwise.
-
-    ``update(step, **fields)`` records the latest values (loss, eval_loss, tokens/s, ...); they
-    stay shown until replaced.  Plain mode prints one line when at least ``log_every`` steps
-    passed since the last line, at the final step, and whenever an ``eval*`` field arrives, so
-    logs of batch jobs stay short but never miss a held-out loss.
-    """
+    """A rich bar in a terminal; otherwise a line every ``log_every`` steps and at every ``eval*``
+    field, so batch logs stay short but never miss a held-out loss."""
 
     def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, log_every: int = 1,
                  stream: Optional[TextIO] = None, tty: Optional[bool] = None,
@@ -327,7 +284,7 @@ class Progress:
         return self
 
     def eta_seconds(self, step: int) -> Optional[float]:
-        """Seconds left at the rate seen since the first update (None until a rate is known)."""
+        """At the rate seen since the first update."""
         if self._rate_origin is None:
             return None
         start_time, start_step = self._rate_origin
@@ -341,7 +298,6 @@ class Progress:
         return "  ".join(f"{name}={_format_value(value)}" for name, value in self.fields.items())
 
     def line(self, step: int) -> str:
-        """The plain-text status line for ``step``."""
         percent = 100.0 * step / self.total if self.total else 100.0
         eta = self.eta_seconds(step)
         eta_text = f"  eta {format_duration(eta)}" if eta is not None else ""
@@ -350,7 +306,6 @@ class Progress:
             f"  {info}" if info else "")
 
     def update(self, step: int, **fields: Any) -> None:
-        """Record progress to ``step`` and the latest values of ``fields``."""
         if not self.enabled:
             return
         self.fields.update(fields)

@@ -1,9 +1,5 @@
-"""AdamW with decoupled, masked weight decay, a learning-rate schedule and clipping, on plain pytrees.
-
-One trainer step is one optimiser update: gradient accumulation happens inside the compiled step.
-Schedules are optax's, shifted by one so ``schedule(i)`` is the rate of update ``i``: warmup never
-spends an update at rate zero and the last update uses the final rate.
-"""
+"""AdamW with masked decoupled weight decay, a schedule and clipping.  Schedules are optax's
+shifted by one, so warmup never spends an update at rate zero and the last uses the final rate."""
 
 from __future__ import annotations
 
@@ -99,8 +95,8 @@ def warmup_updates(cfg: OptimConfig, total_updates: int) -> int:
 
 
 def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
-    """Rate of update ``i`` (0-based): linear warmup, then ``cosine``, ``wsd`` (stable, then decay over
-    the last ``decay_fraction``: the stable phase can branch into shorter runs) or ``constant``."""
+    """Linear warmup, then ``cosine``, ``wsd`` (decay over the last ``decay_fraction``, so the
+    stable phase can branch into shorter runs) or ``constant``."""
     import optax
 
     if total_updates < 1:
@@ -145,7 +141,7 @@ def make_schedule(cfg: OptimConfig, total_updates: int) -> optax.Schedule:
 
 
 def learning_rate_at_step(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """The rate at trainer step ``s`` (0-based), for logging."""
+    """The rate at 0-based trainer step ``s``, for logging."""
     schedule = make_schedule(cfg, total_steps)
     return lambda step: float(schedule(step))
 
@@ -163,11 +159,8 @@ def path_names(path: Sequence[Any]) -> list[str]:
 
 def should_decay(path: Sequence[Any], leaf: Any,
                  stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> bool:
-    """Matrices decay (embeddings and head too); norms and biases do not.
-
-    Exempt by name (``norm``, ``bias``, ``scale``) or by rank < 2 after dropping a stacked-layers
-    axis, so a scanned RMSNorm scale ``[n_layers, d_model]`` counts as rank 1.
-    """
+    """Matrices decay, embeddings included; norms and biases do not.  Rank is counted without a
+    stacked-layers axis, so a scanned RMSNorm scale ``[n_layers, d_model]`` is rank 1."""
     names = path_names(path)
     if any(NO_DECAY_NAME.search(name) for name in names):
         return False
@@ -185,7 +178,7 @@ def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAM
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any = None) -> optax.GradientTransformation:
-    """Clipping, then AdamW with the schedule and masked decay; ``total_steps`` counts updates."""
+    """``total_steps`` counts updates."""
     import optax
 
     del params  # the mask is a function of the tree passed to init/update

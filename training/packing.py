@@ -1,9 +1,5 @@
-"""Split by document, pack into overlapping sequences, shuffle and repeat with grain.
-
-Documents go to train or validation by a seeded permutation, so no validation text is trained
-on. Each split is laid end to end and cut into ``seq_len + 1`` tokens overlapping by one: every
-token is a target exactly once per epoch.
-"""
+"""Split by document (so no validation text is trained on), then pack each split into
+``seq_len + 1`` tokens overlapping by one, so every token is a target once per epoch."""
 
 from __future__ import annotations
 

@@ -1,35 +1,15 @@
-"""Peak dense bf16 FLOP/s per JAX device, keyed by ``jax.Device.device_kind``.
-
-MFU divides the FLOPs a model needs by what the hardware could do at best, so the denominator
-must be the *dense* (no structured sparsity) bf16 matrix peak of one JAX device.  On TPU v4 and
-later one JAX device is one chip (megacore); on TPU v2/v3 it is one of the chip's two
-TensorCores, so those entries are half the chip figure.  NVIDIA's datasheets print tensor-core
-figures "with sparsity": the dense peak is half of that.
-
-Sources (vendor spec pages):
-
-* TPU v2 45, v3 123 (per chip), v4 275, v5e 197, v5p 459, v6e 918 TFLOP/s bf16 per chip:
-  Google Cloud TPU documentation, https://cloud.google.com/tpu/docs/system-architecture-tpu-vm,
-  https://cloud.google.com/tpu/docs/v4, .../v5e, .../v5p, .../v6e.
-* A100 (SXM and PCIe): 312 TFLOP/s dense bf16, NVIDIA A100 datasheet,
-  https://www.nvidia.com/en-us/data-center/a100/.
-* H100 SXM 1,979 / PCIe 1,513 / NVL 1,671 TFLOP/s bf16 with sparsity (dense 989 / 756 / 835):
-  NVIDIA H100 datasheet, https://www.nvidia.com/en-us/data-center/h100/.
-* H200 SXM 1,979 / NVL 1,671 TFLOP/s bf16 with sparsity (dense 989 / 835), GH200 as H100 SXM:
-  https://www.nvidia.com/en-us/data-center/h200/.
-
-``device_kind`` strings seen in practice: ``"TPU v4"``, ``"TPU v5 lite"`` (v5e), ``"TPU v5"``
-(v5p), ``"TPU v6 lite"`` (v6e), ``"NVIDIA H100 80GB HBM3"`` (SXM), ``"NVIDIA H100 PCIe"``,
-``"NVIDIA H200"``, ``"NVIDIA A100-SXM4-80GB"``, ``"cpu"``.
-"""
+"""Peak dense bf16 FLOP/s per JAX device (the MFU denominator), keyed by ``device_kind``.
+TPU v2/v3 expose each TensorCore as a device (half the chip); NVIDIA datasheets quote "with
+sparsity", twice dense.  Sources, TFLOP/s per chip: cloud.google.com/tpu/docs (v2 45, v3 123,
+v4 275, v5e 197, v5p 459, v6e 918); NVIDIA datasheets (A100 312; H100 and H200 SXM 989, NVL 835;
+H100 PCIe 756)."""
 
 from __future__ import annotations
 
 import re
 from typing import Optional
 
-# (pattern on the normalised kind, dense bf16 FLOP/s per JAX device).  Order matters: the
-# first match wins, so variants come before the family name.
+# First match wins, so variants come before the family name.
 _PEAKS: tuple[tuple[str, float], ...] = (
     (r"\btpu v2\b", 45e12 / 2),
     (r"\btpu v3\b", 123e12 / 2),
@@ -49,14 +29,14 @@ _PEAKS: tuple[tuple[str, float], ...] = (
 
 
 def normalise_device_kind(device_kind: str) -> str:
-    """Lower case, vendor prefix dropped, separators as single spaces (``A100-SXM4`` -> ``a100 sxm4``)."""
+    """``NVIDIA A100-SXM4-80GB`` -> ``a100 sxm4 80gb``."""
     kind = device_kind.lower().replace("nvidia", " ")
     kind = re.sub(r"[-_/,()]+", " ", kind)
     return re.sub(r"\s+", " ", kind).strip()
 
 
 def peak_flops_per_device(device_kind: str) -> Optional[float]:
-    """Dense bf16 peak FLOP/s of one device of this kind, or None (CPU, unknown hardware)."""
+    """None for CPU and unknown hardware."""
     kind = normalise_device_kind(device_kind)
     for pattern, peak in _PEAKS:
         if re.search(pattern, kind):

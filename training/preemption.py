@@ -1,8 +1,5 @@
-"""SIGTERM as a flag: a TPU VM gets one before maintenance or spot reclaim.
-
-Installed as early as possible (``chinchax train`` does it before importing JAX), so a signal
-during start-up or compilation is remembered and the run stops cleanly at its first chance.
-"""
+"""SIGTERM as a flag: a TPU VM gets one before maintenance or spot reclaim.  Installed before
+JAX is imported, so a signal during start-up or compilation is remembered."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""Pre-tokenized shards: what ``chinchax tokenize`` writes and training reads.
-
-A shards folder holds, per input shard ``i`` of ``N``, ``train-i-of-N.array_record`` and
-``validation-i-of-N.array_record``: each split's documents (each followed by the
-end-of-document id) end to end, cut into records of :data:`RECORD_TOKENS` tokens (the last
-record of a shard may be shorter), plus ``manifest.json`` (tokenizer identity, token counts,
-a fingerprint that is the data's identity).  Training reads a split as packed sequences by
-random access (:class:`ShardSequences`), so no host loads the corpus and each host reads
-only the rows of its own batches.
-"""
+"""Pre-tokenized ArrayRecord shards from ``chinchax tokenize``: each split's token stream cut into
+records of :data:`RECORD_TOKENS`, plus ``manifest.json``.  Read by random access, so no host loads
+the corpus and each reads only its own rows."""
 
 from __future__ import annotations
 
@@ -39,7 +32,7 @@ def done_file(index: int) -> str:
 
 
 def fingerprint(shards: Mapping[str, List[Mapping[str, Any]]]) -> str:
-    """Digest of every split's per-shard token digests, in order: the data identity."""
+    """The data identity."""
     digest = hashlib.sha256()
     for split in SPLITS:
         for shard in shards[split]:
@@ -51,7 +44,7 @@ _MANIFESTS: Dict[str, Dict[str, Any]] = {}
 
 
 def read_manifest(folder: str) -> Dict[str, Any]:
-    """The manifest of a shards folder (cached per process)."""
+    """Cached per process."""
     path = epath.Path(folder) / MANIFEST
     if str(path) not in _MANIFESTS:
         if not path.exists():
@@ -72,8 +65,7 @@ def check_tokenizer(manifest: Mapping[str, Any], spec: str, folder: str) -> None
 
 
 class ShardSequences:
-    """A split's token stream as random-access packed sequences of ``seq_len + 1`` tokens
-    overlapping by one (the same packing as :class:`training.packing.PackedSequences`)."""
+    """Packed like :class:`training.packing.PackedSequences`."""
 
     def __init__(self, folder: str, split: str, seq_len: int) -> None:
         from grain.sources import ArrayRecordDataSource  # noqa: PLC0415
@@ -113,13 +105,13 @@ class ShardSequences:
 
 
 def shard_sequences(cfg: Any, split: str, seq_len: int) -> ShardSequences:
-    """A ``source: shards`` config's split, after checking it names the shards' tokenizer."""
+    """After checking the config names the shards' tokenizer."""
     check_tokenizer(read_manifest(cfg.path), cfg.tokenizer, cfg.path)
     return ShardSequences(cfg.path, split, seq_len)
 
 
 def shards_summary(cfg: Any) -> Dict[str, Any]:
-    """``corpus_summary`` of a shards folder, from its manifest."""
+    """``corpus_summary`` from the manifest."""
     manifest = read_manifest(cfg.path)
     splits = manifest["splits"]
     return {

@@ -1,10 +1,6 @@
-"""Start-up of a run: one writer (the lock), the same run or nothing, then restore or init.
-
-A run directory is one run.  The resolved config that started it is kept
-(``config.started.yaml``); a rerun whose training-relevant keys differ is refused with the keys
-named, unless ``force``.  A fresh start clears stale records; a resume drops records past the
-restored step, so no step is ever written twice.
-"""
+"""Start-up: one writer (the lock), then restore or init.  A run directory is one run: a rerun
+whose settings differ from ``config.started.yaml`` is refused unless forced, and a resume drops
+records past the restored step, so no step is written twice."""
 
 from __future__ import annotations
 
@@ -45,7 +41,7 @@ def _has_steps(run_dir: epath.Path) -> bool:
 
 
 def check_same_run(cfg: RunConfig, run_dir: epath.Path, *, force: bool, write: bool) -> bool:
-    """Refuse a rerun that differs from the run that started here; return whether it resumes."""
+    """Returns whether the run resumes."""
     resumes = _has_steps(run_dir)
     started = (read_yaml(run_dir / STARTED_CONFIG_NAME) or read_yaml(run_dir / CONFIG_NAME)
                if resumes else None)
@@ -82,7 +78,7 @@ def _restore_or_init(run: Run, state: Any, resumes: bool) -> Any:
 
 
 def open_run(cfg: RunConfig, *, force: bool = False) -> Run:
-    """Lock the run directory and build everything the loop needs, resumed if it can be."""
+    """Everything the loop needs, resumed if it can be."""
     is_lead = jax.process_index() == 0
     run_dir = make_run_dir(cfg.run_dir) if is_lead else epath.Path(cfg.run_dir)
     lock = RunLock(run_dir).acquire() if is_lead else None
@@ -102,8 +98,8 @@ def _metrics_writer(cfg: RunConfig, run_dir: epath.Path, is_lead: bool) -> Metri
 
 
 def _data_facts(cfg: RunConfig) -> tuple[dict[str, float], Optional[dict]]:
-    """Bytes per token of each eval source (so every eval loss is also in bits per byte, which
-    compares across tokenizers) and the data identity a law fitted on this run records."""
+    """Bytes per token per eval source (bits per byte compare across tokenizers), and the data
+    identity."""
     try:
         return eval_bytes_per_token(cfg.data), data_identity(cfg.data)
     except ChinchaxError as exc:  # e.g. a source that cannot say how many bytes it holds

@@ -1,12 +1,5 @@
-"""The train state and its compiled step, built one way for training and for ahead-of-time
-compilation.
-
-The state is ``{"params", "rest", "opt_state", "step"}``: parameters placed by the
-logical-axis rules, optimiser moments sharded like their parameters, counters replicated.
-:func:`abstract_train_state` gives the same tree as :func:`initial_train_state` with
-``jax.ShapeDtypeStruct`` leaves (nothing allocated), so ``chinchax compile`` measures exactly
-the program ``chinchax train`` runs.
-"""
+"""The train state and its jitted step, built one way for training and for ahead-of-time
+compilation, so ``chinchax compile`` measures exactly the program ``chinchax train`` runs."""
 
 from __future__ import annotations
 
@@ -26,8 +19,7 @@ from training.step import TrainState, make_train_step
 
 
 def abstract(tree: Any, shardings: Any = None) -> Any:
-    """``ShapeDtypeStruct`` leaves with shardings (the leaves' own by default): a restore target,
-    or a compile input, without allocating arrays."""
+    """A restore target or compile input, nothing allocated; shardings default to the leaves'."""
     if shardings is None:
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
@@ -56,7 +48,6 @@ def initial_train_state(cfg: RunConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Train
 
 def abstract_train_state(cfg: RunConfig, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
     """The tree of :func:`initial_train_state` as ShapeDtypeStructs with shardings."""
-
     replicated = NamedSharding(mesh, PartitionSpec())
     model = abstract_model(cfg.model, cfg.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -71,11 +62,8 @@ def abstract_train_state(cfg: RunConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Trai
 
 def jit_train_step(cfg: RunConfig, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    state: TrainState, mesh: Mesh, data_sharding: NamedSharding) -> Any:
-    """The jitted train step with the state's shardings in and out and the state donated.
-
-    Lower or call it inside :func:`models.sharding.activation_sharding` so the model's
-    activation constraints apply.
-    """
+    """The state is donated.  Lower or call it inside :func:`models.sharding.activation_sharding`,
+    or the model's activation constraints do not apply."""
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         make_train_step(graphdef, tx, grad_accum_steps=cfg.train.grad_accum_steps,

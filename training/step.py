@@ -1,11 +1,6 @@
-"""The compiled train and eval steps, as pure functions of a state pytree and a batch.
-
-The model object is split once (``nnx.split``) into a static graph definition and arrays;
-each step merges them back inside ``jax.jit``.  A plain ``jax.jit`` over the split state is as
-fast as ``nnx.jit`` and compiles faster (JAX-NOTES).  Gradient accumulation runs as a
-``lax.scan`` over micro-batches inside the same compiled program, so an accumulated step is the
-same update as one big batch with less activation memory.
-"""
+"""Train and eval steps as pure functions of a split state pytree and a batch: plain ``jax.jit``
+over ``nnx.split`` is as fast as ``nnx.jit`` and compiles faster.  Gradient accumulation is a
+``lax.scan`` inside the step: one big batch's update with less activation memory."""
 
 from __future__ import annotations
 
@@ -35,13 +30,8 @@ def _loss_and_grads(graphdef: nnx.GraphDef, params: Any, rest: Any, batch: Batch
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                     grad_accum_steps: int = 1, z_loss: float = 0.0,
                     skip_nonfinite: bool = False, vocab_parallel: bool = False) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """One optimiser update.  Returns the new state and scalar metrics (loss, grad_norm, finite).
-
-    With ``skip_nonfinite`` a step whose loss or gradient is not finite leaves parameters and
-    optimiser state untouched (decided on device, with no host synchronisation).
-    ``vocab_parallel`` computes the cross-entropy with explicit collectives over the mesh axes
-    the vocabulary is split on (``shard_map``), so full logits are never gathered.
-    """
+    """``skip_nonfinite`` keeps the old state on a non-finite step, decided on device with no
+    host sync; ``vocab_parallel`` uses ``shard_map`` so full logits are never gathered."""
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         params, rest = state["params"], state["rest"]

@@ -1,11 +1,5 @@
-"""A TFDS builder of local text files -> ArrayRecord, offline.
-
-Local text goes through exactly the path a published TFDS dataset takes (``tfds.data_source``
-over ArrayRecord, read by grain), so that path is tested with no download and no TensorFlow.
-One document per file, or per non-empty piece between ``document_separator``s; records keep raw
-bytes. The config name digests the file list, sizes, mtimes and separator, so changed files
-build a new dataset rather than reuse a stale one.
-"""
+"""Local text files built offline into an ArrayRecord TFDS dataset, so they take exactly the path
+of a published TFDS dataset and that path is tested with no download and no TensorFlow."""
 
 from __future__ import annotations
 
@@ -32,25 +26,22 @@ SPLIT = "train"
 
 @dataclasses.dataclass
 class TextFilesConfig(tfds.core.BuilderConfig):
-
     files: Tuple[str, ...] = ()
     document_separator: str = ""
 
 
-# Not registered with TFDS: a dataset it built is read back from its files by name
-# (``tfds.data_source("chinchax_text/<config>", data_dir=...)``), which also works in a
+# Not registered: a built dataset is read back by name from its files, which also works in a
 # process that never imported this module.
 with tfds.core.registered.skip_registration():
 
     class ChinchaxText(tfds.core.GeneratorBasedBuilder):
-        """Local text files as a one-split (``train``) dataset of ``{"text", "path"}``."""
+        """One record per file, or per non-empty piece between separators; raw bytes."""
 
         VERSION = tfds.core.Version("1.0.0")
         RELEASE_NOTES = {"1.0.0": "Raw bytes of local text files, one record per document."}
 
-        # TFDS locates a builder's code through importlib resources, which needs the
-        # optional `importlib_resources` backport for a module inside a package; the file
-        # itself is all it looks for (checksums, metadata), and there are none.
+        # TFDS finds a builder's code via importlib resources, which needs the optional
+        # `importlib_resources` backport inside a package; the file itself is all it needs.
         @tfds.core.utils.classproperty
         @classmethod
         def code_path(cls) -> epath.Path:
@@ -90,6 +81,7 @@ with tfds.core.registered.skip_registration():
 
 
 def config_name(files: Sequence[str], document_separator: str = "") -> str:
+    """Digests sizes and mtimes, so changed files build a new dataset, not reuse a stale one."""
     digest = hashlib.sha256(document_separator.encode("utf-8"))
     for name in files:
         stat = os.stat(name)

@@ -1,10 +1,6 @@
-"""``chinchax tokenize``: text in, pre-tokenized ArrayRecord shards and a manifest out.
-
-Document ``k`` goes to shard ``k mod N`` (or, with at least ``N`` files, file ``j`` to shard
-``j mod N``), so each shard is a pure function of the inputs and its index: any process on any
-host may write it, and a finished one (``shard-i.json`` written last) is never redone. A document
-goes to validation by a hash of its bytes, so duplicates land in one split.
-"""
+"""``chinchax tokenize``: text in, ArrayRecord shards out.  Document ``k`` goes to shard ``k mod N``,
+so any host may write a shard and a finished one is never redone; validation is chosen by a hash
+of the bytes, so duplicates land in one split."""
 
 from __future__ import annotations
 
@@ -83,7 +79,7 @@ def is_validation(document: bytes, fraction: float) -> bool:
 
 
 class _SplitWriter:
-    """One split of one shard: documents end to end, written in records of RECORD_TOKENS."""
+    """Documents end to end, in records of RECORD_TOKENS."""
 
     def __init__(self, path: Path, dtype: np.dtype, vocab_size: int) -> None:
         from array_record.python.array_record_module import ArrayRecordWriter  # noqa: PLC0415
@@ -151,7 +147,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def _start(job: TokenizeJob, tokenizer: Tokenizer) -> None:
-    """Create the folder and its ``job.json``, or check that it holds this same job."""
+    """Write ``job.json``, or check the folder holds this same job."""
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     saved = {"format": SHARD_FORMAT, **job.settings(), "tokenizer_fingerprint": tokenizer.fingerprint}

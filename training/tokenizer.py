@@ -1,8 +1,5 @@
-"""Tokenizers: bytes by default; SentencePiece, ``tokenizer.json`` or a Hugging Face folder if named.
-
-Bytes need no file, so every corpus reads out of the box and nats per token are nats per byte:
-ids 0..255 are bytes, 256 ends a document. ``sentencepiece``/``tokenizers`` import lazily.
-"""
+"""Bytes by default (no file needed, and nats per token are nats per byte; 256 ends a document);
+SentencePiece, ``tokenizer.json`` or a Hugging Face folder when named."""
 
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ Text = Union[str, bytes]
 
 
 class Tokenizer(Protocol):
-
     vocab_size: int
     eod_id: int
     fingerprint: str  # identifies the mapping text -> ids, for cache keys
@@ -40,7 +36,6 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-
     vocab_size: int = 257
     eod_id: int = 256
     fingerprint: str = "byte"

@@ -1,6 +1,5 @@
-"""A run's trained model, read back from its checkpoint onto a mesh (for sampling and export).
-Optimiser moments are restored and dropped: a partial orbax restore would need a second layout.
-"""
+"""A run's trained model read back onto a mesh, for sampling and export.  Optimiser moments are
+restored and dropped: a partial orbax restore would need a second layout."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ log = logging.getLogger("chinchax.trained")
 
 @dataclass
 class TrainedModel:
-
     model: Transformer
     mesh: Mesh
     step: int
@@ -44,8 +42,8 @@ def checkpoint_dir(run_dir: epath.PathLike) -> epath.Path:
 
 
 def run_mesh(cfg: RunConfig) -> Mesh:
-    """The run's mesh over the devices here; where its sizes need devices this machine lacks
-    (a pod run read on a workstation), every device on the data axis with the run's rules."""
+    """Where the run's mesh needs devices this machine lacks (a pod run on a workstation), every
+    device on the data axis."""
     try:
         return make_mesh(cfg.mesh)
     except ModelError as error:

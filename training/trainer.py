@@ -1,14 +1,6 @@
-"""The training loop: a resolved RunConfig in, a run directory with metrics and checkpoints out.
-
-* **Exact resume.**  A checkpoint holds parameters, optimiser state, step and the data
-  iterator's position: a run killed anywhere and started again repeats no batch and skips none.
-* **Preemption.**  SIGTERM makes the loop save after the current step and return cleanly.
-* **No bad checkpoint.**  A non-finite step is never saved (``on_nonfinite: stop``), or its
-  update is dropped on device and counted (``skip``); a failed save ends the run in seconds.
-* **One FLOP counter.**  The plan's counts (``scaling.flops``) give FLOPs spent and MFU.
-
-Everything but stepping is a hook with a cadence (``training.hooks``).
-"""
+"""The training loop.  A checkpoint holds the data position too, so a resumed run repeats and
+skips no batch; a non-finite step is never saved; SIGTERM saves after the current step.
+Everything but stepping is a hook with a cadence (``training.hooks``)."""
 
 from __future__ import annotations
 
@@ -37,11 +29,8 @@ log = logging.getLogger("chinchax.train")
 
 def train(cfg: RunConfig, *, hooks: Sequence[Hook] = (), force: bool = False,
           guard: PreemptionGuard | None = None) -> dict[str, Any]:
-    """Run (or resume) training to ``cfg.train.steps``; return the summary dict.
-
-    ``hooks`` (e.g. the law watch built in launch/) run after each eval; ``force`` continues a
-    run whose settings changed; ``guard`` is a SIGTERM flag installed earlier by the caller.
-    """
+    """Run or resume to ``cfg.train.steps``; ``hooks`` (e.g. launch/'s law watch) run after each
+    eval; ``force`` continues a run whose settings changed."""
     start_wall = time.time()
     with guard or PreemptionGuard() as guard:
         run = open_run(cfg, force=force)
@@ -76,7 +65,7 @@ def train(cfg: RunConfig, *, hooks: Sequence[Hook] = (), force: bool = False,
 
 
 def _advance(run: Run) -> None:
-    """One optimiser step (compiled on the first call, outside the timed region)."""
+    """Compiled on the first call, outside the timed region."""
     batch = to_global_batch(next(run.data_iter), run.mesh, run.data_sharding)
     if run.clock is None:
         started = time.perf_counter()
@@ -221,7 +210,7 @@ def _save_failed(run: Run, error: CheckpointError) -> CheckpointError:
 
 
 def _finished(run: Run, hooks: Sequence[Hook], start_wall: float) -> dict[str, Any]:
-    """A run whose final checkpoint exists: its summary, re-evaluated if it never got written."""
+    """Re-evaluated if its summary never got written."""
     try:
         summary = read_summary(run.run_dir)
     except ChinchaxError:  # garbled: written again below

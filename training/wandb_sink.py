@@ -1,18 +1,6 @@
-"""Weights & Biases beside TensorBoard: a sink the metrics writer forwards every record to.
-
-Written in a config as::
-
-    logging:
-      wandb: {project: chinchax, entity: my-team, mode: offline}   # online | offline | disabled
-
-``metrics.jsonl`` stays the record of truth; wandb, like TensorBoard, is a view of it with the
-same tag names (``train/loss``, ``eval/loss``).  The wandb run id is derived from the run
-directory, so a resumed run appends to the same wandb run (records a resume writes again at
-steps wandb has already seen are dropped by wandb, which keeps steps monotonic).  ``offline``
-writes under ``WANDB_DIR`` (default: the run directory) and needs no network or account;
-``wandb sync`` uploads it later.  ``wandb`` is imported only when a run asks for it (extra
-``[wandb]``).
-"""
+"""Weights & Biases as a view of ``metrics.jsonl`` with TensorBoard's tag names.  The run id
+derives from the run directory, so a resume appends to the same wandb run (which drops steps it
+has seen); ``offline`` needs no network (``wandb sync`` uploads later)."""
 
 from __future__ import annotations
 
@@ -32,7 +20,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 @dataclass(frozen=True)
 class WandbConfig:
-    """Where the wandb run goes: ``project`` and ``entity`` (None: wandb's defaults), ``mode``."""
+    """``project`` and ``entity`` None: wandb's defaults."""
 
     project: Optional[str] = None
     entity: Optional[str] = None
@@ -47,13 +35,13 @@ class WandbConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    """Where metrics go besides ``metrics.jsonl`` and TensorBoard (the ``logging:`` section)."""
+    """The ``logging:`` section."""
 
     wandb: Optional[WandbConfig] = None  # unset: no wandb
 
 
 def wandb_run_id(run_dir: epath.PathLike, name: str) -> str:
-    """A stable wandb id for a run directory: its name plus a short hash of its full path."""
+    """Name plus a short hash of the full path: stable across resumes."""
     path = os.fspath(run_dir)
     full = path if "://" in path else os.path.abspath(path)
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name)[:48] or "run"
@@ -61,7 +49,7 @@ def wandb_run_id(run_dir: epath.PathLike, name: str) -> str:
 
 
 class WandbSink:
-    """One wandb run fed with the metrics writer's records (call on the lead process only)."""
+    """Lead process only."""
 
     def __init__(self, cfg: WandbConfig, run_dir: epath.PathLike, name: str,
                  config: Optional[Mapping[str, Any]] = None) -> None:
@@ -82,7 +70,7 @@ class WandbSink:
                                 "(upload later with `wandb sync`)") from error
 
     def log(self, kind: str, record: Mapping[str, Any], step: int) -> None:
-        """The numeric fields of one record under their TensorBoard tags; alerts as text."""
+        """Numeric fields under their TensorBoard tags; alerts as text."""
         values: dict[str, Any] = {tensorboard_tag(kind, k): v for k, v in record.items()
                                   if k not in ("kind", "step") and not isinstance(v, bool)
                                   and isinstance(v, (int, float))}
@@ -92,12 +80,10 @@ class WandbSink:
             self.run.log(values, step=step)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
-        """The resolved run config (nested) as the wandb run's config."""
         self.run.config.update(dict(config), allow_val_change=True)
 
     def close(self) -> None:
-        """Finish the run and stop wandb's service process, which is when it has written
-        everything (offline: the files are then complete for ``wandb sync``)."""
+        """Only after ``teardown`` has wandb written everything (offline: ready for sync)."""
         import wandb
 
         self.run.finish()
@@ -106,7 +92,6 @@ class WandbSink:
 
 def open_sinks(cfg: LoggingConfig, run_dir: epath.PathLike, name: str,
                config: Mapping[str, Any]) -> list[WandbSink]:
-    """The sinks ``cfg`` asks for (none without ``logging.wandb``)."""
     if cfg.wandb is None or cfg.wandb.mode == "disabled":
         return []
     return [WandbSink(cfg.wandb, run_dir, name, config)]

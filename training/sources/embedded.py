@@ -1,9 +1,5 @@
 """The default corpus: a few MB of CPython 3.11.7 ``Lib/*.py`` shipped in the package, so the
-default run needs no download and sees the same bytes under every Python.
-
-:func:`select_stdlib_files` picks files in path-hash order (an even sample of the library);
-the archive carries the PSF licence; building checks :data:`EMBEDDED_SHA256`.
-"""
+default run needs no download and sees the same bytes under every Python."""
 
 from __future__ import annotations
 
@@ -55,7 +51,7 @@ def _candidates(root: Path) -> List[Tuple[str, str, int]]:
 
 
 def select_stdlib_files(root: Path) -> List[Tuple[str, int]]:
-    """A standard library's files for the corpus as ``(relative path, size)``, by path."""
+    """Taken in path-hash order, an even sample of the library."""
     chosen: List[Tuple[str, int]] = []
     total = 0
     for _, relative, size in sorted(_candidates(root)):
