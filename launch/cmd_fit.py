@@ -37,6 +37,8 @@ def register(subparsers: Any) -> None:
                         help="bootstrap resamples over runs (0: no intervals; default 1000)")
     parser.add_argument("--drop-early", type=float, default=0.1, metavar="FRACTION",
                         help="drop each run's evals before this fraction of its tokens (default 0.1)")
+    parser.add_argument("--drop-before-step", type=int, default=0, metavar="STEP",
+                        help="drop every eval before this optimiser step (default 0: keep all)")
     parser.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
                         help="drop the K highest-loss points (Epoch drops 5 of Chinchilla's)")
     parser.add_argument("--out", type=Path, metavar="LAW.json", help="write the law file here")
@@ -115,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", FitWarning)  # printed below from the report instead
         if args.approach == "curve":
             points = read_curve_points(run_dirs_of(args.inputs), drop_early=args.drop_early,
-                                       lam=args.curve_lambda)
+                                       lam=args.curve_lambda, drop_before_step=args.drop_before_step)
             obs = points.obs
             report = fit_curve_report(points, config, name=name or "fit-curve")
         else:
-            obs = load_observations(args.inputs, drop_early=args.drop_early)
+            obs = load_observations(args.inputs, drop_early=args.drop_early,
+                                    drop_before_step=args.drop_before_step)
             if args.drop_highest_loss:
                 obs = obs.drop_highest_loss(args.drop_highest_loss)
             report = fit(obs, config, name=name)
@@ -131,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     _print_report(console, report)
     settings: dict[str, Any] = {"inputs": [str(p) for p in args.inputs],
                                 "drop_early": args.drop_early,
+                                "drop_before_step": args.drop_before_step,
                                 "drop_highest_loss": args.drop_highest_loss}
     if evaluation is not None:
         console.print(f"ARE on the last 30% of run {evaluation.target_run} "

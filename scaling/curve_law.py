@@ -111,7 +111,7 @@ class CurvePoints:
 
 
 def read_curve_points(run_dirs: Sequence[str | Path], drop_early: float = 0.1,
-                      lam: float = DEFAULT_LAMBDA) -> CurvePoints:
+                      lam: float = DEFAULT_LAMBDA, drop_before_step: int = 0) -> CurvePoints:
     if not 0.0 <= drop_early < 1.0:
         raise ScalingError(f"drop-early fraction must lie in [0, 1), got {drop_early}",
                            hint="use e.g. 0.1 to drop the first 10% of each run's tokens")
@@ -130,14 +130,16 @@ def read_curve_points(run_dirs: Sequence[str | Path], drop_early: float = 0.1,
         if obs.runs[0] in schedules:
             raise ScalingError(f"two runs are named {obs.runs[0]!r}",
                                hint="give runs distinct directory names")
-        keep = obs.tokens >= drop_early * obs.tokens.max()
-        obs = obs.select(keep)
+        obs = obs.select(obs.tokens >= drop_early * obs.tokens.max()).drop_before_step(drop_before_step)
+        if not len(obs):
+            continue  # every eval of this run lies before the step floor
         s1, s2 = schedule.areas_at(obs.step, lam)
         parts.append(obs)
         s1s.append(s1)
         s2s.append(s2)
         schedules[obs.runs[0]] = schedule
     if not parts:
-        raise ScalingError("no runs to fit", hint="pass run directories of 'chinchax train'")
+        raise ScalingError("no runs to fit", hint="pass run directories of 'chinchax train' "
+                           "(with evals at or after --drop-before-step)")
     return CurvePoints(Observations.concat(parts), np.concatenate(s1s), np.concatenate(s2s),
                        schedules, lam)

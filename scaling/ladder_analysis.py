@@ -142,7 +142,8 @@ def analyse_ladder(ladder_dir: str | Path, plan: LadderPlan, budget_template: Bu
     out, cfg = Path(ladder_dir), plan.config
     obs, reports, skipped = fit_rungs(run_dirs, cfg, plan.target_flops, name=name)
     context = {"ladder": name, "rungs": [Path(p).name for p in run_dirs],
-               "drop_early": cfg.drop_early, **dict(settings or {})}
+               "drop_early": cfg.drop_early, "drop_before_step": cfg.drop_before_step,
+               **dict(settings or {})}
     identity = common_identity(identities_of(run_dirs))
     points = None
     if cfg.fit == "curve":

@@ -26,7 +26,7 @@ def ladder_curve_points(run_dirs: Sequence[str | Path], cfg: Any) -> CurvePoints
     if cfg.drop_early >= 1.0:
         points = read_curve_points(run_dirs, 0.0, cfg.curve_lambda)
         return points.select(points.final_mask())
-    return read_curve_points(run_dirs, cfg.drop_early, cfg.curve_lambda)
+    return read_curve_points(run_dirs, cfg.drop_early, cfg.curve_lambda, cfg.drop_before_step)
 
 
 def ladder_backtest(obs: Observations, points: Optional[CurvePoints], cfg: Any,

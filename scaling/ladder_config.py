@@ -34,7 +34,7 @@ class LadderConfig:
     byte-level toys do). The target must be ``min_target_ratio`` × the largest rung, so the
     prediction extrapolates. ``approaches`` must include 3 (it alone predicts a loss);
     ``target_sizing`` names the approach that sizes the target; ``sensitivity`` refits approach 3
-    under other ``drop_early`` values. ``evals_per_run``/``eval_sequences`` give every run about as
+    under other ``drop_early`` values; the curve law also drops evals before ``drop_before_step``. ``evals_per_run``/``eval_sequences`` give every run about as
     many evals on the same held-out set. Wall time: ``flops_per_second``, else measured on
     finished rungs, else a CPU guess, plus ``run_overhead_s`` per run. ``fit: curve`` predicts
     with the loss-curve law, ``approach3`` with L(N, D); either is first backtested on the largest
@@ -54,6 +54,7 @@ class LadderConfig:
     bootstrap: int = 200
     grid: str = "full"
     drop_early: float = 0.1
+    drop_before_step: int = 0
     huber_delta: float = 1e-3
     level: float = 0.9
     fit_seed: int = 0
@@ -144,6 +145,11 @@ class LadderConfig:
         if not (isinstance(self.drop_early, (int, float)) and 0.0 <= self.drop_early <= 1.0):
             raise ScalingError(f"ladder.drop_early must lie in [0, 1], got {self.drop_early!r}",
                               hint="use 0.1 to drop each rung's first 10% of evals")
+        if isinstance(self.drop_before_step, bool) or not isinstance(self.drop_before_step, int) \
+                or self.drop_before_step < 0:
+            raise ScalingError(f"ladder.drop_before_step must be a non-negative integer, got "
+                              f"{self.drop_before_step!r}",
+                              hint="use e.g. 200 to fit the curve law to evals from step 200 on")
         if any(not (isinstance(f, (int, float)) and 0.0 <= f <= 1.0) for f in self.sensitivity):
             raise ScalingError(f"ladder.sensitivity must list fractions in [0, 1], got {list(self.sensitivity)!r}",
                               hint="e.g. [0.0, 0.3, 0.6, 1.0] (1.0: final evals only); [] to skip")

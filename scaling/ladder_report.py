@@ -244,6 +244,8 @@ def _laws_section(plan: LadderPlan, analysis: LadderAnalysis,
              if plan.config.drop_early >= 1.0 else
              f"Evals before {plan.config.drop_early:.0%} of each rung's tokens are dropped "
              "(Hitchhiker's guide)")
+    if analysis.loss_approach != 3 and plan.config.drop_before_step:
+        evals += f", and the curve law drops evals before step {plan.config.drop_before_step}"
     lines = ["", "## Fitted laws", "", f"{evals}; approach 2 uses each rung's final loss.", ""]
     lines += ["Approach 3 law (the law file's coefficients):" if analysis.loss_approach == 3 else
               "Curve law (Tissue et al. 2024), as L(N, D) at the target's schedule, E less the "

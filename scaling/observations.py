@@ -154,6 +154,15 @@ class Observations:
         np.maximum.at(final, codes, self.tokens)
         return self.select(self.tokens >= fraction * final[codes])
 
+    def drop_before_step(self, step: int) -> "Observations":
+        """Drop evals before optimiser step ``step`` (unknown steps kept): the first hundreds of
+        steps of a tiny model are a transient (unigram, then bigram statistics) that no power law
+        in the learning-rate area follows, whatever fraction of the run they are."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ScalingError(f"drop-before-step must be a non-negative integer, got {step!r}",
+                               hint="use e.g. 200 to drop every eval before step 200 (0: keep all)")
+        return self if step == 0 else self.select((self.step < 0) | (self.step >= step))
+
     def drop_highest_loss(self, count: int) -> "Observations":
         """Without the ``count`` highest-loss points (Epoch drops 5 outliers of Chinchilla's data)."""
         if count < 0 or count >= len(self):
@@ -308,7 +317,8 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     return runs
 
 
-def load_observations(inputs: Sequence[str | Path], drop_early: float = 0.1) -> Observations:
+def load_observations(inputs: Sequence[str | Path], drop_early: float = 0.1,
+                      drop_before_step: int = 0) -> Observations:
     """CSV files, run directories and their parents as one set; a repeated run id gets its
     parent as prefix so runs stay distinct."""
     if not inputs:
@@ -332,7 +342,7 @@ def load_observations(inputs: Sequence[str | Path], drop_early: float = 0.1) -> 
                 obs = read_run_dir(run)
                 add(read_run_dir(run, run_id=f"{run.parent.name}/{run.name}")
                     if obs.runs[0] in seen else obs)
-    return Observations.concat(parts).drop_early(drop_early)
+    return Observations.concat(parts).drop_early(drop_early).drop_before_step(drop_before_step)
 
 
 def _prefixed(obs: Observations, prefix: str) -> Observations:

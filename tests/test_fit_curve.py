@@ -3,10 +3,14 @@ broke a real ladder, and the calibration of its intervals on synthetic ladders."
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from curve_ladders import TRUTH, draw_ladder, scaled_schedule
+from chinchax.errors import ScalingError
+from curve_ladders import TRUTH, draw_ladder, scaled_schedule, write_ladder_runs
+from scaling.curve_law import read_curve_points
 from scaling.fit import FitConfig, StartGrid, coarse_grid, fit_parametric
 from scaling.fit_curve import bootstrap_curve, fit_curve
 from scaling.lr_schedule import Schedule
@@ -104,3 +108,33 @@ def test_backtest_leaves_out_the_largest_budget_or_model() -> None:
     assert {row["run"] for row in result.rows} == by_budget and result.fit_runs == obs.n_runs - 3
     assert result.are == pytest.approx(np.mean([abs(r["predicted"] / r["actual"] - 1) for r in result.rows]))
     assert result.are < 0.02
+
+
+def test_a_step_floor_drops_early_evals_and_runs_that_end_before_it(tmp_path) -> None:
+    ladder = draw_ladder(0, budgets=(3e12, 1e13, 3e13), noise=0.0, run_noise=0.0)
+    runs = write_ladder_runs(tmp_path, ladder)
+    last_step = {run.name: int(ladder.points.obs.step[ladder.points.obs.run_id == run.name].max())
+                 for run in runs}
+    floor = sorted(last_step.values())[2] + 1  # the three shortest runs end before it
+    points = read_curve_points(runs, drop_early=0.0, drop_before_step=floor)
+    assert points.obs.step.min() >= floor
+    assert set(points.obs.runs) == {name for name, last in last_step.items() if last >= floor}
+    with pytest.raises(ScalingError, match="non-negative"):
+        read_curve_points(runs, drop_before_step=-1)
+
+
+def test_a_step_floor_removes_the_early_transient_that_biases_the_target(tmp_path) -> None:
+    """Evals before step 150 carry an early-training excess that no LR-area power law follows;
+    fitted from step 150 on, the curve law predicts the target as if the excess were not there."""
+    ladder = draw_ladder(1, budgets=(3e12, 1e13, 3e13, 1e14), noise=0.001, run_noise=0.0)
+    obs = ladder.points.obs
+    bumped = obs.loss * np.where(obs.step < 150, 1.0 + 0.3 * np.exp(-obs.step / 100.0), 1.0)
+    points = dataclasses.replace(ladder.points, obs=dataclasses.replace(obs, loss=bumped))
+    runs = write_ladder_runs(tmp_path, dataclasses.replace(ladder, points=points))
+    config = FitConfig(grid=coarse_grid())
+
+    def target_error(floor: int) -> float:
+        law = fit_curve(read_curve_points(runs, 0.0, TRUTH.lam, floor), config).law
+        return abs(law.final_loss(ladder.target_n, ladder.target_schedule) / ladder.truth - 1.0)
+
+    assert target_error(150) < 0.01 < target_error(0)

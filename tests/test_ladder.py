@@ -108,6 +108,8 @@ def test_design_trains_colliding_shapes_once() -> None:
         (dict(grid="fine"), "grid"),
         (dict(drop_early=1.5), "drop_early"),
         (dict(drop_early=-0.1), "drop_early"),
+        (dict(drop_before_step=-1), "drop_before_step"),
+        (dict(drop_before_step=0.5), "drop_before_step"),
         (dict(seeds=[]), "seeds"),
         (dict(evals_per_run=0), "evals_per_run"),
     ],

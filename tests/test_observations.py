@@ -204,3 +204,13 @@ def test_require_runs_and_drop_highest_loss() -> None:
     assert obs.drop_highest_loss(1).loss.tolist() == [3.0, 2.0]
     with pytest.raises(ScalingError):
         obs.drop_highest_loss(3)
+
+
+def test_a_step_floor_keeps_evals_of_unknown_step() -> None:
+    obs = Observations.from_arrays(n_params=[1e3] * 4, loss=[4.0, 3.0, 2.5, 2.0],
+                                   tokens=[1e4, 2e4, 3e4, 4e4], step=[-1, 100, 200, 300])
+    assert obs.drop_before_step(200).step.tolist() == [-1, 200, 300]
+    assert obs.drop_before_step(0) is obs
+    with pytest.raises(ScalingError, match="non-negative") as info:
+        obs.drop_before_step(-5)
+    _assert_one_line(info.value)
