@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from typing import Any, Optional, Sequence
 
 _INTERMIXED = "_chinchax_intermixed"
@@ -32,3 +34,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *,
     parser.add_argument("config", help=config_help)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
     setattr(parser, _INTERMIXED, True)
+
+
+def configure_logging() -> None:
+    """Our own notices at INFO; JAX's backend probing and orbax's per-save chatter only when they
+    warn (a ladder trains many runs in one process)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("chinchax", "launch", "training", "scaling", "models"):
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chinchax.errors import ChinchaxError, ConfigError, ScalingError
-from launch.args import add_config_arguments
+from launch.args import add_config_arguments, configure_logging
 from launch.ladder_runner import Runner, local_copy, run_state
 from launch.tables import backtest_table, report_table
 from scaling.allocate import BudgetConfig, RunPlan
@@ -84,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_logging()
     overrides = list(args.overrides)
     if args.flops_per_second is not None:
         overrides.append(f"ladder.flops_per_second={args.flops_per_second}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chinchax.errors import CheckpointError, ConfigError
-from launch.args import add_config_arguments
+from launch.args import add_config_arguments, configure_logging
 from scaling.rundir import CONFIG_NAME
 from training.preemption import PreemptionGuard
 
@@ -57,10 +57,7 @@ def _quiet_closed_loops() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Our own notices at INFO; JAX's backend probing and orbax's per-save chatter only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    for name in ("chinchax", "launch", "training", "scaling", "models"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    configure_logging()
     logging.getLogger("absl").addFilter(_NoTraceback())
     _quiet_closed_loops()
     try:

@@ -149,4 +149,4 @@ def test_the_shipped_law_knows_the_embedded_corpus() -> None:
     identity = law_identity(data)
     assert identity["data.fingerprint"] == data_fingerprint(DataConfig(source="embedded"))
     assert identity["tokenizer.kind"] == "byte" and identity["seq_len"] == "128"
-    assert data["curve"]["lambda"] == 0.99 and get_law("embedded-byte").name == "embedded-byte"
+    assert data["curve"]["lambda"] == 0.998 and get_law("embedded-byte").name == "embedded-byte"
