@@ -44,6 +44,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, metavar="LAW.json", help="write the law file here")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots into DIR")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--level", type=float, default=0.95, metavar="P",
+                        help="interval level of the bootstrap, e.g. 0.9 (default 0.95)")
     parser.add_argument("--huber-delta", type=float, default=1e-3, help="Huber delta (default 1e-3)")
     parser.add_argument("--grid", choices=("full", "coarse"), default="full",
                         help="start grid of approach 3: Chinchilla's 4,500 points or 162")
@@ -99,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         approach=args.approach, huber_delta=args.huber_delta,
         grid=coarse_grid() if args.grid == "coarse" else FitConfig().grid,
         fixed=_fixed(args), free_gamma=bool(args.free_gamma or args.cpt_base),
-        bootstrap=args.bootstrap, seed=args.seed, target_flops=args.target_flops,
+        bootstrap=args.bootstrap, seed=args.seed, confidence=args.level, target_flops=args.target_flops,
         budget_tolerance=args.budget_tolerance,
     )
 

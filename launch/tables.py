@@ -46,11 +46,13 @@ def report_table(report: FitReport) -> Table:
 
 
 def backtest_table(backtest: Backtest) -> Table:
+    coverage = "" if backtest.coverage is None else f"; interval coverage {backtest.coverage:.0%}"
     table = Table(title=f"backtest (approach {backtest.approach}): fitted on {backtest.fit_runs} runs, "
-                  f"largest {backtest.held_out_by} left out; ARE {backtest.are:.2%}")
-    for column in ("run", "N", "C (exact FLOPs)", "actual", "predicted", "error"):
+                  f"largest {backtest.held_out_by} left out; ARE {backtest.are:.2%}{coverage}")
+    for column in ("run", "N", "C (exact FLOPs)", "actual", "predicted", "interval", "error"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in backtest.rows:
+        span = f"{row['lower']:.4f} – {row['upper']:.4f}" if "lower" in row else "–"
         table.add_row(row["run"], f"{row['n_params']:,.0f}", f"{row['flops']:.3g}",
-                      f"{row['actual']:.4f}", f"{row['predicted']:.4f}", f"{row['error']:+.2%}")
+                      f"{row['actual']:.4f}", f"{row['predicted']:.4f}", span, f"{row['error']:+.2%}")
     return table

@@ -48,13 +48,13 @@ class CurveLaw:
         s1, s2 = schedule.areas(self.lam)
         return float(self.loss(n_params, s1[-1], s2[-1]))
 
-    def replicate_losses(self, n_params: float, schedule: Schedule) -> np.ndarray:
+    def replicate_losses(self, n_params: Any, s1: Any, s2: Any) -> np.ndarray:
+        """Each bootstrap replicate's loss at the given points: shape (replicates, points)."""
+        n_params, s1, s2 = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (n_params, s1, s2))
         if not self.samples:
-            return np.empty(0)
-        s1, s2 = schedule.areas(self.lam)
-        rows = np.asarray(self.samples, dtype=np.float64)
-        e, a, b, alpha, beta, c = rows.T
-        return e + a * n_params ** -alpha + b * s1[-1] ** -beta - c * s2[-1]
+            return np.empty((0, np.broadcast(n_params, s1, s2).size))
+        e, a, b, alpha, beta, c = (col[:, None] for col in np.asarray(self.samples, dtype=np.float64).T)
+        return e + a * n_params ** -alpha + b * s1 ** -beta - c * s2
 
     def reduced(self, schedule: Schedule, *, name: str = "curve", source: str = "") -> ParametricLaw:
         """Chinchilla's ``L(N, D)`` for runs of ``schedule``'s shape, rate and length (its ``E`` is

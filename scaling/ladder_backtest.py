@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -31,8 +30,9 @@ def ladder_curve_points(run_dirs: Sequence[str | Path], cfg: Any) -> CurvePoints
 
 def ladder_backtest(obs: Observations, points: Optional[CurvePoints], cfg: Any,
                     target_flops: float) -> Optional[Backtest]:
-    """``None`` if impossible: the ladder then says so rather than stop."""
-    config = replace(cfg.fit_config(3, target_flops), bootstrap=0)
+    """``None`` if impossible: the ladder then says so rather than stop. The curve law's backtest is
+    bootstrapped like the target's prediction, so its intervals' coverage is measured too."""
+    config = cfg.fit_config(3, target_flops)
     try:
         if points is not None:
             return backtest_curve(points, config, cfg.backtest_by)

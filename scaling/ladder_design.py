@@ -137,6 +137,10 @@ def design_ladder(cfg: LadderConfig, budget_template: BudgetConfig, data_paralle
             for seed in cfg.seeds:
                 rungs.append(Rung(name=rung_name(budget, plan.model, plan.n_params, seed),
                                   budget=budget, budget_index=index, seed=int(seed), plan=plan))
+    short = [r.name for r in rungs if cfg.fit == "curve" and r.plan.steps < cfg.drop_before_step]
+    if short:
+        notes.append(f"{len(short)} rung(s) end before step {cfg.drop_before_step} "
+                     f"(ladder.drop_before_step), so the curve fit leaves them out: {', '.join(short)}")
     target_flops = cfg.resolved_target_flops
     try:
         provisional = plan_run(replace(budget_template, flops=target_flops, law=cfg.law),

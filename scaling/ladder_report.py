@@ -188,11 +188,23 @@ def _backtest_section(prediction: Mapping[str, Any]) -> list[str]:
     lines = ["## Backtest", "",
              f"The {'curve law' if backtest['approach'] == 'curve' else 'approach-3 law'} refitted on "
              f"{backtest['fit_runs']} runs without the largest {backtest['held_out_by']}, predicting "
-             f"its final losses: **ARE {backtest['are']:.2%}**.", ""]
-    lines += _table(("run", "N", "C (exact FLOPs)", "actual", "predicted", "error"), [
+             f"its final losses: **ARE {backtest['are']:.2%}**." + _coverage(backtest), ""]
+    lines += _table(("run", "N", "C (exact FLOPs)", "actual", "predicted", "interval", "error"), [
         (r["run"], f"{r['n_params']:,.0f}", f"{r['flops']:.3g}", number(r["actual"]),
-         number(r["predicted"]), f"{r['error']:+.2%}") for r in backtest["rows"]])
+         number(r["predicted"]), _span(r), f"{r['error']:+.2%}") for r in backtest["rows"]])
     return lines + [""]
+
+
+def _span(row: Mapping[str, Any]) -> str:
+    return f"[{number(row['lower'])}, {number(row['upper'])}]" if "lower" in row else "–"
+
+
+def _coverage(backtest: Mapping[str, Any]) -> str:
+    if backtest.get("coverage") is None:
+        return ""
+    inside = sum(bool(r["inside"]) for r in backtest["rows"])
+    return (f" The interval the target's prediction would state (same bootstrap and level) covers "
+            f"{inside} of {len(backtest['rows'])} ({backtest['coverage']:.0%}).")
 
 
 def _headline(plan: LadderPlan, prediction: Mapping[str, Any],

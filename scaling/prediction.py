@@ -249,16 +249,18 @@ def _positive(name: str, value: Any) -> float:
     return float(value)
 
 
-def _bootstrap_bounds(law: ParametricLaw, n: float, tokens: np.ndarray,
-                      level: float) -> tuple[np.ndarray, np.ndarray, int]:
-    rows = np.array([sample.loss(n, tokens) for sample in law.sample_laws()], dtype=np.float64)
-    rows = rows.reshape(len(rows), -1)
+def bootstrap_bounds(replicates: np.ndarray, loss: np.ndarray, level: float,
+                     noise_floor: float = DEFAULT_NOISE_FLOOR) -> tuple[np.ndarray, np.ndarray, int]:
+    """Quantiles of the finite replicate rows (replicates × points), widened to ``± noise_floor``
+    around ``loss``; empty bounds when fewer than ``MIN_BOOTSTRAP_SAMPLES`` replicates are finite."""
+    rows = replicates.reshape(len(replicates), -1) if len(replicates) else np.empty((0, 0))
     rows = rows[np.isfinite(rows).all(axis=1)]
-    tail = (1.0 - level) / 2.0
     if len(rows) < MIN_BOOTSTRAP_SAMPLES:
         return np.array([]), np.array([]), len(rows)
+    tail = (1.0 - level) / 2.0
     lower, upper = np.quantile(rows, [tail, 1.0 - tail], axis=0)
-    return lower, upper, len(rows)
+    return (np.minimum(lower, loss * (1.0 - noise_floor)), np.maximum(upper, loss * (1.0 + noise_floor)),
+            len(rows))
 
 
 def _check_schedule(schedule: str, decay_fraction: float, wsd_decay_shape: str) -> None:
@@ -273,11 +275,10 @@ def _check_schedule(schedule: str, decay_fraction: float, wsd_decay_shape: str) 
 
 def _law_bounds(model: ParametricLaw, n: float, tokens: np.ndarray, loss: np.ndarray, level: float,
                 relative_band: float, noise_floor: float) -> tuple[str, np.ndarray, np.ndarray, int]:
-    lower, upper, n_samples = _bootstrap_bounds(model, n, tokens, level) if model.samples \
-        else (np.array([]), np.array([]), 0)
+    replicates = np.array([sample.loss(n, tokens) for sample in model.sample_laws()], dtype=np.float64)
+    lower, upper, n_samples = bootstrap_bounds(replicates, loss, level, noise_floor)
     if lower.size:
-        return ("bootstrap", np.minimum(lower, loss * (1.0 - noise_floor)),
-                np.maximum(upper, loss * (1.0 + noise_floor)), n_samples)
+        return "bootstrap", lower, upper, n_samples
     return "relative-band", loss * (1.0 - relative_band), loss * (1.0 + relative_band), n_samples
 
 

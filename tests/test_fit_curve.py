@@ -89,7 +89,8 @@ def test_the_90_percent_interval_covers_the_truth_in_85_to_95_percent_of_ladders
     for seed in range(50):
         ladder = draw_ladder(seed)
         law = bootstrap_curve(ladder.points, fit_curve(ladder.points, config), config).law
-        low, high = np.percentile(law.replicate_losses(ladder.target_n, ladder.target_schedule), [5, 95])
+        s1, s2 = ladder.target_schedule.areas(law.lam)
+        low, high = np.percentile(law.replicate_losses(ladder.target_n, s1[-1], s2[-1]), [5, 95])
         covered.append(low <= ladder.truth <= high)
     print(f"90% interval coverage: {np.mean(covered):.0%} of 50 synthetic ladders")
     assert 0.85 <= np.mean(covered) <= 0.95, f"coverage {np.mean(covered):.0%} of 50 ladders"
@@ -107,7 +108,23 @@ def test_backtest_leaves_out_the_largest_budget_or_model() -> None:
     result = backtest_curve(ladder.points, SMALL, "budget")
     assert {row["run"] for row in result.rows} == by_budget and result.fit_runs == obs.n_runs - 3
     assert result.are == pytest.approx(np.mean([abs(r["predicted"] / r["actual"] - 1) for r in result.rows]))
-    assert result.are < 0.02
+    assert result.are < 0.02 and result.coverage is None  # no bootstrap, no interval
+
+
+def test_a_bootstrapped_backtest_states_the_interval_its_target_would_get() -> None:
+    from scaling.backtest import Backtest, backtest_curve
+    from scaling.prediction import DEFAULT_NOISE_FLOOR
+
+    ladder = draw_ladder(4)
+    config = FitConfig(**{**SMALL.__dict__, "bootstrap": 30, "confidence": 0.9})
+    result = backtest_curve(ladder.points, config, "budget")
+    for row in result.rows:  # quantiles of the replicates, never narrower than the noise floor
+        assert row["lower"] <= row["predicted"] * (1 - DEFAULT_NOISE_FLOOR) < row["predicted"]
+        assert row["predicted"] * (1 + DEFAULT_NOISE_FLOOR) <= row["upper"]
+        assert row["inside"] == (row["lower"] <= row["actual"] <= row["upper"])
+    assert result.coverage == pytest.approx(np.mean([r["inside"] for r in result.rows]))
+    again = Backtest.from_dict(result.to_dict())
+    assert again.coverage == result.coverage and again.are == result.are
 
 
 def test_a_step_floor_drops_early_evals_and_runs_that_end_before_it(tmp_path) -> None:

@@ -83,6 +83,18 @@ def test_design_spends_every_budget_within_one_percent() -> None:
     assert len(data["rungs"]) == len(plan.rungs) and data["target_flops"] == 1e13
 
 
+def test_design_names_the_rungs_that_end_before_the_curve_fits_step_floor() -> None:
+    cfg = LadderConfig(budgets=[1e11, 3e11, 1e12], sizes_per_budget=3, size_spread=4.0, bootstrap=0,
+                       drop_before_step=100)
+    plan = design_ladder(cfg, TEMPLATE)
+    short = {r.name for r in plan.rungs if r.plan.steps < 100}
+    assert short and len(short) < len(plan.rungs)
+    [note] = [n for n in plan.notes if "drop_before_step" in n]
+    assert note.startswith(f"{len(short)} rung(s)") and all(name in note for name in short)
+    assert not any("drop_before_step" in n
+                   for n in design_ladder(dataclasses.replace(cfg, drop_before_step=0), TEMPLATE).notes)
+
+
 def test_design_trains_colliding_shapes_once() -> None:
     coarse = dataclasses.replace(TEMPLATE, multiple_of=32, head_dims=[32, 64], min_aspect=16)
     cfg = LadderConfig(budgets=[1e11, 1e12], sizes_per_budget=6, size_spread=4.0, bootstrap=0)
@@ -442,4 +454,9 @@ def test_the_curve_law_predicts_the_target_and_is_backtested_first(tmp_path: Pat
                           target_dir=None, summaries={}, timings={}, name="curve")
     text = report.read_text()
     assert "## Backtest" in text and f"ARE {prediction['backtest_are']:.2%}" in text
+    backtest = prediction["backtest"]  # bootstrapped like the target: each left-out rung's interval
+    assert all(r["lower"] <= r["predicted"] <= r["upper"] for r in backtest["rows"])
+    inside = sum(r["inside"] for r in backtest["rows"])
+    assert backtest["coverage"] == pytest.approx(inside / len(backtest["rows"]))
+    assert f"covers {inside} of {len(backtest['rows'])}" in text
     _check_report(report, law_file)
