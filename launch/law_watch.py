@@ -80,7 +80,7 @@ class LawWatch:
         except ChinchaxError as exc:  # e.g. a power law, which predicts no loss
             log.warning("no loss prediction for this run: %s", exc)
             return None
-        differences = identity_differences(law_identity(data, str(self.cfg.law)), run_identity(cfg),
+        differences = identity_differences(law_identity(data, str(self.cfg.law)), planned_identity(cfg),
                                            ignore=("compute",))  # a loss in N and D: no C in it
         return dataclasses.replace(prediction, identity_differences=tuple(differences))
 
@@ -112,7 +112,7 @@ class LawWatch:
         return out
 
 
-def run_identity(cfg: RunConfig) -> dict[str, str]:
+def planned_identity(cfg: RunConfig) -> dict[str, str]:
     """What a law fitted on this run would record (``scaling.identity``), before it trains."""
     config = cfg.to_dict()
     try:
@@ -128,9 +128,7 @@ def _law_for_run(name: str, data: Optional[dict[str, Any]], cfg: RunConfig) -> L
     """A curve-law file at this run's schedule (rate, batch, length); any other law as it is."""
     if data is None or not isinstance(data.get("curve"), dict):
         return get_law(name)
-    schedule = Schedule.from_config({"optim": cfg.to_dict()["optim"],
-                                     "train": {"steps": cfg.steps, "global_batch": cfg.global_batch,
-                                               "seq_len": cfg.train.seq_len}})
+    schedule = Schedule.from_config(cfg.to_dict())  # as a fit reads this run's config.yaml
     return CurveLaw.from_dict(data["curve"]).reduced(schedule, name=name,
                                                      source=str(data.get("source", "law file")))
 
