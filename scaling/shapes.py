@@ -133,15 +133,10 @@ class ShapeSpace:
 
 @dataclass(frozen=True)
 class ShapeCandidate:
-
     cost: float
     n_params: int
     d_model: int
     n_layers: int
-
-    @property
-    def aspect(self) -> float:
-        return self.d_model / self.n_layers
 
 
 def shape_candidates(target_params: float, space: ShapeSpace, limit: int = 10) -> list[ShapeCandidate]:

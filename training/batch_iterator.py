@@ -83,10 +83,6 @@ class BatchIterator(Iterator[Batch]):
     def local_batch(self) -> int:
         return self._local_batch
 
-    @property
-    def examples_consumed(self) -> int:
-        return self._examples
-
     def _start(self, examples: int) -> Iterator[Batch]:
         batches = self._elements[examples:].batch(self._local_batch, drop_remainder=True)
         mine = batches[self._process_index :: self._process_count].map(inputs_and_targets)

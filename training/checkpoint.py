@@ -70,7 +70,6 @@ class Checkpointer:
         # orbax wants absolute paths
         self.directory = epath.Path(path if "://" in path else os.path.abspath(path))
         self.cfg = cfg
-        self.last_save_blocking_s: Optional[float] = None
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=cfg.keep_last)]
         if cfg.keep_every is not None:
             policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=cfg.keep_every))
@@ -103,14 +102,12 @@ class Checkpointer:
             return False
         args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
                                      EXTRA_ITEM: ocp.args.JsonSave(dict(extra or {}))})
-        start = time.perf_counter()
         try:
             saved = self._manager.save(step, args=args, force=True)
         except Exception as error:
             raise CheckpointError(f"saving checkpoint step {step} to {self.directory} failed: {error}",
                                   hint="check free space and write access to the run directory; "
                                   "extra must be a JSON-serialisable dict") from error
-        self.last_save_blocking_s = time.perf_counter() - start
         return bool(saved)
 
     def wait(self) -> None:
