@@ -31,8 +31,8 @@ def worker(config: str, overrides: Sequence[str], *, warmup: int, steps: int, re
     import jax
 
     from launch.config import load_experiment, resolve
-    from mfu import build_trainer_step, random_batch, time_steps
     from models.sharding import activation_sharding
+    from trainer_step import build_trainer_step, random_batch, time_steps
 
     run = resolve(load_experiment(config, overrides))
     built = build_trainer_step(run.model, jax.devices()[:1], optim=run.optim, global_batch=run.global_batch,

@@ -3,10 +3,11 @@ each puts its own folder on ``sys.path`` before importing this."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 import numpy as np
 
@@ -32,3 +33,21 @@ def write_report(report: dict[str, Any], path: Optional[Path], *, quiet: bool = 
     path.write_text(json.dumps(report, indent=1) + "\n")
     if not quiet:
         print(f"wrote {path}", flush=True)
+
+
+def share_compilations(directory: Path) -> None:
+    """JAX's persistent compilation cache in ``directory``: runs of one shape compile once."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run(exp: dict[str, Any] | str, log: IO[str]) -> dict[str, Any]:
+    """Train in this process (an experiment dict or file), progress lines into ``log``."""
+    from launch.config import load_experiment, resolve
+    from training.trainer import train
+
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        return train(resolve(load_experiment(exp)))

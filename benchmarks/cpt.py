@@ -11,8 +11,6 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse
-import contextlib
-import io
 import json
 import platform
 import shutil
@@ -29,14 +27,12 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from common import first_reaching  # noqa: E402
+from common import first_reaching, run, share_compilations  # noqa: E402
 
-from launch.config import load_experiment, resolve
 from scaling.cpt import compute_saving, fit_cpt_law
 from scaling.fit import FitConfig, fit
 from scaling.observations import Observations, read_run_dir
 from training.metrics import read_records
-from training.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -78,20 +74,6 @@ def experiment(config: str, name: str, root: Path, size: dict[str, int], args: a
     for key, value in changes.items():
         exp[key] = value
     return exp
-
-
-def share_compilations(directory: Path) -> None:
-    """Runs of one size share programs, so they compile once."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def run(exp: dict[str, Any], log: io.TextIOBase) -> dict[str, Any]:
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        return train(resolve(load_experiment(exp)))
 
 
 def eval_curve(run_dir: Path, key: str = "eval_loss") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,9 +226,6 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.steps = args.steps or (100 if args.quick else 150)
     args.eval_every = args.eval_every or max(1, args.steps // 10)
-    sizes = ["d32", "d64"] if args.quick else list(SIZES)
-    forgetting_size = sizes[-1] if args.quick else "d48"
-
     return args
 
 
@@ -306,27 +285,23 @@ def _results(summaries: dict[str, dict[str, Any]], root: Path, sizes: list[str],
 
 def _law_fit(args: argparse.Namespace, summaries: dict[str, dict[str, Any]], root: Path,
              sizes: list[str]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
     if args.quick:
-        results["law_fit"] = {"skipped": "--quick: two sizes cannot fit alpha and gamma with 3 runs each"}
-    else:
-        try:
-            results["law_fit"] = fit_laws([root / f"scratch_{s}" for s in sizes],
-                                          [root / f"cpt0_{s}" for s in sizes], drop_early=0.1)
-            scratch_law, cpt_law = results["law_fit"]["scratch_law"], results["law_fit"]["cpt_law"]
-            from scaling.laws import law_from_dict
+        return {"skipped": "--quick: two sizes cannot fit alpha and gamma with 3 runs each"}
+    try:
+        law_fit = fit_laws([root / f"scratch_{s}" for s in sizes],
+                           [root / f"cpt0_{s}" for s in sizes], drop_early=0.1)
+        scratch_law, cpt_law = law_fit["scratch_law"], law_fit["cpt_law"]
+        from scaling.laws import law_from_dict
 
-            predicted = {}
-            for size in sizes:
-                s = summaries[f"scratch_{size}"]
-                predicted[size] = compute_saving(law_from_dict(scratch_law), law_from_dict(cpt_law),
-                                                 float(s["n_params"]), float(s["tokens"]))
-            results["law_fit"]["predicted_saving_cpt_only"] = predicted
-        except Exception as error:  # a failed fit is a result too: say why
-            results["law_fit"] = {"error": f"{type(error).__name__}: {error}",
-                                  "hint": getattr(error, "hint", None)}
-
-    return results["law_fit"]
+        predicted = {}
+        for size in sizes:
+            s = summaries[f"scratch_{size}"]
+            predicted[size] = compute_saving(law_from_dict(scratch_law), law_from_dict(cpt_law),
+                                             float(s["n_params"]), float(s["tokens"]))
+        law_fit["predicted_saving_cpt_only"] = predicted
+    except Exception as error:  # a failed fit is a result too: say why
+        return {"error": f"{type(error).__name__}: {error}", "hint": getattr(error, "hint", None)}
+    return law_fit
 
 
 def _print_tables(console: Console, results: dict[str, Any], sizes: list[str], forgetting_size: str,

@@ -27,13 +27,11 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from common import first_reaching  # noqa: E402
+from common import first_reaching, run, share_compilations  # noqa: E402
 
 from launch.cli import main as chinchax
-from launch.config import load_experiment, resolve
 from scaling.rundir import CHECKPOINTS_DIR
 from training.metrics import read_records
-from training.trainer import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_SPEEDUP = (2.2, 4.0)  # Samragh et al. 2024: 2.2-4x fewer tokens to the baseline's accuracy
@@ -58,21 +56,6 @@ def experiment(name: str, root: Path, model: dict[str, int], steps: int,
     }
 
 
-def run(exp: dict[str, Any] | str, log: io.TextIOBase) -> dict[str, Any]:
-    """Train in this process (an experiment dict or file), progress lines into ``log``."""
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        return train(resolve(load_experiment(exp)))
-
-
-def share_compilations(directory: Path) -> None:
-    """JAX's persistent compilation cache: the grown and scratch runs run the same programs."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def eval_curve(run_dir: Path) -> dict[str, np.ndarray]:
     records = [r for r in read_records(run_dir, "eval") if r.get("eval_loss") is not None]
     return {key: np.array([float(r[key]) for r in records])
@@ -93,7 +76,7 @@ def copy_gap(run_dir: Path) -> float:
     return float(np.max(np.abs(copies[..., 0, :] - copies[..., 1, :])) / np.max(np.abs(up)))
 
 
-def compare(grown: dict[str, Any], curve: dict[str, np.ndarray], scratch: dict[str, Any],
+def compare(curve: dict[str, np.ndarray], scratch: dict[str, Any],
             small: dict[str, Any]) -> dict[str, Any]:
     """Tokens and FLOPs the grown run needs to reach the scratch run's final loss."""
     target = float(scratch["final_eval_loss"])
@@ -198,7 +181,7 @@ def collect(root: Path, summaries: dict[str, dict[str, Any]],
                                                    "wall_time_s", "tokens_per_s")}
         entry["curve"] = {k: v.tolist() for k, v in curves[name].items()}
         if name.startswith("grown"):
-            entry.update(compare(summary, curves[name], scratch, small))
+            entry.update(compare(curves[name], scratch, small))
             entry["copy_gap_up_kernel"] = copy_gap(root / name)
             entry["init"] = summary.get("init")
         results["runs"][name] = entry

@@ -19,13 +19,13 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common import write_report  # noqa: E402
-from device_stats import (compiled_memory, device_memory, environment,  # noqa: E402,F401
+from device_stats import (compiled_memory, device_memory, environment,  # noqa: E402
                           host_callbacks_in, is_out_of_memory)
 from hlo_counts import attention_custom_calls, f32_vocab_dots  # noqa: E402
-from mfu_presets import (PRESETS, BenchShape, Preset, Variant, select_shapes,  # noqa: E402,F401
+from mfu_presets import (PRESETS, BenchShape, Preset, select_shapes,  # noqa: E402
                          select_variants)
-from mfu_table import print_line, print_table, table_rows, wide_console  # noqa: E402,F401
-from trainer_step import (BenchmarkError, TrainerStep, build_trainer_step,  # noqa: E402,F401
+from mfu_table import print_line, print_table  # noqa: E402
+from trainer_step import (BenchmarkError, TrainerStep, build_trainer_step,  # noqa: E402
                           random_batch, time_steps)
 
 from chinchax.errors import ChinchaxError

@@ -14,7 +14,6 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,6 +26,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common import write_report  # noqa: E402
 from device_stats import environment  # noqa: E402
+from mfu_presets import BenchShape, Preset, _cpu_model  # noqa: E402
 from mfu_table import wide_console  # noqa: E402
 from trainer_step import BenchmarkError, build_trainer_step, random_batch  # noqa: E402
 
@@ -118,32 +118,12 @@ def check_supported(cfg: ModelConfig) -> None:
 # --------------------------------------------------------------------------- comparison
 
 
-@dataclass(frozen=True)
-class OverheadShape:
-    name: str = "tiny"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    seq_len: int = 128
-    batch: int = 8
-
-
-@dataclass(frozen=True)
-class OverheadPreset:
-    shapes: List[OverheadShape] = field(default_factory=list)
-    warmup: int = 2
-    steps: int = 5
-    repeats: int = 7
-
-
-def _model(d: int, layers: int, heads: int, d_ff: int) -> ModelConfig:
-    return ModelConfig(vocab_size=256, d_model=d, n_layers=layers, n_heads=heads, d_ff=d_ff)
-
-
-PRESETS: Dict[str, OverheadPreset] = {
-    "cpu": OverheadPreset([OverheadShape("dispatch-bound", _model(64, 2, 2, 128), 64, 4),
-                           OverheadShape("compute-bound", _model(256, 4, 4, 1024), 256, 8)],
-                          warmup=2, steps=5, repeats=7),
-    "test": OverheadPreset([OverheadShape("test", _model(64, 2, 2, 128), 64, 4)],
-                           warmup=1, steps=2, repeats=3),
+PRESETS: Dict[str, Preset] = {
+    "cpu": Preset([BenchShape("dispatch-bound", _cpu_model(64, 2, 2, 128), 64, 4),
+                   BenchShape("compute-bound", _cpu_model(256, 4, 4, 1024), 256, 8)],
+                  warmup=2, steps=5, repeats=7),
+    "test": Preset([BenchShape("test", _cpu_model(64, 2, 2, 128), 64, 4)],
+                   warmup=1, steps=2, repeats=3),
 }
 # Constant rate (no warmup), so that the framework's schedule and the plain constant agree.
 OPTIM = OptimConfig(schedule="constant", warmup_steps=0, learning_rate=1e-3)
@@ -217,12 +197,12 @@ def _side(compile_time: float, times: List[float], tokens: int) -> Dict[str, Any
             "step_times_s": times, "tokens_per_s": tokens / median}
 
 
-def compare_shape(shape: OverheadShape, device: Any, *, warmup: int, steps: int,
+def compare_shape(shape: BenchShape, device: Any, *, warmup: int, steps: int,
                   repeats: int) -> Dict[str, Any]:
     """Same-math check, then alternating timings of ours and the plain step."""
     cfg = shape.model
     check_supported(cfg)
-    ours = build_trainer_step(cfg, [device], optim=OPTIM, global_batch=shape.batch,
+    ours = build_trainer_step(cfg, [device], optim=OPTIM, global_batch=shape.batch_per_device,
                               seq_len=shape.seq_len, total_steps=10**6)
     # A host round trip copies the initial parameters (ours are donated on the first step).
     plain_params = jax.device_put(jax.device_get(nnx.to_pure_dict(ours.state["params"])), device)
@@ -230,7 +210,7 @@ def compare_shape(shape: OverheadShape, device: Any, *, warmup: int, steps: int,
     plain_state = (plain_params, tx.init(plain_params))
 
     with activation_sharding(ours.mesh, ours.rules):
-        batch = random_batch(cfg.vocab_size, shape.batch, shape.seq_len, ours.data_sharding)
+        batch = random_batch(cfg.vocab_size, shape.batch_per_device, shape.seq_len, ours.data_sharding)
         our_step, plain_compiled, compile_times = _compile_both(
             ours, make_plain_step(cfg, tx), plain_state, batch)
         programs = compare_programs(our_step, plain_compiled)
@@ -252,12 +232,12 @@ def compare_shape(shape: OverheadShape, device: Any, *, warmup: int, steps: int,
 
     our_times, plain_times = times["ours"], times["plain"]
     ratios = [a / b for a, b in zip(our_times, plain_times)]  # back-to-back pairs
-    tokens = shape.batch * shape.seq_len
+    tokens = shape.batch_per_device * shape.seq_len
     ours_side = _side(compile_times["ours"], our_times, tokens)
     plain_side = _side(compile_times["plain"], plain_times, tokens)
     return {
         "shape": shape.name, "model": cfg.to_dict(), "seq_len": shape.seq_len,
-        "batch": shape.batch, "tokens_per_step": tokens, "same_math": same,
+        "batch": shape.batch_per_device, "tokens_per_step": tokens, "same_math": same,
         "ours": ours_side, "plain": plain_side,
         "ratio": ours_side["step_time_s"] / plain_side["step_time_s"],
         "ratio_min": min(our_times) / min(plain_times),
