@@ -11,7 +11,7 @@ import importlib.util
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional
 
 from chinchax.errors import ChinchaxError, LaunchError
@@ -178,11 +178,10 @@ class CompileReport:
     flops: FlopReport = field(default_factory=FlopReport)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"topology": self.topology, "platform": self.platform,
-                "device_kind": self.device_kind, "n_devices": self.n_devices,
-                "mesh": dict(self.mesh), "run": dict(self.run),
-                "lower_time_s": self.lower_time_s, "compile_time_s": self.compile_time_s,
-                "memory": self.memory.to_dict(), "flops": self.flops.to_dict()}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(mesh=dict(self.mesh), run=dict(self.run), memory=self.memory.to_dict(),
+                   flops=self.flops.to_dict())
+        return out
 
 
 def format_bytes(n: Optional[float]) -> str:
@@ -227,9 +226,9 @@ def report_rows(report: CompileReport) -> list[tuple[str, str]]:
     return rows
 
 
-def libtpu_location(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+def libtpu_location() -> Optional[str]:
     """Where JAX would load libtpu from, if anywhere."""
-    path = environ.get("TPU_LIBRARY_PATH")
+    path = os.environ.get("TPU_LIBRARY_PATH")
     if path and os.path.isfile(path):
         return path
     try:
@@ -258,21 +257,18 @@ def _to_bytes(number: str, unit: Optional[str]) -> int:
     return int(float(number) * _UNITS[(unit or "")[:1]])
 
 
+def _last_size(patterns: tuple[re.Pattern[str], ...], message: str) -> Optional[int]:
+    """Bytes of the last size the first matching pattern captures; None if none matches."""
+    for pattern in patterns:
+        match = pattern.search(message)
+        if match:
+            return _to_bytes(*match.groups()[-2:])
+    return None
+
+
 def parse_out_of_memory(message: str) -> tuple[Optional[int], Optional[int]]:
     """``(needed, available)`` bytes from an XLA RESOURCE_EXHAUSTED message."""
-    needed = available = None
-    for pattern in _NEEDED:
-        match = pattern.search(message)
-        if match:
-            needed = _to_bytes(match.group(1), match.group(2))
-            break
-    for pattern in _AVAILABLE:
-        match = pattern.search(message)
-        if match:
-            groups = match.groups()
-            available = _to_bytes(groups[-2], groups[-1])
-            break
-    return needed, available
+    return _last_size(_NEEDED, message), _last_size(_AVAILABLE, message)
 
 
 def is_out_of_memory(message: str) -> bool:

@@ -47,20 +47,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except ChinchaxError as exc:
+    except Exception as exc:
         if args.debug:
             raise
-        _error(args.command, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.hint)
-        return 2
-    except OSError as exc:  # a path named by a config or flag: missing, too long, not allowed
-        if args.debug:
-            raise
-        what = f"{exc.strerror or type(exc).__name__}: {str(exc.filename or '')[:120]}"
-        _error(args.command, what, "check the paths in the config and on the command line")
-        return 2
-    except Exception as exc:  # a bug or an unforeseen failure: one line, the traceback on request
-        if args.debug:
-            raise
+        if isinstance(exc, ChinchaxError):
+            _error(args.command, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.hint)
+            return 2
+        if isinstance(exc, OSError):  # a path named by a config or flag: missing, too long, not allowed
+            what = f"{exc.strerror or type(exc).__name__}: {str(exc.filename or '')[:120]}"
+            _error(args.command, what, "check the paths in the config and on the command line")
+            return 2
+        # A bug or an unforeseen failure: one line, the traceback on request.
         first = (str(exc).splitlines() or [""])[0][:300]
         _error(args.command, f"unexpected {type(exc).__name__}: {first}",
                "run again with --debug (chinchax --debug ...) for the traceback, and report it")

@@ -65,14 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+_BUDGET_ARGS = ("flops", "law", "seq_len", "vocab_size", "multiple_of", "mlp", "gqa_ratio", "tie_embeddings",
+                "min_aspect", "max_aspect", "global_batch", "inference_tokens", "objective")
+
+
 def budget_from_args(args: argparse.Namespace) -> BudgetConfig:
-    return BudgetConfig(
-        flops=args.flops, law=args.law, seq_len=args.seq_len, vocab_size=args.vocab_size,
-        multiple_of=args.multiple_of, head_dims=list(args.head_dims), mlp=args.mlp,
-        gqa_ratio=args.gqa_ratio, tie_embeddings=args.tie_embeddings,
-        min_aspect=args.min_aspect, max_aspect=args.max_aspect, global_batch=args.global_batch,
-        inference_tokens=args.inference_tokens, objective=args.objective,
-    )
+    return BudgetConfig(head_dims=list(args.head_dims), **{name: getattr(args, name) for name in _BUDGET_ARGS})
 
 
 def run(args: argparse.Namespace) -> int:

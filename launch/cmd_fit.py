@@ -132,7 +132,10 @@ def run(args: argparse.Namespace) -> int:
                                    report.target_flops)) if report.approach in (3, "curve") else ()
         report = dataclasses.replace(report, findings=found, identity=identity)
         evaluation = evaluate(obs, config) if args.evaluate else None
-        backtest = _backtest(args, obs, points, config)
+        backtest: Backtest | None = None
+        if args.backtest:
+            backtest = (backtest_curve(points, config, args.backtest) if points is not None
+                        else backtest_parametric(obs, config, args.backtest))
     _print_report(console, report)
     settings: dict[str, Any] = {"inputs": [str(p) for p in args.inputs],
                                 "drop_early": args.drop_early,
@@ -155,14 +158,6 @@ def run(args: argparse.Namespace) -> int:
         for path in write_plots(report, args.plot):
             console.print(f"plot: {path}", highlight=False)
     return 0
-
-
-def _backtest(args: argparse.Namespace, obs: Any, points: Any, config: FitConfig) -> Backtest | None:
-    if not args.backtest:
-        return None
-    if points is not None:
-        return backtest_curve(points, config, args.backtest)
-    return backtest_parametric(obs, config, args.backtest)
 
 
 def _print_report(console: Console, report: Any) -> None:

@@ -129,19 +129,10 @@ def load_ladder_config(section: Mapping[str, Any], overrides: Sequence[str] = ()
         raise ConfigError(f"ladder.{error}", hint=error.hint) from None
 
 
-def _data_parallel(exp: ExperimentConfig) -> int:
-    """Devices a batch is split over, as ``chinchax train`` plans: explicit mesh sizes only."""
-    sizes = (exp.mesh.data, exp.mesh.fsdp, exp.mesh.dcn_data, exp.mesh.dcn_fsdp)
-    product = 1
-    for size in sizes:
-        product *= max(int(size), 1)
-    return product * exp.train.grad_accum_steps
-
-
 def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *,
                 ladder_dir: str | Path | None = None, data_parallel: Optional[int] = None) -> LadderSetup:
     """Read a ladder YAML (or dict) with overrides into a :class:`LadderSetup`."""
-    from launch.config import load_experiment, read_yaml
+    from launch.config import data_parallel_size, load_experiment, read_yaml
     from training.data import vocab_size  # the tokenizer decides the vocabulary
 
     data = dict(source) if isinstance(source, Mapping) else read_yaml(Path(source))
@@ -162,7 +153,8 @@ def load_ladder(source: str | Path | Mapping[str, Any], overrides: Sequence[str]
     template = dataclasses.replace(exp.budget, seq_len=exp.train.seq_len, vocab_size=vocab_size(exp.data))
     if exp.train.global_batch is not None and template.global_batch is None:
         template = dataclasses.replace(template, global_batch=exp.train.global_batch)
-    dp = _data_parallel(exp) if data_parallel is None else data_parallel
+    # Devices a batch is split over, as ``chinchax train`` plans: explicit mesh sizes only.
+    dp = data_parallel_size(exp.mesh) * exp.train.grad_accum_steps if data_parallel is None else data_parallel
     if dp < 1:
         raise ConfigError(f"--data-parallel must be positive, got {dp}", hint="e.g. --data-parallel 8")
     return LadderSetup(name=exp.name, experiment=exp, ladder=ladder, budget_template=template,
@@ -195,14 +187,10 @@ def rung_experiment(setup: LadderSetup, name: str, plan: RunPlan, run_dir: str, 
         prediction=prediction)
 
 
-def experiment_yaml(exp: ExperimentConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(exp), sort_keys=False)
-
-
 def _write_experiment(setup: LadderSetup, name: str, exp: ExperimentConfig, started: bool) -> Path:
     """Write ``experiments/<name>.yaml``; refuse to change the experiment of a started run."""
     path = setup.ladder_dir / EXPERIMENTS_DIR / f"{name}.yaml"
-    text = experiment_yaml(exp)
+    text = yaml.safe_dump(dataclasses.asdict(exp), sort_keys=False)
     if path.is_file() and path.read_text() != text and started:
         differing = config_differences(read_run_yaml(path) or {}, dataclasses.asdict(exp))
         if differing:  # cadences, logging and the like may change (as for 'chinchax train')

@@ -121,7 +121,7 @@ def run_setup(args: argparse.Namespace) -> int:
     gcloud = _gcloud(args)
     extras = args.extras if args.extras is not None else list(tpu.DEFAULT_EXTRAS)
     if args.git_url:
-        script = tpu.setup_script(remote_dir=args.remote_dir, archive=None, git_url=args.git_url,
+        script = tpu.setup_script(remote_dir=args.remote_dir, git_url=args.git_url,
                                   git_ref=args.ref, python=args.python, extras=extras)
         gcloud.run(tpu.ssh_all_command(target, script))
         return 0

@@ -186,8 +186,7 @@ def _check_budget_model_fields(data: dict[str, Any], overrides: Sequence[str]) -
     named |= {o.split("=", 1)[0].split(".", 1)[1] for o in overrides if o.startswith("model.")}
     for key in SHAPE_FIELDS:
         if key in named:
-            budget_key = {"mlp": "mlp", "tie_embeddings": "tie_embeddings", "use_bias": "use_bias"}
-            hint = (f"set budget.{budget_key[key]} instead" if key in budget_key else
+            hint = (f"set budget.{key} instead" if key in ("mlp", "tie_embeddings", "use_bias") else
                     "remove it, or drop the budget: section to give the whole shape yourself")
             raise ConfigError(f"model.{key} is chosen by the allocator when a budget: section is given",
                               hint=hint)

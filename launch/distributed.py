@@ -28,7 +28,6 @@ ENABLED_CHOICES = ("auto", "on", "off")
 MAX_TIMEOUT_S = 7 * 24 * 3600
 MAX_PROCESSES = 1 << 20
 MAX_CPU_DEVICES = 4096
-MODES = ("single", "explicit", "tpu", "slurm", "mpi")
 
 # JAX's own SLURM detection needs all of these (SLURM_STEP_NODELIST exists only inside an
 # ``srun`` step, so a batch script's own shell is, correctly, a single process).
@@ -288,16 +287,14 @@ def _set_cpu_devices(count: int) -> None:
             hint="call initialize_distributed() before anything else touches JAX devices") from None
 
 
-def initialize_distributed(cfg: Optional[DistributedConfig] = None,
-                           env: Optional[Mapping[str, str]] = None) -> DistributedInfo:
+def initialize_distributed(cfg: Optional[DistributedConfig] = None) -> DistributedInfo:
     """Idempotent; call before any JAX computation.  A peer that never arrives makes JAX abort
     after ``initialization_timeout`` (SIGABRT on CPU, not an exception): bound processes in time."""
     global _STARTED
     if _STARTED is not None:
         return _STARTED
     cfg = cfg or DistributedConfig()
-    env = os.environ if env is None else env
-    plan = plan_startup(cfg, env, tpu_chips=attached_tpu_chips(),
+    plan = plan_startup(cfg, os.environ, tpu_chips=attached_tpu_chips(),
                         gpu_device_files=glob.glob("/dev/nvidia[0-9]*"))
 
     import jax

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, TextIO
+from typing import List, Sequence, TextIO
 
 from chinchax.errors import LaunchError
 
@@ -127,12 +127,11 @@ def _pump(stream, sink: TextIO, tail: deque) -> None:
 
 
 class Gcloud:
-    def __init__(self, *, dry_run: bool = False, retry: RetryPolicy = RetryPolicy(),
-                 out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> None:
+    def __init__(self, *, dry_run: bool = False, retry: RetryPolicy = RetryPolicy()) -> None:
         self.dry_run = dry_run
         self.retry = retry
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
+        self.out: TextIO = sys.stdout
+        self.err: TextIO = sys.stderr
         self._ready = False
 
     def wait(self, seconds: float) -> None:

@@ -23,26 +23,17 @@ LOGS_DIR = "logs"
 MIRROR_DIR = "mirror"
 
 
-def _read_summary(run_dir: epath.Path) -> Optional[dict[str, Any]]:
-    """The summary, or None when absent or unreadable (the rung then resumes and rewrites it)."""
-    try:
-        return read_summary(run_dir)
-    except RunDirError:
-        return None
-
-
-def _has_checkpoint(run_dir: epath.Path) -> bool:
-    ckpt = run_dir / CHECKPOINTS_DIR
-    return ckpt.exists() and any(True for _ in ckpt.iterdir())
-
-
 def run_state(run_dir: str | epath.Path) -> tuple[str, Optional[dict[str, Any]]]:
     """``(status, summary)`` of a run directory: ``complete``, ``partial`` or ``new``."""
     path = epath.Path(run_dir)
     if not path.exists():
         return "new", None
-    summary = _read_summary(path)
-    return rung_status(summary, _has_checkpoint(path)), summary
+    try:
+        summary = read_summary(path)
+    except RunDirError:
+        summary = None  # absent or unreadable: the rung resumes and rewrites it
+    checkpoints = path / CHECKPOINTS_DIR
+    return rung_status(summary, checkpoints.exists() and any(True for _ in checkpoints.iterdir())), summary
 
 
 def local_copy(ladder_dir: Path, run_dir: str, name: str) -> Path:

@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, MutableMapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from chinchax.errors import ConfigError
 
@@ -114,14 +114,13 @@ def runtime_record(cfg: RuntimeConfig, env: Mapping[str, str]) -> Dict[str, str]
             "allocator": view.get(ENV_ALLOCATOR_SET, "system")}
 
 
-def apply_runtime(cfg: RuntimeConfig, env: Optional[MutableMapping[str, str]] = None) -> Dict[str, str]:
-    env = os.environ if env is None else env
-    changes = runtime_environment(cfg, env, gpu=gpu_visible(env))
+def apply_runtime(cfg: RuntimeConfig) -> Dict[str, str]:
+    changes = runtime_environment(cfg, os.environ, gpu=gpu_visible(os.environ))
     if changes and _backends_started():
         log.warning("XLA settings %s come after JAX started its backends; they apply to new "
                     "processes only", sorted(changes))
-    env.update(changes)
-    return runtime_record(cfg, env)
+    os.environ.update(changes)
+    return runtime_record(cfg, os.environ)
 
 
 def find_tcmalloc() -> Optional[str]:

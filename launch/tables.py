@@ -37,11 +37,10 @@ def report_table(report: FitReport) -> Table:
             continue
         interval = report.intervals.get(name)
         if name in fixed:
-            span, note = "fixed", DESCRIPTIONS.get(name, "")
+            span = "fixed"
         else:
             span = "" if interval is None else f"{number(interval.low)} – {number(interval.high)}"
-            note = DESCRIPTIONS.get(name, "")
-        table.add_row(name, number(report.estimates[name]), span, note)
+        table.add_row(name, number(report.estimates[name]), span, DESCRIPTIONS.get(name, ""))
     return table
 
 

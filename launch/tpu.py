@@ -16,8 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from chinchax.errors import LaunchError
 
 
-GCLOUD = "gcloud"
-TPUS = (GCLOUD, "compute", "tpus")
+TPUS = ("gcloud", "compute", "tpus")
 REMOTE_DIR = "chinchax"
 REMOTE_ARCHIVE = "chinchax-src.tar.gz"
 REMOTE_CONFIG_DIR = ".run-configs"
@@ -88,18 +87,11 @@ class TpuTarget:
 
     @property
     def location(self) -> List[str]:
-        flags = []
-        if self.zone:
-            flags.append(f"--zone={self.zone}")
-        if self.project:
-            flags.append(f"--project={self.project}")
-        return flags
+        return [f"--{flag}={value}" for flag, value in (("zone", self.zone), ("project", self.project)) if value]
 
     @property
     def nodes(self) -> List[str]:
-        if self.slices == 1:
-            return [self.name]
-        return [f"{self.name}-{i}" for i in range(self.slices)]
+        return [self.name] if self.slices == 1 else [f"{self.name}-{i}" for i in range(self.slices)]
 
 
 def create_command(target: TpuTarget, accelerator_type: str, *, version: Optional[str] = None,
@@ -122,16 +114,18 @@ def create_command(target: TpuTarget, accelerator_type: str, *, version: Optiona
             f"--accelerator-type={accelerator_type}", f"--runtime-version={runtime}", *nodes, *tier]
 
 
+def _on_all_workers(target: TpuTarget, verb: str, operands: Sequence[str], *after: str) -> List[str]:
+    """``verb`` on every worker: of the one slice, or of every node of the queued resource."""
+    api, nodes = ("tpu-vm", []) if target.slices == 1 else ("queued-resources", ["--node=all"])
+    return [*TPUS, api, verb, *operands, *target.location, *nodes, "--worker=all", *after]
+
+
 def ssh_all_command(target: TpuTarget, command: str) -> List[str]:
-    if target.slices == 1:
-        return [*TPUS, "tpu-vm", "ssh", target.name, *target.location, "--worker=all", f"--command={command}"]
-    return [*TPUS, "queued-resources", "ssh", target.name, *target.location, "--node=all", "--worker=all",
-            f"--command={command}"]
+    return _on_all_workers(target, "ssh", [target.name], f"--command={command}")
 
 
-def ssh_one_command(target: TpuTarget, command: str, node: Optional[str] = None, worker: int = 0) -> List[str]:
-    return [*TPUS, "tpu-vm", "ssh", node or target.nodes[0], *target.location, f"--worker={worker}",
-            f"--command={command}"]
+def ssh_one_command(target: TpuTarget, command: str) -> List[str]:
+    return [*TPUS, "tpu-vm", "ssh", target.nodes[0], *target.location, "--worker=0", f"--command={command}"]
 
 
 def remote_word(path: str, *, glob_name: bool = False) -> str:
@@ -144,11 +138,7 @@ def remote_word(path: str, *, glob_name: bool = False) -> str:
 
 
 def scp_to_all_command(target: TpuTarget, local_path: str, remote_path: str) -> List[str]:
-    remote = f"{target.name}:{remote_word(remote_path)}"
-    if target.slices == 1:
-        return [*TPUS, "tpu-vm", "scp", local_path, remote, *target.location, "--worker=all"]
-    return [*TPUS, "queued-resources", "scp", local_path, remote, *target.location,
-            "--node=all", "--worker=all"]
+    return _on_all_workers(target, "scp", [local_path, f"{target.name}:{remote_word(remote_path)}"])
 
 
 def scp_from_worker_command(target: TpuTarget, node: str, worker: int, remote_path: str,
@@ -199,7 +189,7 @@ def dquote(text: str) -> str:
     return '"' + re.sub(r'([$`"\\])', r"\\\1", text) + '"'
 
 
-def setup_script(*, remote_dir: str = REMOTE_DIR, archive: Optional[str] = REMOTE_ARCHIVE,
+def setup_script(*, remote_dir: str = REMOTE_DIR, archive: str = REMOTE_ARCHIVE,
                  git_url: Optional[str] = None, git_ref: str = "origin/HEAD",
                  python: str = DEFAULT_PYTHON, extras: Sequence[str] = DEFAULT_EXTRAS) -> str:
     """Idempotent; uv supplies the Python the constraints were pinned with."""
@@ -208,11 +198,9 @@ def setup_script(*, remote_dir: str = REMOTE_DIR, archive: Optional[str] = REMOT
         url, ref = dquote(git_url), dquote(git_ref)
         fetch = (f"if [ -d {d}/.git ]; then git -C {d} fetch --quiet origin; "
                  f"else git clone --quiet {url} {d}; fi && git -C {d} checkout --quiet --force {ref}")
-    elif archive is not None:
+    else:
         a = dquote(archive)
         fetch = f"mkdir -p {d} && tar -xzf {a} -C {d} && rm -f {a}"
-    else:
-        raise LaunchError("setup needs a project archive or a git URL", hint="pass --source DIR or --git URL")
     uv = "$HOME/.local/bin/uv"
     install_uv = (f"( [ -x {uv} ] || python3 -m pip install --user --quiet uv "
                   f"|| python3 -m pip install --user --quiet --break-system-packages uv )")
@@ -258,8 +246,8 @@ def run_script(config: str, overrides: Sequence[str], *, remote_dir: str = REMOT
     return _join([*start, "set -o pipefail", f"{train} 2>&1 | tee {WORKER_LOG}"])
 
 
-def follow_logs_script(remote_dir: str = REMOTE_DIR, lines: int = 100) -> str:
-    return f"tail -n {int(lines)} -F {dquote(remote_dir)}/logs/worker-*.log"
+def follow_logs_script(remote_dir: str = REMOTE_DIR) -> str:
+    return f"tail -n 100 -F {dquote(remote_dir)}/logs/worker-*.log"
 
 
 def remote_logs_glob(remote_dir: str = REMOTE_DIR) -> str:
