@@ -20,14 +20,12 @@ from scaling.flops import (
     forward_flops_per_sequence,
     train_flops_per_token,
 )
-from scaling.inference import (InferenceTradeoff, check_inference_tokens, check_objective,
+from scaling.inference import (InferenceTradeoff, check_flops, check_inference_tokens, check_objective,
                                inference_tradeoff)
 from scaling.identity import identity_differences, law_identity
 from scaling.laws import Allocation, Law, ParametricLaw, get_law, law_file_data
 from scaling.shapes import ShapeSpace, search_shape
 
-__all__ = ["ScalingError", "BudgetConfig", "RunPlan", "allocate", "plan_run", "plan_run_at_size",
-           "resolve_law"]
 
 # Beyond this factor either way of N_opt, the budget cannot afford the smallest allowed shape
 # (its vocabulary matrices, typically) or the law wants one beyond the largest.
@@ -129,19 +127,11 @@ class RunPlan:
 
 
 def _check_flops(flops: Any) -> None:
-    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) \
-            or flops <= 0:
-        raise ScalingError(f"compute budget must be a positive, finite number of FLOPs, got {flops!r}",
-                              hint="pass e.g. --flops 1e19 (budget.flops: 1e19)")
+    check_flops(flops, "compute budget", hint="pass e.g. --flops 1e19 (budget.flops: 1e19)")
 
 
 def resolve_law(law: Union[str, Path, Law]) -> Law:
-    if not isinstance(law, (str, Path)):
-        return law
-    try:
-        return get_law(law)
-    except ScalingError as exc:
-        raise ScalingError(str(exc), hint=exc.hint) from None
+    return get_law(law) if isinstance(law, (str, Path)) else law
 
 
 def allocate(flops: float, law: Union[str, Law] = "chinchilla") -> Allocation:

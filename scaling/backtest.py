@@ -90,7 +90,7 @@ def backtest_curve(points: CurvePoints, config: FitConfig, by: str = "budget") -
     fitted = fit_curve(fitting, replace(config, bootstrap=0))
     if config.bootstrap:
         fitted = bootstrap_curve(fitting, fitted, config)
-    test = points.select(in_held & points.final_mask())
+    test = points.select(in_held & points.obs.final_mask())
     predicted = np.asarray(fitted.law.loss(test.obs.n_params, test.s1, test.s2), dtype=np.float64)
     replicates = fitted.law.replicate_losses(test.obs.n_params, test.s1, test.s2)
     return Backtest(by, "curve", _rows(test.obs, predicted, replicates, config.confidence),

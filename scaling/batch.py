@@ -34,16 +34,12 @@ def optimal_learning_rate(flops: float) -> float:
     return DEEPSEEK_LR_COEF * flops**DEEPSEEK_LR_EXPONENT
 
 
-def round_to_multiple(value: float, multiple: int) -> int:
-    """Nearest positive multiple of ``multiple`` (at least ``multiple`` itself)."""
-    return max(1, round(value / multiple)) * multiple
-
-
 def optimal_batch_sequences(flops: float, seq_len: int, multiple: int = 1) -> int:
     if seq_len <= 0 or multiple <= 0:
         raise ScalingError(f"seq_len and data-parallel size must be positive, got {seq_len}, {multiple}",
                               hint="use e.g. seq_len 2048 and the number of data-parallel devices")
-    return round_to_multiple(optimal_batch_tokens(flops) / seq_len, multiple)
+    # the nearest positive multiple of ``multiple`` (at least ``multiple`` itself)
+    return max(1, round(optimal_batch_tokens(flops) / seq_len / multiple)) * multiple
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,6 @@ from scaling.fit import FitConfig, FitReport, fit
 from scaling.laws import ParametricLaw, PowerLawAllocation, get_law
 from scaling.observations import Observations
 
-__all__ = [
-    "ZHENG_SOURCE",
-    "ZHENG_SCRATCH_ALLOCATION",
-    "ZHENG_CPT_ALLOCATION",
-    "ZHENG_2024",
-    "ZHENG_2024_CPT",
-    "data_term_for_allocation",
-    "cpt_fit_config",
-    "fit_cpt_law",
-    "equal_loss_tokens",
-    "compute_saving",
-    "crossover_tokens",
-]
 
 ZHENG_SOURCE = "Zheng et al. 2024, 'Breaking Language Barriers: Cross-Lingual Continual Pre-Training at Scale'"
 

@@ -102,13 +102,6 @@ class CurvePoints:
         return CurvePoints(obs, self.s1[mask], self.s2[mask],
                            {r: self.schedules[r] for r in obs.runs}, self.lam)
 
-    def final_mask(self) -> np.ndarray:
-        codes, keep = self.obs.run_codes, np.zeros(len(self), dtype=bool)
-        for code in range(self.obs.n_runs):
-            rows = np.flatnonzero(codes == code)
-            keep[rows[np.argmax(self.obs.tokens[rows])]] = True
-        return keep
-
 
 def read_curve_points(run_dirs: Sequence[str | Path], drop_early: float = 0.1,
                       lam: float = DEFAULT_LAMBDA, drop_before_step: int = 0) -> CurvePoints:

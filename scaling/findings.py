@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from chinchax.errors import ScalingError
 from scaling.fit_approach12 import fit_isoflop
+from scaling.fit_bootstrap import Interval
 from scaling.fit_config import FitConfig, FitWarning
 from scaling.observations import Observations
 
@@ -17,9 +18,9 @@ E_EDGE_SHARE = 0.05
 DISAGREEMENT_FACTOR = 2.0
 
 
-def e_finding(E: float, min_loss: float, interval: Optional[tuple[float, float]] = None) -> Optional[str]:
+def e_finding(E: float, min_loss: float, interval: Optional[Interval] = None) -> Optional[str]:
     """``E`` pushed towards 0 (or its interval reaching it): the data cannot tell E from B/D^beta."""
-    low = None if interval is None else interval[0]
+    low = None if interval is None else interval.low
     if E < E_EDGE_SHARE * min_loss or (low is not None and math.isfinite(low) and low < E_EDGE_SHARE * min_loss):
         where = f"E = {E:.3g}" + ("" if low is None else f" (interval down to {low:.3g})")
         return (f"E is not identified: {where} sits at the edge of its range, far below the lowest "
@@ -51,9 +52,7 @@ def fit_findings(estimates: dict[str, Any], intervals: dict[str, Any], obs: Obse
                  config: FitConfig, target_flops: float) -> list[str]:
     found = []
     if "E" in estimates and "E" not in config.fixed:
-        span = intervals.get("E")
-        edge = e_finding(float(estimates["E"]), float(obs.loss.min()),
-                         None if span is None else (span.low, span.high))
+        edge = e_finding(float(estimates["E"]), float(obs.loss.min()), intervals.get("E"))
         if edge:
             found.append(edge)
     n3 = estimates.get("n_opt")

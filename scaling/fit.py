@@ -5,7 +5,7 @@ Held-out scoring is ARE (Choshen et al. 2024); compute is the papers' ``C = 6 N 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -17,7 +17,7 @@ from scaling.fit_approach12 import PowerLawFit, fit_envelope, fit_isoflop, group
 from scaling.fit_approach3 import HuberLogObjective, ParametricFit, fit_continual, fit_parametric
 from scaling.fit_bootstrap import (Bootstrap, Interval, bootstrap_parametric, bootstrap_power,
                                    parametric_quantities, point_weights, power_quantities, resample_runs)
-from scaling.fit_config import LABEL_ORDER, FitConfig, FitWarning, StartGrid, coarse_grid, config_dict
+from scaling.fit_config import LABEL_ORDER, FitConfig, FitWarning, StartGrid, coarse_grid
 from scaling.fit_curve import CurveFit, bootstrap_curve, fit_curve
 from scaling.identity import FIELDS as IDENTITY_FIELDS, UNKNOWN, nested
 from scaling.laws import Law, ParametricLaw
@@ -62,9 +62,7 @@ class FitReport:
             "exponents": self.exponents,
             "estimates": self.estimates,
             "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
-            "allocation": {"flops": self.target_flops,
-                           **{k: self.intervals[k].to_dict() if k in self.intervals
-                              else {"estimate": self.estimates[k]} for k in allocation_keys}},
+            "allocation": {"flops": self.target_flops, **{k: self.interval_dict(k) for k in allocation_keys}},
             "bootstrap": None if self.bootstrap is None else {
                 "resamples": self.bootstrap.n_resamples, "failed": self.bootstrap.n_failed,
                 "confidence": self.bootstrap.confidence, "unit": "run"},
@@ -72,9 +70,15 @@ class FitReport:
             "findings": list(self.findings),
             "identity": nested(self.identity or {k: UNKNOWN for k in IDENTITY_FIELDS}),
             **dict(self.extra),
-            "settings": {**config_dict(self.config), **dict(settings or {})},
+            "settings": {**asdict(self.config), **dict(settings or {})},
             "data": self.observations.records(),
         }
+
+    def interval_dict(self, key: str) -> Optional[dict[str, float]]:
+        """``key``'s interval, else its bare estimate; ``None`` where the report has neither."""
+        if key in self.intervals:
+            return self.intervals[key].to_dict()
+        return {"estimate": float(self.estimates[key])} if key in self.estimates else None
 
 
 def default_target_flops(obs: Observations) -> float:
@@ -93,9 +97,7 @@ def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None 
             boot = bootstrap_parametric(obs, detail, config, target)
         law: Law = detail.law
         if boot is not None:
-            rows = tuple(tuple(float(v) for v in row[:6]) for row in boot.samples)
-            law = ParametricLaw(**{**detail.coefficients, "name": law.name, "source": law.source},
-                                samples=rows)
+            law = replace(detail.law, samples=tuple(tuple(float(v) for v in row[:6]) for row in boot.samples))
         if config.fixed_values.get("gamma") == 0.0:
             estimates.pop("gamma")  # Chinchilla's form: gamma is no coefficient of it
     else:
@@ -199,8 +201,7 @@ def evaluate(obs: Observations, config: FitConfig = FitConfig(), *, target_run: 
         raise ScalingError(f"target run {target_run!r} has no points in its last {holdout_fraction:.0%}",
                        hint="evaluate on a run with intermediate evals, or raise the fraction")
     training = obs.select(~heldout)
-    base = fit_parametric(training, FitConfig(**{**asdict(config), "grid": config.grid,
-                                                 "bootstrap": 0}), name="fit-evaluate")
+    base = fit_parametric(training, replace(config, bootstrap=0), name="fit-evaluate")
     held = obs.select(heldout)
     predicted = np.asarray(base.law.loss(held.n_params, held.tokens), dtype=np.float64)
     are = float(np.mean(np.abs(held.loss - predicted) / held.loss))

@@ -7,7 +7,7 @@ float32 exponentials on AVX2), the best distinct end points polished in float64.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -203,8 +203,7 @@ def fit_continual(obs: Observations, base: ParametricLaw, config: FitConfig = Fi
                   name: str = "fit-continual") -> ParametricFit:
     """Zheng et al. (2024): ``L = E + A/N^alpha + B'/(D^beta' N^gamma)``, E, A, alpha from ``base``."""
     fixed = {"E": base.E, "A": base.A, "alpha": base.alpha}
-    settings = {**asdict(config), "fixed": fixed, "free_gamma": True, "grid": config.grid}
-    return fit_parametric(obs, FitConfig(**settings), name=name)
+    return fit_parametric(obs, replace(config, fixed=fixed, free_gamma=True), name=name)
 
 
 def _restarts(polished: np.ndarray, polished_f: np.ndarray, screened: np.ndarray,

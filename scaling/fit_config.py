@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -138,10 +138,6 @@ class FitConfig:
         if not self.free_gamma:
             values.setdefault("gamma", 0.0)
         return values
-
-
-def config_dict(config: FitConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 def _emit(notes: Sequence[str]) -> None:

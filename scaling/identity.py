@@ -30,12 +30,9 @@ def _file_hash(path: str) -> str:
 
 def _tokenizer(data: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, str]:
     name = data.get("tokenizer")
-    if name is None:
-        return {"tokenizer.kind": UNKNOWN, "tokenizer.vocab": str(model.get("vocab_size", UNKNOWN)),
-                "tokenizer.hash": UNKNOWN}
-    kind = "byte" if name == "byte" else "sentencepiece"
+    kind = UNKNOWN if name is None else "byte" if name == "byte" else "sentencepiece"
     return {"tokenizer.kind": kind, "tokenizer.vocab": str(model.get("vocab_size", UNKNOWN)),
-            "tokenizer.hash": "byte" if kind == "byte" else _file_hash(str(name))}
+            "tokenizer.hash": _file_hash(str(name)) if kind == "sentencepiece" else kind}
 
 
 def _data(data: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, str]:

@@ -27,18 +27,6 @@ from chinchax.errors import ScalingError
 from scaling.laws import Law, ParametricLaw
 
 
-__all__ = [
-    "OBJECTIVES",
-    "InferenceOption",
-    "InferenceTradeoff",
-    "best_loss_for_total_cost",
-    "check_inference_tokens",
-    "check_objective",
-    "cheapest_for_loss",
-    "describe",
-    "inference_tradeoff",
-]
-
 # ``train``: Chinchilla's allocation (inference cost reported only); ``total``: the least total
 # compute (training + inference) that reaches Chinchilla's loss.
 OBJECTIVES = ("train", "total")
@@ -140,11 +128,10 @@ def _check_loss(law: ParametricLaw, loss: Any) -> float:
     return float(loss)
 
 
-def _check_flops(flops: Any, what: str) -> float:
+def check_flops(flops: Any, what: str, hint: str = "pass e.g. --flops 1e21") -> float:
     if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops) \
             or flops <= 0:
-        raise ScalingError(f"{what} must be a positive, finite number of FLOPs, got {flops!r}",
-                              hint="pass e.g. --flops 1e21")
+        raise ScalingError(f"{what} must be a positive, finite number of FLOPs, got {flops!r}", hint=hint)
     return float(flops)
 
 
@@ -204,7 +191,7 @@ def best_loss_for_total_cost(law: Law, total_flops: float,
                              inference_tokens: float = 0.0) -> tuple[float, float]:
     """``(N, D)`` of least loss at ``6 N D + 2 N T = total_flops``; ``dL/dlog N`` goes from < 0 to +inf."""
     law = _parametric(law)
-    k = _check_flops(total_flops, "total compute")
+    k = check_flops(total_flops, "total compute")
     t = check_inference_tokens(inference_tokens)
 
     def tokens_at(n: float) -> float:
@@ -244,12 +231,9 @@ def _option(name: str, law: ParametricLaw, n: float, d: float, t: float,
 
 def inference_tradeoff(law: Law, flops: float, inference_tokens: float) -> InferenceTradeoff:
     law = _parametric(law)
-    c = _check_flops(flops, "training compute budget")
+    c = check_flops(flops, "training compute budget")
     t = check_inference_tokens(inference_tokens)
-    try:
-        optimum = law.allocate(c)
-    except ScalingError as exc:
-        raise ScalingError(str(exc), hint=exc.hint) from None
+    optimum = law.allocate(c)  # cannot fail: _parametric has ruled out beta <= gamma
     chinchilla = _option("chinchilla", law, optimum.n_params, optimum.tokens, t, None)
     reference = (chinchilla.total_flops, chinchilla.loss)
     same_loss = _option("same_loss", law, *cheapest_for_loss(law, chinchilla.loss, t), t, reference)
@@ -257,13 +241,3 @@ def inference_tradeoff(law: Law, flops: float, inference_tokens: float) -> Infer
                         t, reference)
     return InferenceTradeoff(law=law.name, flops=c, inference_tokens=t, chinchilla=chinchilla,
                              same_loss=same_loss, same_cost=same_cost)
-
-
-def describe(tradeoff: InferenceTradeoff) -> str:
-    best = tradeoff.same_loss
-    chin = tradeoff.chinchilla
-    return (f"serving {tradeoff.inference_tokens:.3g} tokens: Chinchilla's {chin.n_params:.3g} "
-            f"parameters cost {chin.total_flops:.3g} FLOPs in total; "
-            f"{best.n_params:.3g} parameters on {best.tokens:.3g} tokens reach the same loss for "
-            f"{best.total_flops:.3g} ({best.saving:.1%} less)")
-

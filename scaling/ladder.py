@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from chinchax.errors import ChinchaxError, ScalingError
-from scaling.fit import FitReport
 from scaling.ladder_analysis import (DISAGREEMENT_FACTOR, LadderAnalysis, allocation_agreement,
                                      analyse_ladder, extrapolation, fit_rungs, law_file_name)
 from scaling.ladder_config import (PLAN_FILE, PREDICTION_FILE, REPORT_FILE,
@@ -26,7 +25,7 @@ from scaling.prediction import RunPrediction, predict_run
 # Re-exported: the launcher, the report and the tests import the ladder's pieces from here.
 __all__ = ["CPU_GUESS_FLOPS_PER_SECOND", "DISAGREEMENT_FACTOR", "PLAN_FILE", "PREDICTION_FILE",
            "REPORT_FILE", "VERIFICATION_FILE", "LadderAnalysis", "LadderConfig",
-           "LadderPlan", "ScalingError", "WallTimeModel", "analyse_ladder", "design_ladder",
+           "LadderPlan", "WallTimeModel", "analyse_ladder", "design_ladder",
            "estimate_seconds", "fit_rungs", "law_file_name", "measured_wall_time_model",
            "published_comparison", "verify_target"]
 
@@ -38,14 +37,6 @@ def rung_status(summary: Optional[Mapping[str, Any]], has_checkpoint: bool) -> s
     if summary is not None or has_checkpoint:
         return "partial"
     return "new"
-
-
-def _interval_dict(report: FitReport, key: str) -> Optional[dict[str, float]]:
-    if key in report.intervals:
-        return report.intervals[key].to_dict()
-    if key in report.estimates:
-        return {"estimate": float(report.estimates[key])}
-    return None
 
 
 def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str = "cosine",
@@ -60,8 +51,7 @@ def predict_target(analysis: LadderAnalysis, *, eval_every: int, schedule: str =
     optimum = {}
     for approach, report in sorted(analysis.reports.items(), key=lambda item: str(item[0])):
         optimum[f"approach{approach}"] = {
-            "n_opt": _interval_dict(report, "n_opt"), "tokens_opt": _interval_dict(report, "tokens_opt"),
-            "loss_opt": _interval_dict(report, "loss_opt"),
+            **{key: report.interval_dict(key) for key in ("n_opt", "tokens_opt", "loss_opt")},
             "law_file": analysis.law_files[approach]}
     now = time.time()
     return {

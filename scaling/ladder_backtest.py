@@ -24,7 +24,7 @@ def plan_schedule(plan: RunPlan, optim: Optional[Mapping[str, Any]]) -> Schedule
 def ladder_curve_points(run_dirs: Sequence[str | Path], cfg: Any) -> CurvePoints:
     if cfg.drop_early >= 1.0:
         points = read_curve_points(run_dirs, 0.0, cfg.curve_lambda)
-        return points.select(points.final_mask())
+        return points.select(points.obs.final_mask())
     return read_curve_points(run_dirs, cfg.drop_early, cfg.curve_lambda, cfg.drop_before_step)
 
 
@@ -45,9 +45,8 @@ def ladder_findings(analysis: Any, cfg: Any) -> tuple[str, ...]:
     """E at the edge, approaches 2 and 3 apart on ``N_opt``, and a backtest that failed."""
     found = []
     report = analysis.reports[analysis.loss_approach]
-    span = report.intervals.get("E")
     edge = e_finding(float(report.estimates["E"]), float(analysis.observations.loss.min()),
-                     None if span is None else (span.low, span.high))
+                     report.intervals.get("E"))
     if edge:
         found.append(edge)
     if 2 in analysis.reports and 3 in analysis.reports:

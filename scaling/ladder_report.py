@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
 from scaling.fit import LABEL_ORDER, FitReport, PowerLawFit
@@ -23,7 +21,8 @@ from scaling.ladder import (
     shape_label,
 )
 from scaling.observations import read_run_dir
-from scaling.plots import LOSS_UNIT, plot_bootstrap, plot_frontier, plot_isoflops, plot_residuals
+from scaling.plots import (LOSS_UNIT, _colours, _figure, _save, plot_bootstrap, plot_frontier, plot_isoflops,
+                           plot_residuals)
 
 log = logging.getLogger("chinchax.ladder")
 
@@ -39,24 +38,15 @@ def number(value: Optional[float]) -> str:
     return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
 
 
-def _figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_loss_curves(rung_dirs: Mapping[str, Path], budgets: Mapping[str, float], path: str | Path,
                      prediction: Optional[Mapping[str, Any]] = None,
                      target_dir: Optional[Path] = None) -> Path:
     """Eval loss against training FLOPs for every rung (coloured by budget), the target's
     measured curve, and the curve and interval it was predicted to follow."""
-    from matplotlib import colormaps
-
     figure = _figure(8.0, 5.2)
     axes = figure.add_subplot()
     levels = sorted(set(budgets.values()))
-    cmap = colormaps["viridis"]
-    colour = {b: cmap(v) for b, v in zip(levels, np.linspace(0.05, 0.85, max(len(levels), 1)))}
+    colour = dict(zip(levels, _colours(len(levels), high=0.85)))
     labelled: set[float] = set()
     for name, run_dir in rung_dirs.items():
         obs = read_run_dir(run_dir)
@@ -91,10 +81,7 @@ def plot_loss_curves(rung_dirs: Mapping[str, Path], budgets: Mapping[str, float]
     axes.set_title("loss curves of the ladder and the target's prediction (made before it ran)")
     axes.legend(fontsize=7)
     figure.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.93)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return _save(figure, path)
 
 
 def write_plots(out_dir: str | Path, analysis: LadderAnalysis, rung_dirs: Mapping[str, Path],
@@ -210,17 +197,15 @@ def _coverage(backtest: Mapping[str, Any]) -> str:
 def _headline(plan: LadderPlan, prediction: Mapping[str, Any],
               verification: Optional[Mapping[str, Any]]) -> list[str]:
     final = prediction["final_loss"]
-    lines: list[str] = []
-    if verification is not None:
-        inside = "inside" if verification["inside"] else "outside"
-        lines += [f"**Target at {plan.target_flops:.3g} FLOPs: predicted final loss "
-                  f"{number(final['estimate'])} [{number(final['low'])}, {number(final['high'])}] "
-                  f"({final['level']:.0%}), actual {number(verification['actual_final_loss'])}: "
-                  f"relative error {verification['relative_error']:+.2%}, {inside} the interval.**", ""]
+    if verification is None:
+        ending = "; not trained yet"
     else:
-        lines += [f"**Target at {plan.target_flops:.3g} FLOPs: predicted final loss "
-                  f"{number(final['estimate'])} [{number(final['low'])}, {number(final['high'])}] "
-                  f"({final['level']:.0%}); not trained yet.**", ""]
+        ending = (f", actual {number(verification['actual_final_loss'])}: relative error "
+                  f"{verification['relative_error']:+.2%}, {'inside' if verification['inside'] else 'outside'} "
+                  "the interval")
+    lines = [f"**Target at {plan.target_flops:.3g} FLOPs: predicted final loss "
+             f"{number(final['estimate'])} [{number(final['low'])}, {number(final['high'])}] "
+             f"({final['level']:.0%}){ending}.**", ""]
     lines += [f"{len(plan.rungs)} rungs over {len(plan.budgets)} budgets "
               f"({', '.join(f'{b:.3g}' for b in plan.budgets)} FLOPs; "
               f"{plan.rung_flops:.3g} in all), sizes "
@@ -231,8 +216,7 @@ def _headline(plan: LadderPlan, prediction: Mapping[str, Any],
 
 
 def _rungs_section(plan: LadderPlan, summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    lines: list[str] = []
-    lines += ["## Rungs", ""]
+    lines = ["## Rungs", ""]
     rows = []
     for rung in plan.rungs:
         s = summaries.get(rung.name, {})
@@ -339,8 +323,7 @@ def _sensitivity_section(plan: LadderPlan, prediction: Mapping[str, Any],
 
 def _verification_section(plan: LadderPlan, prediction: Mapping[str, Any],
                            verification: Optional[Mapping[str, Any]]) -> list[str]:
-    lines: list[str] = []
-    lines += ["", "## Verification", ""]
+    lines = ["", "## Verification", ""]
     if verification is None:
         lines += ["The target has not been trained yet."]
     else:
@@ -368,8 +351,7 @@ def _verification_section(plan: LadderPlan, prediction: Mapping[str, Any],
 
 def _closing_section(plots: Mapping[str, Path], timings: Mapping[str, Any],
                      analysis: LadderAnalysis) -> list[str]:
-    lines: list[str] = []
-    lines += ["", "## Plots", ""]
+    lines = ["", "## Plots", ""]
     lines += [f"![{label}]({PLOTS_DIR}/{path.name})" for label, path in plots.items()]
     lines += ["", "Budgets are labelled by the exact FLOPs each spent (`scaling/flops.py`), in the "
               "isoFLOP profiles and the loss curves alike; only the frontier plot, which draws the "

@@ -199,12 +199,9 @@ def law_from_dict(data: dict[str, Any], name: str = "file") -> Law:
         if form == "parametric":
             _require_finite(body, ("E", "A", "B", "alpha", "beta", "gamma"), name)
             samples = tuple(tuple(float(v) for v in row) for row in body.get("samples", ()))
-            return ParametricLaw(
-                E=float(body["E"]), A=float(body["A"]), B=float(body["B"]),
-                alpha=float(body["alpha"]), beta=float(body["beta"]),
-                gamma=float(body.get("gamma", 0.0)), name=str(body.get("name", name)),
-                source=str(body.get("source", "")), samples=samples,
-            )
+            return ParametricLaw(**{key: float(body[key]) for key in ("E", "A", "B", "alpha", "beta")},
+                                 gamma=float(body.get("gamma", 0.0)), name=str(body.get("name", name)),
+                                 source=str(body.get("source", "")), samples=samples)
         if form == "power":
             _require_finite(body, ("a", "n_coef"), name)
             return PowerLawAllocation(

@@ -132,14 +132,16 @@ class Observations:
     def select(self, mask: Any) -> "Observations":
         return Observations(*(getattr(self, name)[mask] for name in _FIELDS))
 
-    def final_points(self) -> "Observations":
+    def final_mask(self) -> np.ndarray:
         """Each run's last point (most tokens): what an isoFLOP analysis compares."""
-        codes = self.run_codes
-        keep = np.zeros(len(self), dtype=bool)
+        codes, keep = self.run_codes, np.zeros(len(self), dtype=bool)
         for code in range(self.n_runs):
             rows = np.flatnonzero(codes == code)
             keep[rows[np.argmax(self.tokens[rows])]] = True
-        return self.select(keep)
+        return keep
+
+    def final_points(self) -> "Observations":
+        return self.select(self.final_mask())
 
     def drop_early(self, fraction: float) -> "Observations":
         """Drop each run's points before ``fraction`` of its final tokens (Hitchhiker practice):

@@ -66,11 +66,11 @@ def plot_isoflops(profiles_fit: PowerLawFit, path: str | Path, law: Law | None =
     return _save(figure, path)
 
 
-def _colours(count: int) -> list:
+def _colours(count: int, high: float = 0.9) -> list:
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
-    return [cmap(v) for v in np.linspace(0.05, 0.9, max(count, 1))]
+    return [cmap(v) for v in np.linspace(0.05, high, max(count, 1))]
 
 
 def _frontier_band(report: FitReport, flops: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -19,17 +19,6 @@ import numpy as np
 from chinchax.errors import ScalingError
 from scaling.laws import Law, ParametricLaw, get_law
 
-__all__ = [
-    "Alert",
-    "DriftMonitor",
-    "PredictedPoint",
-    "PredictionConfig",
-    "ScalingError",
-    "RunPrediction",
-    "SCHEDULES",
-    "predict_run",
-    "remaining_decay",
-]
 
 DEFAULT_LEVEL = 0.9
 DEFAULT_RELATIVE_BAND = 0.03
@@ -85,15 +74,13 @@ def _fraction(name: str, value: Any, *, low_open: bool, high_open: bool, hint: s
 
 def _check_interval_settings(level: Any, relative_band: Any, noise_floor: Any, undecayed_slack: Any,
                              skip_fraction: Any, prefix: str = "") -> None:
-    _fraction(f"{prefix}level", level, low_open=True, high_open=True, hint="use e.g. 0.9 for a 90% interval")
-    _fraction(f"{prefix}relative_band", relative_band, low_open=True, high_open=True,
-              hint="use e.g. 0.03 for ±3%")
-    _fraction(f"{prefix}noise_floor", noise_floor, low_open=False, high_open=True,
-              hint="use e.g. 0.01 for at least ±1%")
-    _fraction(f"{prefix}undecayed_slack", undecayed_slack, low_open=False, high_open=True,
-              hint="use e.g. 0.05, or 0 to compare mid-run checkpoints strictly")
-    _fraction(f"{prefix}skip_fraction", skip_fraction, low_open=False, high_open=True,
-              hint="use e.g. 0.1 to leave the first 10% of the run unchecked")
+    for name, value, low_open, hint in (
+            ("level", level, True, "use e.g. 0.9 for a 90% interval"),
+            ("relative_band", relative_band, True, "use e.g. 0.03 for ±3%"),
+            ("noise_floor", noise_floor, False, "use e.g. 0.01 for at least ±1%"),
+            ("undecayed_slack", undecayed_slack, False, "use e.g. 0.05, or 0 to compare mid-run checkpoints strictly"),
+            ("skip_fraction", skip_fraction, False, "use e.g. 0.1 to leave the first 10% of the run unchecked")):
+        _fraction(f"{prefix}{name}", value, low_open=low_open, high_open=True, hint=hint)
 
 
 def _check_monitor_settings(margin: Any, patience: Any, prefix: str = "") -> None:
@@ -230,10 +217,7 @@ class RunPrediction:
 
 def _loss_model(law: Union[str, Path, Law]) -> ParametricLaw:
     if isinstance(law, (str, Path)):
-        try:
-            law = get_law(law)
-        except ScalingError as exc:
-            raise ScalingError(str(exc), hint=exc.hint) from None
+        law = get_law(law)
     if not isinstance(law, ParametricLaw):
         raise ScalingError(
             f"law {getattr(law, 'name', law)!r} predicts no loss, so a run cannot be predicted with it",
