@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-from types import ModuleType
 from typing import Any, Optional
 
 import jax
@@ -19,14 +18,6 @@ from models.sharding import active_mesh_and_rules, logical_to_mesh_spec, target_
 SPLASH_MODULE = "jax.experimental.pallas.ops.tpu.splash_attention"
 SPLASH_BLOCK = 512  # block edge for queries and keys (forward and backward); T must divide by it
 SPLASH_MIN_BLOCK = 128  # the TPU tile: sequences shorter than SPLASH_BLOCK use a multiple of it
-
-
-def splash_module() -> Optional[ModuleType]:
-    """The splash-attention package of the installed JAX, or None where it is missing."""
-    try:
-        return importlib.import_module(SPLASH_MODULE)
-    except ImportError:
-        return None
 
 
 def _block_for(seq_len: int) -> int:
@@ -46,12 +37,13 @@ def _block_for(seq_len: int) -> int:
 @functools.lru_cache(maxsize=32)
 def _causal_kernel(n_heads: int, seq_len: int, interpret: bool) -> Any:
     """A causal multi-head splash kernel for one sequence (built once per shape)."""
-    splash = splash_module()
-    if splash is None:
+    try:
+        splash = importlib.import_module(SPLASH_MODULE)
+    except ImportError:
         raise ModelError(
             f"model.attention='splash' needs {SPLASH_MODULE}, which this JAX does not have",
             hint="upgrade jax (it ships the kernel), or use model.attention=auto",
-        )
+        ) from None
     block = _block_for(seq_len)
     sizes = splash.BlockSizes(
         block_q=block, block_kv=block, block_kv_compute=block,

@@ -39,10 +39,6 @@ Rules = Sequence[Sequence[str]]
 """Logical→mesh rules as plain data: ``[[logical, "axis" | "axis,axis" | ""], ...]``."""
 
 
-def _default_rules() -> List[List[str]]:
-    return [list(rule) for rule in DEFAULT_RULES]
-
-
 def parse_rules(rules: Rules) -> Dict[str, Tuple[str, ...]]:
     """Validate rules and return ``{logical: (mesh axes...)}``."""
     parsed: Dict[str, Tuple[str, ...]] = {}
@@ -84,7 +80,7 @@ class MeshConfig:
     dcn_data: int = 1
     dcn_fsdp: int = 1
     dcn_tensor: int = 1
-    rules: List[List[str]] = field(default_factory=_default_rules)
+    rules: List[List[str]] = field(default_factory=lambda: [list(rule) for rule in DEFAULT_RULES])
 
     def __post_init__(self) -> None:
         ici = (self.data, self.fsdp, self.tensor)

@@ -21,8 +21,6 @@ from models.sharding import constrain, target_platform
 
 Initializer = Callable[..., jax.Array]
 
-# ``jax.nn.dot_product_attention`` implementations; ``splash`` is ours (models/attention.py).
-_ATTENTION_IMPL = {"auto": None, "xla": "xla", "cudnn": "cudnn", "splash": "splash"}
 # Backend each implementation needs (None: any), checked before tracing.
 _ATTENTION_BACKEND = {"cudnn": "gpu", "splash": "tpu"}
 ACTIVATION_BTD = ("batch", "seq", "embed")
@@ -37,11 +35,6 @@ def _param(
 ) -> nnx.Param:
     """A parameter with logical axes, placed by the rules of ``models/sharding.py``, not eagerly."""
     return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
-
-
-def _ones(key: jax.Array, shape: Tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-    del key
-    return jnp.ones(shape, dtype)
 
 
 def _stacked(
@@ -62,7 +55,8 @@ class RMSNorm(nnx.Module):
         rngs: nnx.Rngs,
         layers: Optional[int] = None,
     ) -> None:
-        self.scale = _param(_ones, rngs, *_stacked(layers, (dim,), ("embed",)), param_dtype)
+        shape, names = _stacked(layers, (dim,), ("embed",))
+        self.scale = _param(jax.nn.initializers.ones, rngs, shape, names, param_dtype)
         self.eps = eps
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
@@ -174,7 +168,8 @@ class Block(nnx.Module):
             cfg.resolved_head_dim,
         )
         self.mlp_kind = cfg.mlp
-        self.attention_impl = _ATTENTION_IMPL[cfg.attention]
+        # ``jax.nn.dot_product_attention``'s implementation (None: its choice); ``splash`` is ours.
+        self.attention_impl = None if cfg.attention == "auto" else cfg.attention
         self.name_attention_residuals = cfg.remat in SAVES_ATTENTION
 
     def attention(self, x_BTD: jax.Array, sin_TH2: jax.Array, cos_TH2: jax.Array) -> jax.Array:

@@ -18,8 +18,7 @@ from etils import epath
 
 from chinchax.errors import CheckpointError
 from training.config import CheckpointConfig
-
-__all__ = ["CheckpointConfig", "CheckpointFallbackWarning", "Checkpointer", "Restored"]
+from training.optim import key_name
 
 log = logging.getLogger("chinchax.checkpoint")
 
@@ -38,13 +37,6 @@ class Restored(NamedTuple):
     step: int
 
 
-def _key_name(key: Any) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """``"a/b/c" -> stored shape`` for every leaf (typed PRNG keys as their key data)."""
     shapes = {}
@@ -53,7 +45,7 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
         shape = tuple(getattr(leaf, "shape", ()))
         if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             shape = tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
-        shapes["/".join(_key_name(k) for k in path)] = shape
+        shapes["/".join(key_name(k) for k in path)] = shape
     return shapes
 
 

@@ -18,6 +18,7 @@ from chinchax.errors import ChinchaxError, CheckpointError, TrainingError
 from models.config import ModelConfig
 from scaling.rundir import CHECKPOINTS_DIR, CONFIG_NAME, SUMMARY_NAME, read_json, read_yaml
 from training.checkpoint import STATE_ITEM, CheckpointConfig, Checkpointer
+from training.optim import key_name
 
 log = logging.getLogger("chinchax.init")
 
@@ -33,8 +34,9 @@ class InitSource:
     run_dir: Optional[epath.Path]
 
 
-def _has_steps(directory: epath.Path) -> bool:
-    return any(child.name.isdigit() for child in directory.iterdir())
+def has_steps(directory: epath.Path) -> bool:
+    """Whether ``directory`` holds a checkpoint step folder."""
+    return directory.is_dir() and any(child.name.isdigit() for child in directory.iterdir())
 
 
 def missing_hint(path: str) -> str:
@@ -58,21 +60,14 @@ def resolve_source(path: str) -> InitSource:
         return InitSource(parent, int(where.name), parent.parent if parent.name == CHECKPOINTS_DIR else None)
     else:
         resolved = InitSource(where, None, where.parent if where.name == CHECKPOINTS_DIR else None)
-    if not _has_steps(resolved.checkpoint_dir):
+    if not has_steps(resolved.checkpoint_dir):
         raise TrainingError(f"init.from_run={path} holds no checkpoint", hint=missing_hint(path))
     return resolved
 
 
-def _key_name(key: Any) -> str:
-    """Path components named as ``training.checkpoint`` names them."""
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
 def _leaf_name(path: tuple) -> str:
-    return "/".join(_key_name(k) for k in path)
+    """As ``training.checkpoint`` names leaves."""
+    return "/".join(key_name(k) for k in path)
 
 
 def named_leaves(tree: Any) -> dict[str, Any]:

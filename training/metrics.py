@@ -22,9 +22,6 @@ from training.peaks import peak_flops_per_device
 
 log = logging.getLogger("chinchax.metrics")
 
-__all__ = ["METRICS_NAME", "SUMMARY_NAME", "MetricsWriter", "Progress", "mfu", "read_records"]
-KINDS = ("train", "eval", "alert")
-
 
 def mfu(flops_per_s: float, device_kind: str, n_devices: int) -> Optional[float]:
     """Achieved model FLOP/s over the devices' dense bf16 peak; None where no peak is known."""
@@ -54,13 +51,8 @@ class MetricsWriter:
     """TensorBoard events go to ``run_dir`` itself, so ``tensorboard --logdir runs/`` lists runs by
     name; a disabled writer (not process 0) is a no-op, so callers need no checks."""
 
-    def __init__(self, run_dir: epath.PathLike, *, enabled: Optional[bool] = None,
-                 tensorboard: bool = True, remote_flush_s: float = 30.0,
-                 sinks: Sequence[Any] = ()) -> None:
-        if enabled is None:
-            import jax  # only here: the writer itself does not need devices
-
-            enabled = jax.process_index() == 0
+    def __init__(self, run_dir: epath.PathLike, *, enabled: bool, tensorboard: bool = True,
+                 remote_flush_s: float = 30.0, sinks: Sequence[Any] = ()) -> None:
         self.run_dir = epath.Path(run_dir)
         self.enabled = enabled
         self.path = self.run_dir / METRICS_NAME
@@ -252,15 +244,13 @@ class Progress:
     field, so batch logs stay short but never miss a held-out loss."""
 
     def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, log_every: int = 1,
-                 stream: Optional[TextIO] = None, tty: Optional[bool] = None,
-                 description: str = "train") -> None:
+                 stream: Optional[TextIO] = None, tty: Optional[bool] = None) -> None:
         self.total = total
         self.initial = initial
         self.enabled = enabled
         self.log_every = max(1, log_every)
         self.stream = stream if stream is not None else sys.stdout
         self.tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
-        self.description = description
         self.fields: dict[str, Any] = {}
         self._rich: Any = None
         self._task: Any = None
@@ -279,7 +269,7 @@ class Progress:
                 TextColumn("{task.fields[info]}"),
                 console=Console(file=self.stream, force_terminal=True), transient=False)
             self._rich.start()
-            self._task = self._rich.add_task(self.description, total=self.total,
+            self._task = self._rich.add_task("train", total=self.total,
                                              completed=self.initial, info="")
         return self
 
@@ -302,7 +292,7 @@ class Progress:
         eta = self.eta_seconds(step)
         eta_text = f"  eta {format_duration(eta)}" if eta is not None else ""
         info = self._info()
-        return f"{self.description} step {step}/{self.total} ({percent:.0f}%){eta_text}" + (
+        return f"train step {step}/{self.total} ({percent:.0f}%){eta_text}" + (
             f"  {info}" if info else "")
 
     def update(self, step: int, **fields: Any) -> None:

@@ -51,7 +51,7 @@ class OptimConfig:
             raise TrainingError(
                 f"optim.wsd_decay_shape={self.wsd_decay_shape!r} is not one of "
                 f"{', '.join(WSD_DECAY_SHAPES)}", hint=f"use one of: {', '.join(WSD_DECAY_SHAPES)}")
-        _check_positive("learning_rate", self.learning_rate, "a value like 3e-3", MAX_LEARNING_RATE)
+        _check_range("learning_rate", self.learning_rate, "a value like 3e-3", MAX_LEARNING_RATE)
         if self.warmup_steps is not None and not 0 <= self.warmup_steps < 2**31:
             raise TrainingError(f"optim.warmup_steps must lie in 0..2**31-1, got {self.warmup_steps}",
                                 hint="set optim.warmup_steps to 0 or more, or leave it unset "
@@ -61,22 +61,21 @@ class OptimConfig:
         _check_fraction("min_lr_ratio", self.min_lr_ratio, allow_one=True)
         for name in ("b1", "b2"):
             _check_fraction(name, getattr(self, name), allow_one=False)
-        _check_positive("eps", self.eps, "1e-8", 1.0)
-        _check_non_negative("weight_decay", self.weight_decay, "0 for no decay, or a value like 0.1", 100.0)
+        _check_range("eps", self.eps, "1e-8", 1.0)
+        _check_range("weight_decay", self.weight_decay, "0 for no decay, or a value like 0.1", 100.0,
+                     zero_ok=True)
         if self.clip_norm is not None:
-            _check_non_negative("clip_norm", self.clip_norm, "1.0, or 0 / null to turn clipping off")
-        _check_non_negative("z_loss", self.z_loss, "0 to turn it off, or a small weight like 1e-4", 10.0)
+            _check_range("clip_norm", self.clip_norm, "1.0, or 0 / null to turn clipping off", zero_ok=True)
+        _check_range("z_loss", self.z_loss, "0 to turn it off, or a small weight like 1e-4", 10.0,
+                     zero_ok=True)
 
 
-def _check_positive(name: str, value: float, example: str, upper: float = math.inf) -> None:
-    if not (math.isfinite(value) and 0 < value <= upper):  # NaN and inf fail too
-        raise TrainingError(f"optim.{name} must be positive, finite and at most {upper:g}, got {value}",
-                            hint=f"use {example}")
-
-
-def _check_non_negative(name: str, value: float, example: str, upper: float = math.inf) -> None:
-    if not (math.isfinite(value) and 0 <= value <= upper):
-        raise TrainingError(f"optim.{name} must be finite, >= 0 and at most {upper:g}, got {value}",
+def _check_range(name: str, value: float, example: str, upper: float = math.inf, *,
+                 zero_ok: bool = False) -> None:
+    """``value`` in ``(0, upper]``, or ``[0, upper]`` when ``zero_ok``; NaN and inf fail too."""
+    if not (math.isfinite(value) and (0 <= value if zero_ok else 0 < value) and value <= upper):
+        kind = "finite, >= 0" if zero_ok else "positive, finite"
+        raise TrainingError(f"optim.{name} must be {kind} and at most {upper:g}, got {value}",
                             hint=f"use {example}")
 
 
@@ -146,35 +145,30 @@ def learning_rate_at_step(cfg: OptimConfig, total_steps: int) -> Callable[[int],
     return lambda step: float(schedule(step))
 
 
-def _key_name(key: Any) -> str:
+def key_name(key: Any) -> str:
+    """A pytree path component as text; checkpoints and ``init.from_run`` name leaves by it."""
     for attribute in ("key", "name", "idx"):
         if hasattr(key, attribute):
             return str(getattr(key, attribute))
     return str(key)
 
 
-def path_names(path: Sequence[Any]) -> list[str]:
-    return [_key_name(k) for k in path]
-
-
-def should_decay(path: Sequence[Any], leaf: Any,
-                 stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> bool:
+def should_decay(path: Sequence[Any], leaf: Any) -> bool:
     """Matrices decay, embeddings included; norms and biases do not.  Rank is counted without a
     stacked-layers axis, so a scanned RMSNorm scale ``[n_layers, d_model]`` is rank 1."""
-    names = path_names(path)
+    names = [key_name(k) for k in path]
     if any(NO_DECAY_NAME.search(name) for name in names):
         return False
     rank = len(getattr(leaf, "shape", ()))
-    if any(name in stacked_axis_names for name in names):
+    if any(name in STACKED_AXIS_NAMES for name in names):
         rank -= 1
     return rank >= 2
 
 
-def decay_mask(params: Any, stacked_axis_names: Sequence[str] = STACKED_AXIS_NAMES) -> Any:
+def decay_mask(params: Any) -> Any:
     import jax
 
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: should_decay(path, leaf, stacked_axis_names), params)
+    return jax.tree_util.tree_map_with_path(should_decay, params)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, params: Any = None) -> optax.GradientTransformation:

@@ -21,6 +21,7 @@ from training.config import RunConfig
 from training.data import build_eval_sets, build_train_iterator, data_identity, eval_bytes_per_token
 from training.grow import initialise_state
 from training.hooks import Run
+from training.init import has_steps
 from training.metrics import MetricsWriter
 from training.state import abstract, initial_train_state, jit_train_step
 from training.step import make_eval_step
@@ -35,14 +36,9 @@ def notice(run_is_lead: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _has_steps(run_dir: epath.Path) -> bool:
-    folder = run_dir / CHECKPOINTS_DIR
-    return folder.is_dir() and any(child.name.isdigit() for child in folder.iterdir())
-
-
 def check_same_run(cfg: RunConfig, run_dir: epath.Path, *, force: bool, write: bool) -> bool:
     """Returns whether the run resumes."""
-    resumes = _has_steps(run_dir)
+    resumes = has_steps(run_dir / CHECKPOINTS_DIR)
     started = (read_yaml(run_dir / STARTED_CONFIG_NAME) or read_yaml(run_dir / CONFIG_NAME)
                if resumes else None)
     current = cfg.to_yaml()

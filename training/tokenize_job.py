@@ -5,6 +5,7 @@ of the bytes, so duplicates land in one split."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -206,7 +207,7 @@ def run_tokenize(job: TokenizeJob, *, processes: int = 1, host_index: int = 0, h
     text_mb, started = 0.0, time.perf_counter()
     if processes > 1 and len(todo) > 1:
         with multiprocessing.get_context("spawn").Pool(min(processes, len(todo))) as pool:
-            results = pool.imap_unordered(_write_shard_star, [(job, i) for i in todo])
+            results = pool.imap_unordered(functools.partial(write_shard, job), todo)
             for done in results:
                 text_mb += _advance(bar, done, started, text_mb)
     else:
@@ -216,10 +217,6 @@ def run_tokenize(job: TokenizeJob, *, processes: int = 1, host_index: int = 0, h
     if pending_shards(job):
         return None
     return write_manifest(job, tokenizer)
-
-
-def _write_shard_star(arguments: Tuple[TokenizeJob, int]) -> Dict[str, Any]:
-    return write_shard(*arguments)
 
 
 def _advance(bar: Any, done: Dict[str, Any], started: float, text_mb: float) -> float:
