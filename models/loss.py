@@ -20,7 +20,7 @@ from models.transformer import ACTIVATION_BTD, project_to_vocab
 Batch = Dict[str, jax.Array]
 
 
-def _mean_over_mask(
+def mean_over_mask(
     values_BT: jax.Array, mask_BT: Optional[jax.Array]
 ) -> Tuple[jax.Array, jax.Array]:
     """Masked mean and the number of counted tokens (the mean of nothing is 0)."""
@@ -59,23 +59,14 @@ def token_losses(logits_BTV: jax.Array, targets_BT: jax.Array, *,
     return lse_BT - target_logit_BT, lse_BT
 
 
-def cross_entropy(
-    logits_BTV: jax.Array,
-    targets_BT: jax.Array,
-    mask_BT: Optional[jax.Array] = None,
-    *,
-    z_loss: float = 0.0,
-) -> Tuple[jax.Array, jax.Array]:
-    """Mean next-token loss (cross-entropy plus ``z_loss * lse**2``) and the token count."""
-    ce_BT, lse_BT = token_losses(logits_BTV, targets_BT)
-    return _mean_over_mask(ce_BT + z_loss * jnp.square(lse_BT), mask_BT)
-
-
 def vocab_parallel_token_losses(
-    logits_BTV: jax.Array, targets_BT: jax.Array, *, mesh: Mesh, rules: Rules, select: bool = False
+    logits_BTV: jax.Array, targets_BT: jax.Array, *, mesh: Optional[Mesh] = None,
+    rules: Optional[Rules] = None, select: bool = False
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`token_losses` in a ``shard_map`` over the vocab axes: max, sum of exponentials and
-    target logit combined by ``pmax``/``psum``.  Plain when ``vocab`` is not sharded."""
+    target logit combined by ``pmax``/``psum``.  Plain without a mesh or when ``vocab`` is not sharded."""
+    if mesh is None:
+        return token_losses(logits_BTV, targets_BT, select=select)
     logits_spec = logical_to_mesh_spec(("batch", "seq", "vocab"), rules)
     vocab_axes = logits_spec[2]
     if vocab_axes is None:
@@ -104,20 +95,6 @@ def vocab_parallel_token_losses(
         in_specs=(logits_spec, tokens_spec),
         out_specs=(tokens_spec, tokens_spec),
     )(logits_BTV, targets_BT)
-
-
-def vocab_parallel_cross_entropy(
-    logits_BTV: jax.Array,
-    targets_BT: jax.Array,
-    mask_BT: Optional[jax.Array] = None,
-    *,
-    mesh: Mesh,
-    rules: Rules,
-    z_loss: float = 0.0,
-) -> Tuple[jax.Array, jax.Array]:
-    """:func:`cross_entropy` computed vocab-parallel (see :func:`vocab_parallel_token_losses`)."""
-    ce_BT, lse_BT = vocab_parallel_token_losses(logits_BTV, targets_BT, mesh=mesh, rules=rules)
-    return _mean_over_mask(ce_BT + z_loss * jnp.square(lse_BT), mask_BT)
 
 
 def chunked_token_losses(
@@ -149,11 +126,8 @@ def chunked_token_losses(
         w_sharded_DV = constrain(w_DV, ("embed", "vocab"))
         logits_BcV = project_to_vocab(constrain(x_BcD, ACTIVATION_BTD), w_sharded_DV,
                                       low_precision_backward=select)
-        if mesh_and_rules is None:
-            return token_losses(logits_BcV, targets_Bc, select=select)
-        mesh, rules = mesh_and_rules
-        return vocab_parallel_token_losses(logits_BcV, targets_Bc, mesh=mesh, rules=rules,
-                                           select=select)
+        mesh, rules = mesh_and_rules or (None, None)
+        return vocab_parallel_token_losses(logits_BcV, targets_Bc, mesh=mesh, rules=rules, select=select)
 
     def body(carry: None, xs: Tuple[jax.Array, jax.Array]) -> Tuple[None, Tuple[jax.Array, jax.Array]]:
         return carry, one_chunk(*xs)
@@ -177,11 +151,8 @@ def model_token_losses(
         return chunked_token_losses(model.hidden_states(inputs_BT), model.output_kernel(),
                                     targets_BT, chunk=chunk, mesh_and_rules=active, select=select)
     logits_BTV = model(inputs_BT)
-    if active is None:
-        return token_losses(logits_BTV, targets_BT, select=select)
-    mesh, rules = active
-    return vocab_parallel_token_losses(logits_BTV, targets_BT, mesh=mesh, rules=rules,
-                                       select=select)
+    mesh, rules = active or (None, None)
+    return vocab_parallel_token_losses(logits_BTV, targets_BT, mesh=mesh, rules=rules, select=select)
 
 
 def loss_fn(
@@ -193,8 +164,8 @@ def loss_fn(
         model, batch["inputs"], batch["targets"], vocab_parallel=vocab_parallel
     )
     mask_BT = batch.get("mask")
-    ce, n_tokens = _mean_over_mask(ce_BT, mask_BT)
+    ce, n_tokens = mean_over_mask(ce_BT, mask_BT)
     loss = ce
     if z_loss:
-        loss = loss + z_loss * _mean_over_mask(jnp.square(lse_BT), mask_BT)[0]
+        loss = loss + z_loss * mean_over_mask(jnp.square(lse_BT), mask_BT)[0]
     return loss, {"ce": ce, "n_tokens": n_tokens}

@@ -15,7 +15,9 @@ import pytest
 from chinchax.errors import ChinchaxError, DataError
 from training import corpus as corpus_lib
 from training.sources import embedded, synthetic
-from training.data import (DataConfig, PackedSequences, build_eval_batches, build_train_iterator, corpus_summary, describe, loss_floor_nats, split_documents, split_stream, to_global_batch, train_sequences, unigram_entropy_nats, vocab_size)
+from training.data import (DataConfig, PackedSequences, build_eval_batches, build_train_iterator, split_documents, split_stream, to_global_batch, train_sequences, vocab_size)
+from data_stats_helpers import (conditional_entropy_nats, corpus_summary, describe, entropy_rate_nats, loss_floor_nats,
+                                unigram_entropy_nats)
 
 EOD = 256
 
@@ -522,17 +524,17 @@ def test_markov_language_entropy_rate_matches_the_sampled_log_likelihood() -> No
         contexts = (contexts * 12 + symbols[:, position]) % 144
     losses = np.concatenate(losses)
     error = losses.std() / math.sqrt(losses.size)
-    assert abs(losses.mean() - language.entropy_rate_nats()) < 4 * error
+    assert abs(losses.mean() - entropy_rate_nats(language)) < 4 * error
     # With no context the best guess is the stationary symbol law: the sample's frequencies.
     frequencies = np.bincount(symbols.ravel(), minlength=12) / symbols.size
     assert corpus_lib.unigram_entropy_nats(symbols.ravel(), 12) == pytest.approx(
-        language.conditional_entropy_nats(0), abs=0.02
+        conditional_entropy_nats(language, 0), abs=0.02
     )
     assert abs(frequencies - language.stationary.reshape(12, 12).sum(axis=0)).max() < 0.02
     assert (
-        language.conditional_entropy_nats(0)
-        > language.conditional_entropy_nats(1)
-        > language.entropy_rate_nats()
+        conditional_entropy_nats(language, 0)
+        > conditional_entropy_nats(language, 1)
+        > entropy_rate_nats(language)
     )
 
 
@@ -549,7 +551,7 @@ def test_synthetic_corpus_loss_floor_is_what_the_true_model_scores_on_batches(ca
     language = synthetic.synthetic_language(cfg)
     floor = loss_floor_nats(cfg, seq_len=32)
     assert floor == pytest.approx(
-        language.entropy_rate_nats()
+        entropy_rate_nats(language)
     )  # order 1: every target has its context
     code = {ord(c): i for i, c in enumerate(synthetic.SYNTHETIC_SYMBOLS[:8])}
     losses = []
@@ -567,7 +569,7 @@ def test_synthetic_corpus_loss_floor_is_what_the_true_model_scores_on_batches(ca
 def test_order_two_floor_charges_the_first_target_its_shorter_context(cache: str) -> None:
     cfg = DataConfig(source="synthetic", cache_dir=cache)
     language = synthetic.synthetic_language(cfg)
-    rate, first = language.entropy_rate_nats(), language.conditional_entropy_nats(1)
+    rate, first = entropy_rate_nats(language), conditional_entropy_nats(language, 1)
     assert loss_floor_nats(cfg, seq_len=4) == pytest.approx((first + 3 * rate) / 4)
     assert loss_floor_nats(cfg, seq_len=1024) == pytest.approx(rate, abs=(first - rate) / 1000)
     assert "entropy rate" in describe(cfg)

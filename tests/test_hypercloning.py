@@ -27,7 +27,7 @@ from models.config import ModelConfig
 
 from models.grow_shape import DEFAULT_NOISE_SCALE, grow_config, shrink_config
 from models.hypercloning import copy_blocks, grow_params, param_name
-from models.loss import cross_entropy
+from loss_helpers import cross_entropy
 from models.sharding import DEFAULT_RULES, MeshConfig, make_mesh, state_shardings
 from models.transformer import Transformer
 from scaling.flops import train_flops_per_token

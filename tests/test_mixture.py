@@ -12,7 +12,8 @@ import pytest
 
 from chinchax.errors import ChinchaxError, ConfigError, DataError
 from training import corpus as corpus_lib
-from training.data import (DataConfig, MixtureSource, PackedSequences, build_eval_batches, build_eval_sets, build_train_iterator, corpus_summary, data_sources, describe, primary_source, split_documents, split_stream, token_frequencies, train_sequences, unigram_entropy_nats)
+from training.data import (DataConfig, MixtureSource, PackedSequences, build_eval_batches, build_eval_sets, build_train_iterator, data_sources, primary_source, split_documents, split_stream, train_sequences)
+from data_stats_helpers import corpus_summary, describe, token_frequencies, unigram_entropy_nats
 from training.batch_iterator import interleave_counts, interleave_proportions
 from training.sources import prose
 

@@ -21,7 +21,8 @@ from flax import nnx
 from chinchax.errors import ModelError
 from models.config import ModelConfig
 
-from models.loss import cross_entropy, loss_fn
+from loss_helpers import cross_entropy
+from models.loss import loss_fn
 from models.sharding import LOGICAL_AXES
 from models.transformer import Transformer
 

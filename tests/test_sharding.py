@@ -18,7 +18,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from chinchax.errors import ModelError
 from models.config import ModelConfig
-from models.loss import cross_entropy, loss_fn, vocab_parallel_cross_entropy
+from loss_helpers import cross_entropy, vocab_parallel_cross_entropy
+from models.loss import loss_fn
 from models.build import create_sharded_model
 from models.sharding import (DEFAULT_RULES, MeshConfig, activation_sharding, batch_sharding, constrain, logical_to_mesh_spec, make_mesh, state_shardings)
 from models.transformer import Transformer

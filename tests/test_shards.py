@@ -13,7 +13,8 @@ import pytest
 
 from chinchax.errors import DataError
 from launch.cli import main
-from training.data import DataConfig, build_eval_sets, build_train_iterator, corpus_summary, stream_identity
+from training.data import DataConfig, build_eval_sets, build_train_iterator, stream_identity
+from data_stats_helpers import corpus_summary
 from training.shards import MANIFEST, ShardSequences, done_file
 from training.tokenize_job import TokenizeJob, is_validation, run_tokenize, shard_documents
 

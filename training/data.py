@@ -7,26 +7,15 @@ from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
-from chinchax.errors import DataError
 from training.batch_iterator import Batch, BatchIterator, interleave_proportions
-from training.data_config import (DataConfig, MixtureSource, NamedSource, SourceConfig, check, data_sources,
-                                  primary_source, split_seed, trained_sources)
-from training.data_stats import (bits_per_byte, corpus_summary, data_fingerprint, data_identity, describe,
-                                 eval_bytes_per_token, loss_floor_nats, token_frequencies, unigram_entropy_nats,
+from training.data_config import (DataConfig, MixtureSource, check, data_sources, primary_source, split_seed,
+                                  trained_sources)
+from training.data_stats import (bits_per_byte, data_fingerprint, data_identity, eval_bytes_per_token,
                                  vocab_size)
 from training.packing import (PackedSequences, check_shape, eval_batches, split_documents, split_stream,
                               train_sequences)
 
 log = logging.getLogger("training.data")
-
-__all__ = [
-    "DataConfig", "SourceConfig", "MixtureSource", "NamedSource", "DataError", "BatchIterator",
-    "PackedSequences", "data_sources", "primary_source", "build_train_iterator", "build_eval_batches",
-    "build_eval_sets", "train_sequences", "split_documents", "split_stream", "to_global_batch",
-    "vocab_size", "unigram_entropy_nats", "token_frequencies", "stream_identity", "loss_floor_nats",
-    "corpus_summary", "describe", "data_fingerprint",
-    "data_identity", "eval_bytes_per_token", "bits_per_byte",
-]
 
 
 def stream_identity(cfg: DataConfig, seq_len: int) -> Dict[str, Any]:

@@ -109,26 +109,3 @@ def shard_sequences(cfg: Any, split: str, seq_len: int) -> ShardSequences:
     check_tokenizer(read_manifest(cfg.path), cfg.tokenizer, cfg.path)
     return ShardSequences(cfg.path, split, seq_len)
 
-
-def shards_summary(cfg: Any) -> Dict[str, Any]:
-    """``corpus_summary`` from the manifest."""
-    manifest = read_manifest(cfg.path)
-    splits = manifest["splits"]
-    return {
-        "source": "shards",
-        "description": f"shards {cfg.path}",
-        "documents": splits["train"]["documents"] + splits["validation"]["documents"],
-        "tokens": splits["train"]["tokens"] + splits["validation"]["tokens"],
-        "train_documents": splits["train"]["documents"],
-        "train_tokens": splits["train"]["tokens"],
-        "validation_documents": splits["validation"]["documents"],
-        "validation_tokens": splits["validation"]["tokens"],
-        "vocab_size": manifest["tokenizer"]["vocab_size"],
-        "unigram_entropy_nats": manifest["unigram_entropy_nats"],
-        "fingerprint": manifest["fingerprint"],
-        "build_seconds": manifest["seconds"],
-    }
-
-
-def token_counts(cfg: Any) -> np.ndarray:
-    return np.load(epath.Path(cfg.path) / COUNTS)

@@ -4,7 +4,6 @@ so a model's loss floor and a fit's irreducible term can be checked against it."
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -12,11 +11,6 @@ import numpy as np
 
 from chinchax.errors import DataError
 from training.data_config import SYNTHETIC_SYMBOLS
-
-def _entropy_nats(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(probabilities > 0, -probabilities * np.log(probabilities), 0.0)
-    return terms.sum(axis=axis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,27 +41,6 @@ class MarkovLanguage:
             f"branching {branching}",
             hint="raise data.synthetic_branching",
         )
-
-    def entropy_rate_nats(self) -> float:
-        """``sum_c pi(c) H(next | c)`` at stationarity."""
-        return float(self.stationary @ _entropy_nats(self.transition))
-
-    def conditional_entropy_nats(self, context_length: int) -> float:
-        """H(next | previous ``context_length`` symbols); the entropy rate once that reaches ``order``."""
-        if context_length >= self.order:
-            return self.entropy_rate_nats()
-        return self._block_entropy(context_length + 1) - self._block_entropy(context_length)
-
-    def _block_entropy(self, length: int) -> float:
-        """Entropy of ``length`` consecutive symbols (``length <= order + 1``)."""
-        if length == 0:
-            return 0.0
-        joint = (self.stationary[:, None] * self.transition).reshape(
-            (self.alphabet,) * (self.order + 1)
-        )
-        # joint is over (x_1..x_order, x_next); keep the last `length` axes.
-        marginal = joint.sum(axis=tuple(range(self.order + 1 - length)))
-        return float(_entropy_nats(marginal.ravel()))
 
     def sample(self, num_documents: int, length: int, seed: int) -> np.ndarray:
         """Each row starts from the stationary law."""
@@ -163,10 +136,3 @@ def cache_parts(cfg: Any) -> Tuple[str, Dict[str, object]]:
 def description(cfg: Any) -> str:
     return f"synthetic order-{cfg.synthetic_order} Markov language over {cfg.synthetic_alphabet} symbols"
 
-
-def loss_floor_nats(cfg: Any, seq_len: int) -> float:
-    """Lowest expected loss per target with ``seq_len`` of context. Document boundaries are left out:
-    they add at most ``(1 + ln L + order ln alphabet) / (L + 1)`` nats/token (0.004 by default)."""
-    language = synthetic_language(cfg)
-    costs = [language.conditional_entropy_nats(min(j + 1, language.order)) for j in range(seq_len)]
-    return float(math.fsum(costs) / seq_len)
