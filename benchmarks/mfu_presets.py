@@ -88,7 +88,7 @@ def _accelerator_shapes(attention: str) -> List[BenchShape]:
     ]
 
 
-def _cpu_model(d_model: int, n_layers: int, n_heads: int, d_ff: int, **changes: Any) -> ModelConfig:
+def cpu_model(d_model: int, n_layers: int, n_heads: int, d_ff: int, **changes: Any) -> ModelConfig:
     return ModelConfig(**{"vocab_size": 256, "d_model": d_model, "n_layers": n_layers,
                           "n_heads": n_heads, "d_ff": d_ff, **changes})
 
@@ -100,7 +100,7 @@ PRESETS: Dict[str, Preset] = {
     "h100-sizes": Preset(_accelerator_shapes("cudnn"), warmup=3, steps=10, repeats=5,
                          description="one GPU, bf16, cuDNN flash attention, seq 2048"),
     # Vocabulary 251: prime, so no other dimension of the program shares its size.
-    "h100-toy": Preset([BenchShape("toy", _cpu_model(32, 2, 2, 64, vocab_size=251,
+    "h100-toy": Preset([BenchShape("toy", cpu_model(32, 2, 2, 64, vocab_size=251,
                                                      compute_dtype="bfloat16"), 32, 4)],
                        warmup=1, steps=1, repeats=2, variants=GPU_VARIANTS,
                        description="the h100 variants at toy size, on any device (tests)",
@@ -108,16 +108,16 @@ PRESETS: Dict[str, Preset] = {
                                          "xla_llvm_disable_expensive_passes": True}),
     "tpu": Preset(_accelerator_shapes("splash"), warmup=3, steps=10, repeats=5,
                   description="TPU, bf16, Pallas splash attention, seq 2048, FSDP over the chips"),
-    "cpu": Preset([BenchShape("cpu-0.9m", _cpu_model(128, 4, 4, 512), 256, 16),
-                   BenchShape("cpu-3.4m", _cpu_model(256, 4, 4, 1024), 256, 8),
-                   BenchShape("cpu-12m", _cpu_model(512, 4, 8, 1536), 256, 4)],
+    "cpu": Preset([BenchShape("cpu-0.9m", cpu_model(128, 4, 4, 512), 256, 16),
+                   BenchShape("cpu-3.4m", cpu_model(256, 4, 4, 1024), 256, 8),
+                   BenchShape("cpu-12m", cpu_model(512, 4, 8, 1536), 256, 4)],
                   warmup=2, steps=3, repeats=5, description="host CPU, float32, XLA attention"),
     # Vocabulary-heavy (the head is 90% of the parameters): compare --loss-chunk 0 and 128.
     "cpu-vocab": Preset([BenchShape("cpu-vocab-9m", ModelConfig(vocab_size=32768, d_model=128,
                                                                 n_layers=2, n_heads=4, d_ff=512),
                                     512, 4)],
                         warmup=1, steps=2, repeats=3, description="host CPU, 32k vocabulary"),
-    "test": Preset([BenchShape("cpu-test", _cpu_model(64, 2, 2, 128), 64, 4)],
+    "test": Preset([BenchShape("cpu-test", cpu_model(64, 2, 2, 128), 64, 4)],
                    warmup=1, steps=2, repeats=2, description="the smallest run, for the test suite"),
 }
 PRESETS["tiny"] = PRESETS["cpu"]

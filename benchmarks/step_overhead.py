@@ -26,7 +26,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from common import write_report  # noqa: E402
 from device_stats import environment  # noqa: E402
-from mfu_presets import BenchShape, Preset, _cpu_model  # noqa: E402
+from mfu_presets import BenchShape, Preset, cpu_model  # noqa: E402
 from mfu_table import wide_console  # noqa: E402
 from trainer_step import BenchmarkError, build_trainer_step, random_batch  # noqa: E402
 
@@ -119,10 +119,10 @@ def check_supported(cfg: ModelConfig) -> None:
 
 
 PRESETS: Dict[str, Preset] = {
-    "cpu": Preset([BenchShape("dispatch-bound", _cpu_model(64, 2, 2, 128), 64, 4),
-                   BenchShape("compute-bound", _cpu_model(256, 4, 4, 1024), 256, 8)],
+    "cpu": Preset([BenchShape("dispatch-bound", cpu_model(64, 2, 2, 128), 64, 4),
+                   BenchShape("compute-bound", cpu_model(256, 4, 4, 1024), 256, 8)],
                   warmup=2, steps=5, repeats=7),
-    "test": Preset([BenchShape("test", _cpu_model(64, 2, 2, 128), 64, 4)],
+    "test": Preset([BenchShape("test", cpu_model(64, 2, 2, 128), 64, 4)],
                    warmup=1, steps=2, repeats=3),
 }
 # Constant rate (no warmup), so that the framework's schedule and the plain constant agree.

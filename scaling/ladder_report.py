@@ -21,8 +21,8 @@ from scaling.ladder import (
     shape_label,
 )
 from scaling.observations import read_run_dir
-from scaling.plots import (LOSS_UNIT, _colours, _figure, _save, plot_bootstrap, plot_frontier, plot_isoflops,
-                           plot_residuals)
+from scaling.plots import (LOSS_UNIT, colours_for, new_figure, plot_bootstrap, plot_frontier, plot_isoflops,
+                           plot_residuals, save_figure)
 
 log = logging.getLogger("chinchax.ladder")
 
@@ -43,10 +43,10 @@ def plot_loss_curves(rung_dirs: Mapping[str, Path], budgets: Mapping[str, float]
                      target_dir: Optional[Path] = None) -> Path:
     """Eval loss against training FLOPs for every rung (coloured by budget), the target's
     measured curve, and the curve and interval it was predicted to follow."""
-    figure = _figure(8.0, 5.2)
+    figure = new_figure(8.0, 5.2)
     axes = figure.add_subplot()
     levels = sorted(set(budgets.values()))
-    colour = dict(zip(levels, _colours(len(levels), high=0.85)))
+    colour = dict(zip(levels, colours_for(len(levels), high=0.85)))
     labelled: set[float] = set()
     for name, run_dir in rung_dirs.items():
         obs = read_run_dir(run_dir)
@@ -81,7 +81,7 @@ def plot_loss_curves(rung_dirs: Mapping[str, Path], budgets: Mapping[str, float]
     axes.set_title("loss curves of the ladder and the target's prediction (made before it ran)")
     axes.legend(fontsize=7)
     figure.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.93)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_plots(out_dir: str | Path, analysis: LadderAnalysis, rung_dirs: Mapping[str, Path],

@@ -24,14 +24,14 @@ LABELS = {"E": "E", "A": "A", "B": "B", "alpha": "α", "beta": "β", "gamma": "�
           "tokens_opt": "D_opt(C*)", "loss_opt": "L(C*)"}
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     # Margins are set by hand per plot: matplotlib's layout engines double the drawing time.
     figure = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, path: str | Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -40,9 +40,9 @@ def _save(figure: Figure, path: str | Path) -> Path:
 
 def plot_isoflops(profiles_fit: PowerLawFit, path: str | Path, law: Law | None = None) -> Path:
     """A parametric ``law``'s own isoFLOP curves are drawn dotted: where approach 3 and the parabolas part."""
-    figure = _figure(7.5, 5.0)
+    figure = new_figure(7.5, 5.0)
     axes = figure.add_subplot()
-    colours = _colours(len(profiles_fit.profiles))
+    colours = colours_for(len(profiles_fit.profiles))
     for colour, profile in zip(colours, profiles_fit.profiles):
         x = np.log(profile.n_params)
         span = np.linspace(min(x.min(), np.log(profile.n_opt)) - 0.2,
@@ -63,10 +63,10 @@ def plot_isoflops(profiles_fit: PowerLawFit, path: str | Path, law: Law | None =
     axes.set_title("isoFLOP profiles: parabolas in log N (stars: minima; dotted: parametric law)")
     axes.legend(fontsize=7, ncols=2)
     figure.subplots_adjust(left=0.09, right=0.98, bottom=0.1, top=0.93)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _colours(count: int, high: float = 0.9) -> list:
+def colours_for(count: int, high: float = 0.9) -> list:
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
@@ -99,7 +99,7 @@ def plot_frontier(report: FitReport, path: str | Path,
     """``N_opt(C)`` and ``D_opt(C)`` of the fit, its bootstrap band, and published laws."""
     compute = report.observations.compute
     flops = np.geomspace(compute.min() / 3.0, max(compute.max(), report.target_flops) * 3.0, 200)
-    figure = _figure(11.0, 4.5)
+    figure = new_figure(11.0, 4.5)
     ax_n, ax_d = figure.subplots(1, 2)
     law = report.law
     n_fit = np.array([law.optimal_params(c) for c in flops])
@@ -134,12 +134,12 @@ def plot_frontier(report: FitReport, path: str | Path,
     ax_n.set_title(f"N_opt ∝ C^{report.estimates['a']:.3f}")
     ax_d.set_title(f"D_opt ∝ C^{report.estimates['b']:.3f}")
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_residuals(report: FitReport, path: str | Path, points: PowerLawFit | None = None) -> Path:
     """Relative loss residuals against N and D (parametric laws) or log residuals of N_opt."""
-    figure = _figure(11.0, 4.0)
+    figure = new_figure(11.0, 4.0)
     law = report.law
     if isinstance(law, ParametricLaw):
         obs = report.observations
@@ -169,7 +169,7 @@ def plot_residuals(report: FitReport, path: str | Path, points: PowerLawFit | No
         axes.set_ylabel("ln(N_opt / fitted N_opt)")
         axes.set_title("residuals of the N_opt(C) power law")
         figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.9)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_bootstrap(boot: Bootstrap, path: str | Path, estimates: dict[str, float] | None = None) -> Path:
@@ -177,7 +177,7 @@ def plot_bootstrap(boot: Bootstrap, path: str | Path, estimates: dict[str, float
              if np.isfinite(boot.column(n)).any() and np.ptp(boot.column(n)[np.isfinite(boot.column(n))]) > 0]
     columns = 4
     rows = max(1, -(-len(names) // columns))
-    figure = _figure(3.0 * columns, 2.4 * rows)
+    figure = new_figure(3.0 * columns, 2.4 * rows)
     grid = figure.subplots(rows, columns, squeeze=False)
     tail = 50.0 * (1.0 - boot.confidence)
     for axes, name in zip(grid.flat, names):
@@ -203,7 +203,7 @@ def plot_bootstrap(boot: Bootstrap, path: str | Path, estimates: dict[str, float
                     f"{boot.confidence:.0%} intervals dashed, estimate red")
     figure.subplots_adjust(left=0.05, right=0.98, bottom=0.08, top=1.0 - 0.6 / figure.get_figheight(),
                            wspace=0.3, hspace=0.5)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_plots(report: FitReport, out_dir: str | Path) -> list[Path]:
