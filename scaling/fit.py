@@ -95,9 +95,8 @@ def fit(obs: Observations, config: FitConfig = FitConfig(), *, name: str | None 
         estimates = parametric_quantities(detail.law, target)
         if config.bootstrap:
             boot = bootstrap_parametric(obs, detail, config, target)
-        law: Law = detail.law
-        if boot is not None:
-            law = replace(detail.law, samples=tuple(tuple(float(v) for v in row[:6]) for row in boot.samples))
+        law: Law = detail.law if boot is None else replace(
+            detail.law, samples=tuple(tuple(float(v) for v in row[:6]) for row in boot.samples))
         if config.fixed_values.get("gamma") == 0.0:
             estimates.pop("gamma")  # Chinchilla's form: gamma is no coefficient of it
     else:

@@ -49,6 +49,11 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def has_steps(directory: epath.Path) -> bool:
+    """Whether ``directory`` holds a checkpoint step folder."""
+    return directory.is_dir() and any(child.name.isdigit() for child in directory.iterdir())
+
+
 def _mismatch_hint() -> str:
     return ("the checkpoint was written by a run with another model or optimiser config: start a "
             "new run directory, or restore the config.yaml the run was started with")

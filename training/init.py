@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from chinchax.errors import ChinchaxError, CheckpointError, TrainingError
 from models.config import ModelConfig
 from scaling.rundir import CHECKPOINTS_DIR, CONFIG_NAME, SUMMARY_NAME, read_json, read_yaml
-from training.checkpoint import STATE_ITEM, CheckpointConfig, Checkpointer
+from training.checkpoint import STATE_ITEM, CheckpointConfig, Checkpointer, has_steps
 from training.optim import key_name
 
 log = logging.getLogger("chinchax.init")
@@ -32,11 +32,6 @@ class InitSource:
     checkpoint_dir: epath.Path
     step: Optional[int]
     run_dir: Optional[epath.Path]
-
-
-def has_steps(directory: epath.Path) -> bool:
-    """Whether ``directory`` holds a checkpoint step folder."""
-    return directory.is_dir() and any(child.name.isdigit() for child in directory.iterdir())
 
 
 def missing_hint(path: str) -> str:

@@ -16,12 +16,11 @@ from chinchax.errors import ChinchaxError, TrainingError
 from models.sharding import batch_sharding, make_mesh
 from scaling.rundir import (CHECKPOINTS_DIR, CONFIG_NAME, STARTED_CONFIG_NAME, SUMMARY_NAME, RunLock,
                             config_differences, make_run_dir, read_yaml, write_text)
-from training.checkpoint import Checkpointer
+from training.checkpoint import Checkpointer, has_steps
 from training.config import RunConfig
 from training.data import build_eval_sets, build_train_iterator, data_identity, eval_bytes_per_token
 from training.grow import initialise_state
 from training.hooks import Run
-from training.init import has_steps
 from training.metrics import MetricsWriter
 from training.state import abstract, initial_train_state, jit_train_step
 from training.step import make_eval_step
