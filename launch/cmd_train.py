@@ -47,18 +47,37 @@ def _closed_loop(error: Optional[BaseException]) -> bool:
     return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
+class _NoOrphanedReads(logging.Filter):
+    """orbax reads a step's arrays concurrently; when a damaged step fails, the restore raises the
+    first error (and falls back), and asyncio prints its siblings' errors whenever their tasks are
+    collected.  Those go to the debug log, not the user's screen."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Task exception was never retrieved"):
+            return True
+        logging.getLogger("chinchax.checkpoint").debug("%s", record.getMessage(), exc_info=record.exc_info)
+        return False
+
+
+# One instance each: addFilter skips a filter already attached, so repeated runs in one process
+# do not stack them.
+_NO_TRACEBACK, _NO_ORPHANED_READS = _NoTraceback(), _NoOrphanedReads()
+
+
 def _quiet_closed_loops() -> None:
     """A save abandoned or restored past leaves checkpoint I/O callbacks that find orbax's event
-    loop closed; they are noise after the one-line report, so they print nothing."""
+    loop closed, and reads whose errors nobody retrieves; they are noise after the one-line report,
+    so they print nothing."""
     excepthook, thread_hook, unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
     sys.excepthook = lambda t, e, tb: None if _closed_loop(e) else excepthook(t, e, tb)
     threading.excepthook = lambda a: None if _closed_loop(a.exc_value) else thread_hook(a)
     sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else unraisable(u)
+    logging.getLogger("asyncio").addFilter(_NO_ORPHANED_READS)
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging()
-    logging.getLogger("absl").addFilter(_NoTraceback())
+    logging.getLogger("absl").addFilter(_NO_TRACEBACK)
     _quiet_closed_loops()
     try:
         return _run(args)

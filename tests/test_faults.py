@@ -10,7 +10,10 @@ ENOSPC, through the same failing-write path in the checkpoint writer.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import random
 import shutil
@@ -27,6 +30,7 @@ import numpy as np
 import pytest
 import yaml
 
+from launch import cmd_train
 from launch.config import load_run_config
 from models.sharding import make_mesh
 from scaling.rundir import RunLock, RunDirError, read_records
@@ -264,6 +268,31 @@ def test_a_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, stopped_
             restored = ckpt.restore(None, target, require=("data",))
     assert restored.step == 5 and "data" in restored.extra
     assert any(issubclass(w.category, CheckpointFallbackWarning) for w in caught)
+
+
+def test_a_read_error_nobody_retrieves_goes_to_the_debug_log_not_the_screen(caplog) -> None:
+    # What orbax leaves behind when one of a damaged step's concurrent reads fails: a sibling task
+    # whose error asyncio reports (with its traceback) once the task is collected.
+    async def damaged_read() -> None:
+        raise ValueError('OUT_OF_RANGE: Error opening "zarr" driver')
+
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addFilter(cmd_train._NO_ORPHANED_READS)
+    caplog.set_level(logging.DEBUG)
+    try:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(damaged_read())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert task.done()
+        del task
+        gc.collect()
+        loop.close()
+    finally:
+        asyncio_log.removeFilter(cmd_train._NO_ORPHANED_READS)
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.WARNING]
+    kept = [r for r in caplog.records if r.name == "chinchax.checkpoint"]
+    assert len(kept) == 1 and kept[0].levelno == logging.DEBUG
+    assert "never retrieved" in kept[0].getMessage() and kept[0].exc_info[0] is ValueError
 
 
 @pytest.mark.parametrize("kind", ["extra_metadata_empty", "state_data_truncated"])
